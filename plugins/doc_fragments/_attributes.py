@@ -1,0 +1,78 @@
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Note that this doc fragment is PRIVATE to the collection. It can have breaking changes at any time.
+# Do not use this from other collections or standalone plugins/modules!
+"""Attribute descriptions shared by every module of the collection.
+
+A module extends ``directdownload.kvm._attributes`` and then states, in its own ``attributes:`` block, the
+``support`` (full, partial, none, N/A) and ``details`` of each attribute. The variants below fill in the
+common answers so that read-only modules do not repeat them.
+"""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+
+    # Standard fragment: descriptions only. Every module uses it.
+    DOCUMENTATION = r"""
+options: {}
+attributes:
+  check_mode:
+    description:
+      - Can run in C(check_mode) and reports whether it would change something, without changing the target.
+  diff_mode:
+    description:
+      - Returns details on what has changed (or would change in C(check_mode)) when run in diff mode.
+  idempotent:
+    description:
+      - When run twice in a row outside check mode with the same arguments, the second run reports no change.
+      - This assumes that what the module manages or queries has not changed in a relevant way in between.
+"""
+
+    # For modules that only read state. Use together with the standard fragment.
+    INFO_MODULE = r"""
+options: {}
+attributes:
+  check_mode:
+    support: full
+    details:
+      - This action does not modify state.
+  diff_mode:
+    support: N/A
+    details:
+      - This action does not modify state.
+"""
+
+    # For modules that only read state. Use together with the standard fragment.
+    IDEMPOTENT_NOT_MODIFY_STATE = r"""
+options: {}
+attributes:
+  idempotent:
+    support: full
+    details:
+      - This action does not modify state.
+"""
+
+    # For modules listed in the C(directdownload) action group of meta/runtime.yml.
+    ACTION_GROUP = r"""
+options: {}
+attributes:
+  action_group:
+    description: Use C(group/directdownload.kvm.directdownload) in C(module_defaults) to set defaults for this module.
+    support: full
+    membership:
+      - directdownload.kvm.directdownload
+"""
+
+    # For modules that have an action plugin of the same name (controller-side part).
+    FLOW = r"""
+options: {}
+attributes:
+  action:
+    description: Has a corresponding action plugin, so part of the work runs on the controller.
+  async:
+    description: Supports being used with the C(async) keyword.
+"""
