@@ -9,7 +9,11 @@ pipeline."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import queue
+import threading
+import time
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import NotEnoughSpace
 
@@ -76,3 +80,201 @@ class SparseWriter:
                 raise NotEnoughSpace("the pool filled up while writing (%s)" % exc.strerror, errno=exc.errno) from exc
             raise
         return self.offset
+
+
+def write_json_atomic(path, data, mode=0o600):
+    """Replace ``path`` with ``data`` as JSON: temp file in the same directory, then rename.
+
+    A reader sees the old or the new document, never half of one. No fsync: the sidecars written this way are
+    hints that survive a killed process (the page cache keeps them); every byte they vouch for is verified again.
+    """
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path).lstrip("."), os.getpid()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, sort_keys=True, indent=1)
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def read_json(path):
+    """The JSON document at ``path``, or None when it is missing or unreadable (sidecars are only hints)."""
+    try:
+        with open(path, "rb") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class PartFile:
+    """The hidden, resumable download file ``<pool>/.<name>.part`` and its sidecar ``.<name>.part.json``.
+
+    The sidecar says what the part holds (source identity, validators, expected checksum, bytes done) and how the
+    transfer goes (total, rate, ETA, source): operators watch it during long downloads. A part without a sidecar,
+    or whose sidecar speaks of another URL or checksum, is never resumed.
+    """
+
+    def __init__(self, directory, name):
+        self.directory = directory
+        self.name = name
+        self.path = os.path.join(directory, ".%s.part" % name)
+        self.sidecar_path = self.path + ".json"
+
+    def exists(self):
+        return os.path.exists(self.path)
+
+    def resumable_state(self, identity):
+        """The saved state if the part can be resumed for ``identity`` (a dict of what must not have changed)."""
+        state = read_json(self.sidecar_path)
+        if not state or not os.path.isfile(self.path) or os.path.islink(self.path):
+            return None
+        if state.get("identity") != identity or not isinstance(state.get("bytes_done"), int):
+            return None
+        return state if state["bytes_done"] > 0 else None
+
+    def save_state(self, state):
+        write_json_atomic(self.sidecar_path, state)
+
+    def open_for_write(self, offset):
+        """Open the part for writing from ``offset``: the file is cut (or extended with a hole) to exactly that
+        length, so everything past it reads as zeros, which the sparse writer relies on."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            os.ftruncate(fd, offset)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def discard(self):
+        _unlink_quietly(self.path)
+        _unlink_quietly(self.sidecar_path)
+
+
+class _Batch:
+    """A receive buffer shared by the hashing and the writing thread; back to the free list when both are done."""
+
+    __slots__ = ("buf", "count", "pending", "lock")
+
+    def __init__(self, size):
+        self.buf = bytearray(size)
+        self.count = 0
+        self.pending = 0
+        self.lock = threading.Lock()
+
+
+_END = object()
+
+
+class StreamStopped(Exception):
+    """Raised inside the pipeline threads when another stage failed first."""
+
+
+def stream_to_file(body, writer, hashers=(), read_size=256 * 1024, buffers=16, on_progress=None,
+                   progress_interval=2.0):
+    """Copy ``body`` into ``writer`` while ``hashers`` digest the same bytes, in one pass.
+
+    Three stages overlap on separate threads: receiving (socket reads release the GIL), hashing (hashlib
+    releases it for large buffers) and writing (the calling thread). Memory is ``buffers * read_size`` whatever
+    the image size. ``on_progress(bytes_written)`` is called from the calling thread at most every
+    ``progress_interval`` seconds. Returns the number of bytes copied; re-raises the first stage's error.
+    """
+    free = queue.Queue()
+    for _ in range(buffers):
+        free.put(_Batch(read_size))
+    to_hash = queue.Queue()
+    to_write = queue.Queue()
+    errors = []
+    stop = threading.Event()
+    consumers = 2 if hashers else 1
+
+    def release(batch):
+        with batch.lock:
+            batch.pending -= 1
+            done = batch.pending == 0
+        if done:
+            free.put(batch)
+
+    def receive():
+        try:
+            while not stop.is_set():
+                try:
+                    batch = free.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                batch.count = body.readinto(batch.buf)
+                if not batch.count:
+                    break
+                batch.pending = consumers
+                if hashers:
+                    to_hash.put(batch)
+                to_write.put(batch)
+        except BaseException as exc:  # pylint: disable=broad-except
+            errors.append(exc)
+            stop.set()
+        finally:
+            to_hash.put(_END)
+            to_write.put(_END)
+
+    def digest():
+        try:
+            while True:
+                batch = to_hash.get()
+                if batch is _END:
+                    return
+                view = memoryview(batch.buf)[:batch.count]
+                for hasher in hashers:
+                    hasher.update(view)
+                view.release()
+                release(batch)
+        except BaseException as exc:  # pylint: disable=broad-except
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=receive, name="dd-receive", daemon=True)]
+    if hashers:
+        threads.append(threading.Thread(target=digest, name="dd-hash", daemon=True))
+    for thread in threads:
+        thread.start()
+    copied = 0
+    last_report = time.monotonic()
+    try:
+        while True:
+            batch = to_write.get()
+            if batch is _END:
+                break
+            writer.write(batch.buf, batch.count)
+            copied += batch.count
+            release(batch)
+            if on_progress is not None and time.monotonic() - last_report >= progress_interval:
+                last_report = time.monotonic()
+                on_progress(copied)
+    except BaseException:
+        stop.set()
+        _close_quietly(body)
+        raise
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return copied
+
+
+def _close_quietly(body):
+    try:
+        body.close()
+    except Exception:  # pylint: disable=broad-except
+        pass

@@ -1,0 +1,572 @@
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
+"""The engine call: put one image from a URL into a pool directory, verified, extracted, inspected, atomically.
+
+``plan(request)`` decides what would happen without touching the network (check mode); ``run(request)`` does it.
+Everything else lives in the pieces this module wires together: sources (_http, _nfs, _metalink), the sink
+(_sink), the installer (_install) and checksums (_checksum).
+
+What is on disk in the pool, per image ``NAME``:
+- ``NAME``                  the installed image (only ever appears by an atomic rename of a verified file)
+- ``.NAME.ddinfo.json``     the record of the installed image (for O(1) idempotence)
+- ``.NAME.part`` + ``.json`` a resumable download in progress and its progress sidecar
+- ``.NAME.lock``            serialises concurrent runs for the same image (a second run waits, then finds it done)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+import time
+
+from ansible_collections.directdownload.kvm.plugins.module_utils import _install
+from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import Checksum, file_digest, new_hash
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
+    ChecksumMismatch,
+    DirectDownloadError,
+    ImageRejected,
+    InvalidInput,
+    NotEnoughSpace,
+    SourceError,
+)
+from ansible_collections.directdownload.kvm.plugins.module_utils._sink import (
+    DEFAULT_BLOCK_SIZE,
+    PartFile,
+    SparseWriter,
+    stream_to_file,
+)
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
+    METALINK_SUFFIXES,
+    file_name_from_url,
+    is_metalink_url,
+    redact_url,
+    safe_file_name,
+    strip_compression_suffix,
+    url_scheme,
+)
+
+# The checksum we compute when the user gave none, so every installed image has a digest on record.
+DEFAULT_COMPUTED_ALGORITHM = "sha256"
+# A checksum mismatch downloads again, at most this many times in all (CloudStack: 3), then fails.
+MAX_MISMATCH_DOWNLOADS = 3
+FORMATS = ("qcow2", "raw", "iso")
+
+
+class DownloadRequest:
+    """Everything the engine needs for one image. Plain attributes; modules fill them from their options."""
+
+    def __init__(self, url, pool_path, name=None, checksum=None, image_format=None, extract=True,
+                 source_options=None, retries=3, retry_delay=1.0, resume=True, force=False,
+                 block_size=DEFAULT_BLOCK_SIZE, progress_interval=2.0, qemu_img="qemu-img",
+                 connections=1, metalink_name=None, metalink_locations=(), nfs_transport="auto"):
+        if not url:
+            raise InvalidInput("url is required")
+        scheme = url_scheme(url)
+        if scheme not in ("http", "https", "nfs"):
+            raise InvalidInput("unsupported URL scheme %r in %s: use http, https or nfs" % (scheme, redact_url(url)))
+        if checksum is not None and not isinstance(checksum, Checksum):
+            raise InvalidInput("checksum must be parsed with _checksum.parse_checksum")
+        if image_format not in (None,) + FORMATS:
+            raise InvalidInput("format must be one of %s, got %r" % (", ".join(FORMATS), image_format))
+        if retries < 0:
+            raise InvalidInput("retries must be 0 or more")
+        if block_size < 4096 or block_size > 16 * 1024 * 1024:
+            raise InvalidInput("block_size must be between 4 KiB and 16 MiB")
+        self.url = url
+        self.pool_path = pool_path
+        self.name = safe_file_name(name) if name else default_name(url)
+        self.checksum = checksum
+        self.format = image_format
+        self.extract = extract and image_format != "iso"
+        self.source_options = source_options
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.resume = resume
+        self.force = force
+        self.block_size = block_size
+        self.progress_interval = progress_interval
+        self.qemu_img = qemu_img
+        self.connections = max(1, int(connections))
+        self.metalink_name = metalink_name
+        self.metalink_locations = tuple(metalink_locations or ())
+        self.nfs_transport = nfs_transport
+
+    @property
+    def final_path(self):
+        return os.path.join(self.pool_path, self.name)
+
+    @property
+    def url_id(self):
+        """Identity of the URL without storing it: URLs may carry credentials or signed query strings."""
+        return hashlib.sha256(self.url.encode("utf-8")).hexdigest()
+
+
+def default_name(url):
+    """The file name an image gets when the user names none: the URL's last segment, with a compression or
+    metalink suffix removed (``disk.qcow2.gz`` -> ``disk.qcow2``; ``disk.qcow2.meta4`` -> ``disk.qcow2``)."""
+    name = file_name_from_url(url)
+    lower = name.lower()
+    for suffix in METALINK_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return safe_file_name(strip_compression_suffix(name))
+
+
+def file_facts(path):
+    """What is at ``path`` now, for diffs and results (no hashing)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return {"path": path, "exists": False}
+    facts = {"path": path, "exists": True, "size": st.st_size, "disk_usage": st.st_blocks * 512,
+             "mtime": int(st.st_mtime)}
+    if stat.S_ISLNK(st.st_mode):
+        facts["type"] = "symlink"
+    elif stat.S_ISDIR(st.st_mode):
+        facts["type"] = "directory"
+    else:
+        facts["type"] = "file"
+    return facts
+
+
+def check_pool(pool_path):
+    if not pool_path:
+        raise InvalidInput("pool_path is required")
+    if not os.path.isdir(pool_path):
+        raise InvalidInput("the pool directory %s does not exist (create it, or apply the directdownload.kvm.agent role)"
+                           % pool_path)
+    if not os.access(pool_path, os.W_OK | os.X_OK):
+        raise InvalidInput("the pool directory %s is not writable by this user" % pool_path)
+
+
+class Plan:
+    """What ``run`` would do. ``action``: ``none`` (installed and current), ``adopt`` (a file without record
+    matches the checksum: only the record is written), ``download``, ``replace``."""
+
+    def __init__(self, action, reason, before, record=None):
+        self.action = action
+        self.reason = reason
+        self.before = before
+        self.record = record
+
+    @property
+    def changes(self):
+        return self.action != "none"
+
+
+def plan(request):
+    """Decide without network and without writing. May hash an existing file once when it has no usable record."""
+    check_pool(request.pool_path)
+    final = request.final_path
+    before = file_facts(final)
+    if before["exists"] and before["type"] != "file":
+        raise InvalidInput("%s is a %s: refusing to replace it with an image" % (final, before["type"]))
+    if not before["exists"]:
+        return Plan("download", "not installed", before)
+    if request.force:
+        return Plan("replace", "force is set", before)
+    record = _install.read_record(final)
+    if record and _install.record_matches_file(final, record):
+        if request.checksum is None:
+            if record.get("url_id") in (None, request.url_id):
+                return Plan("none", "installed from this URL", before, record)
+            return Plan("replace", "installed from another URL and no checksum pins the content", before, record)
+        recorded = record.get("checksums", {}).get(request.checksum.algorithm)
+        if recorded is not None:
+            if request.checksum.matches(recorded):
+                return Plan("none", "installed with this checksum", before, record)
+            return Plan("replace", "the installed image has another %s checksum" % request.checksum.algorithm,
+                        before, record)
+    # No usable record (none, stale, or of another algorithm): the checksum decides, at the cost of one read.
+    if request.checksum is not None:
+        actual = file_digest(final, request.checksum.algorithm)
+        if request.checksum.matches(actual):
+            return Plan("adopt", "the file on disk matches the checksum", before, record)
+        return Plan("replace", "the file on disk does not match the checksum", before, record)
+    if record and record.get("url_id") == request.url_id:
+        return Plan("replace", "the installed image changed since it was recorded", before, record)
+    return Plan("none", "a file with this name exists and no checksum was given (use force to replace it)",
+                before, record)
+
+
+class DownloadResult(dict):
+    """The result a module returns, as a dict (see the download module's RETURN)."""
+
+
+def run(request, open_source, log=None, now=time.time):
+    """Do what ``plan`` says. ``open_source(url, request)`` returns a Source for the URL (see architecture.md).
+
+    Serialised per image by a lock file in the pool: a second concurrent run waits, then re-plans and finds the
+    image installed. Raises DirectDownloadError subclasses; on any failure the pool holds no new image, at most
+    the resumable ``.part`` and its sidecar.
+    """
+    log = log or (lambda msg: None)
+    check_pool(request.pool_path)
+    started = time.monotonic()
+    with _image_lock(request):
+        decision = plan(request)
+        if decision.action == "none":
+            return _unchanged_result(request, decision, started)
+        if decision.action == "adopt":
+            return _adopt(request, decision, started, now)
+        result = _download_and_install(request, decision, open_source, log, started, now)
+        result["before"] = decision.before
+        return result
+
+
+@contextlib.contextmanager
+def _image_lock(request):
+    lock_path = os.path.join(request.pool_path, ".%s.lock" % request.name)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _unchanged_result(request, decision, started):
+    record = decision.record or {}
+    final = request.final_path
+    result = DownloadResult(
+        changed=False, path=final, name=request.name, msg=decision.reason,
+        size=decision.before.get("size"), disk_usage=decision.before.get("disk_usage"),
+        virtual_size=record.get("virtual_size"), format=record.get("format"),
+        checksum=record.get("checksum"), url=record.get("url"), bytes_downloaded=0, resumed_from=0,
+        elapsed=round(time.monotonic() - started, 3), attempts=0, rate=None, mirror_errors=[],
+    )
+    if not record:
+        info = _install.inspect_image(final, request.format, qemu_img=request.qemu_img)
+        result.update(format=info.format, virtual_size=info.virtual_size)
+    return result
+
+
+def _adopt(request, decision, started, now):
+    """A file without (valid) record whose bytes match the checksum: inspect it and write the record only."""
+    final = request.final_path
+    info = _install.inspect_image(final, request.format, qemu_img=request.qemu_img)
+    _install.check_policy(info, request.format)
+    record = _make_record(request, info, {request.checksum.algorithm: request.checksum.hexdigest},
+                          request.checksum, redact_url(request.url), now)
+    _install.write_record(final, record)
+    result = _result_from_record(request, record, started, bytes_downloaded=0, resumed_from=0, attempts=0,
+                                 url=record["url"], mirror_errors=[])
+    result.update(changed=True, msg="recorded the existing file, which matches the checksum")
+    return result
+
+
+def _make_record(request, info, checksums, checksum, served_url, now):
+    return {
+        "checksum": checksum.cloudstack,
+        "checksums": checksums,
+        "url": served_url,
+        "url_id": request.url_id,
+        "format": info.format,
+        "virtual_size": info.virtual_size,
+        "installed_at": int(now()),
+    }
+
+
+def _result_from_record(request, record, started, **extra):
+    facts = file_facts(request.final_path)
+    result = DownloadResult(
+        changed=True, path=request.final_path, name=request.name, size=facts.get("size"),
+        disk_usage=facts.get("disk_usage"), virtual_size=record["virtual_size"], format=record["format"],
+        checksum=record["checksum"], elapsed=round(time.monotonic() - started, 3),
+    )
+    result.update(extra)
+    return result
+
+
+def _download_and_install(request, decision, open_source, log, started, now):
+    part = PartFile(request.pool_path, request.name)
+    source = open_source(request.url, request)
+    expected = request.checksum
+    attempts_total = 0
+    bytes_total = 0
+    resumed_from = 0
+    mismatches = 0
+    try:
+        while True:
+            transfer = _Transfer(request, part, source, expected, log, now)
+            transfer.run()
+            attempts_total += transfer.attempts
+            bytes_total += transfer.bytes_downloaded
+            resumed_from = resumed_from or transfer.resumed_from
+            actual = transfer.digests[expected.algorithm if expected else DEFAULT_COMPUTED_ALGORITHM]
+            if expected is None or expected.matches(actual):
+                break
+            # The bytes are wrong. Another try may get good bytes (a flaky proxy, a mirror being re-synced);
+            # a metalink source moves to its next mirror. Bounded, then a clear failure.
+            mismatches += 1
+            part.discard()
+            bad_url = redact_url(transfer.served_url)
+            log("checksum mismatch from %s (expected %s, got %s)" % (bad_url, expected.hexdigest, actual))
+            next_mirror = getattr(source, "next_mirror_after_mismatch", None)
+            moved = next_mirror(transfer.served_url, expected.hexdigest, actual) if next_mirror else False
+            if mismatches >= MAX_MISMATCH_DOWNLOADS and not moved:
+                got = Checksum(expected.algorithm, actual).cloudstack
+                raise ChecksumMismatch(
+                    "checksum mismatch for %s after %d downloads: expected %s, got %s"
+                    % (bad_url, mismatches, expected.cloudstack, got),
+                    expected=expected.cloudstack, actual=got, url=bad_url, attempts=attempts_total,
+                )
+        checksums = transfer.digests
+        checksum = expected or Checksum(DEFAULT_COMPUTED_ALGORITHM, checksums[DEFAULT_COMPUTED_ALGORITHM])
+        ready, info = _prepare_image(request, part, transfer.size_on_disk)
+        served_url = redact_url(transfer.served_url)
+        record = _make_record(request, info, checksums, checksum, served_url, now)
+        _install.install_file(ready, request.final_path)
+        _install.write_record(request.final_path, record)
+        part.discard()
+    except DirectDownloadError as exc:
+        exc.details.setdefault("attempts", attempts_total)
+        exc.details.setdefault("bytes_downloaded", bytes_total)
+        _keep_only_resumable(part, exc)
+        raise
+    except BaseException:
+        _keep_only_resumable(part, None)
+        raise
+    finally:
+        close = getattr(source, "close", None)
+        if close:
+            close()
+    elapsed = time.monotonic() - started
+    log("installed %s (%d bytes downloaded in %.1f s)" % (request.final_path, bytes_total, elapsed))
+    return _result_from_record(
+        request, record, started, url=served_url, bytes_downloaded=bytes_total, resumed_from=resumed_from,
+        attempts=attempts_total, rate=int(bytes_total / elapsed) if elapsed > 0 else None,
+        mirror_errors=list(getattr(source, "mirror_errors", [])),
+        msg="%s %s" % ("replaced" if decision.action == "replace" else "installed", request.final_path),
+    )
+
+
+def _keep_only_resumable(part, exc):
+    """After a failure keep the ``.part`` only when a later run can resume it: the transport failed, so the bytes
+    on disk are good as far as they go. Wrong, refused or unfinished-extraction bytes are removed."""
+    if not isinstance(exc, SourceError):
+        part.discard()
+
+
+def _prepare_image(request, part, downloaded_size):
+    """Turn the verified ``.part`` into the file to install: extracted when compressed, inspected, policed.
+
+    Returns (path ready to rename, ImageInfo). Removes what it created when anything fails.
+    """
+    ready = part.path
+    kind = _install.detect_compression(part.path) if request.extract else None
+    if kind and _install.is_iso(part.path):
+        kind = None
+    if kind:
+        extracted = os.path.join(request.pool_path, ".%s.extract.part" % request.name)
+        try:
+            os.unlink(extracted)
+        except FileNotFoundError:
+            pass
+        try:
+            _install.extract(part.path, extracted, kind, block_size=request.block_size)
+        except BaseException:
+            part.discard()
+            raise
+        part.discard()
+        ready = extracted
+    try:
+        info = _install.inspect_image(ready, request.format, qemu_img=request.qemu_img)
+        _install.check_policy(info, request.format)
+    except BaseException:
+        _unlink(ready)
+        part.discard()
+        raise
+    return ready, info
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class _Transfer:
+    """One complete transfer of the source into the ``.part``, with resume and bounded retries."""
+
+    def __init__(self, request, part, source, expected, log, now):
+        self.request = request
+        self.part = part
+        self.source = source
+        self.expected = expected
+        self.log = log
+        self.now = now
+        self.attempts = 0
+        self.bytes_downloaded = 0
+        self.resumed_from = 0
+        self.served_url = request.url
+        self.size_on_disk = 0
+        self.digests = {}
+        self.identity = {
+            "url_id": request.url_id,
+            "checksum": expected.cloudstack if expected else None,
+        }
+
+    def _algorithms(self):
+        algorithms = [DEFAULT_COMPUTED_ALGORITHM]
+        if self.expected and self.expected.algorithm not in algorithms:
+            algorithms.append(self.expected.algorithm)
+        return algorithms
+
+    def run(self):
+        request = self.request
+        state = self.part.resumable_state(self.identity) if request.resume else None
+        if state is None:
+            self.part.discard()
+        offset = state["bytes_done"] if state else 0
+        validators = state.get("validators") if state else None
+        total = state.get("total") if state else None
+        hashers = {name: new_hash(name) for name in self._algorithms()}
+        if offset:
+            # Rebuild the hash state from the kept prefix: hashlib state cannot be saved, and the prefix must
+            # be hashed anyway to be verified. Page-cache reads run at ~10 GB/s.
+            self._hash_prefix(hashers, offset)
+        last_error = None
+        while self.attempts <= request.retries:
+            self.attempts += 1
+            try:
+                offset = self._attempt(offset, validators, total, hashers)
+                break
+            except SourceError as exc:
+                last_error = exc
+                if not exc.retryable or self.attempts > request.retries:
+                    raise
+                delay = min(request.retry_delay * (2 ** (self.attempts - 1)), 30)
+                self.log("attempt %d failed: %s; retrying in %.1f s" % (self.attempts, exc.msg, delay))
+                time.sleep(delay)
+                state = self.part.resumable_state(self.identity) if request.resume else None
+                if state is None:
+                    offset, validators, total = 0, None, None
+                    hashers = {name: new_hash(name) for name in self._algorithms()}
+                    self.part.discard()
+                else:
+                    offset, validators, total = state["bytes_done"], state.get("validators"), state.get("total")
+                    if offset != self._hashed:
+                        hashers = {name: new_hash(name) for name in self._algorithms()}
+                        self._hash_prefix(hashers, offset)
+        else:  # pragma: no cover - the loop always breaks or raises
+            raise last_error
+        self.size_on_disk = offset
+        self.digests = {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+    _hashed = 0
+
+    def _hash_prefix(self, hashers, offset):
+        buf = bytearray(1024 * 1024)
+        done = 0
+        with open(self.part.path, "rb", buffering=0) as handle:
+            while done < offset:
+                count = handle.readinto(memoryview(buf)[: min(len(buf), offset - done)])
+                if not count:
+                    break
+                view = memoryview(buf)[:count]
+                for hasher in hashers.values():
+                    hasher.update(view)
+                done += count
+        if done < offset:  # a part shorter than its sidecar claims (cut by hand): pad as the sparse tail would
+            zeros = bytes(min(len(buf), offset - done))
+            while done < offset:
+                chunk = zeros[: offset - done]
+                for hasher in hashers.values():
+                    hasher.update(chunk)
+                done += len(chunk)
+        self._hashed = offset
+
+    def _attempt(self, offset, validators, total, hashers):
+        request = self.request
+        body = self.source.open(offset=offset, validators=validators)
+        try:
+            if body.offset != offset:
+                # The server could not resume (no Range support, or the file changed: If-Range failed).
+                self.log("the server restarted the transfer from byte %d (asked %d)" % (body.offset, offset))
+                for name in list(hashers):
+                    hashers[name] = new_hash(name)
+                offset = body.offset
+                self._hashed = 0
+            elif offset:
+                self.resumed_from = offset
+                self.log("resuming at byte %d" % offset)
+            self.served_url = body.url or self.served_url
+            total = body.size if body.size is not None else total
+            if total is not None:
+                _install.ensure_free_space(request.pool_path, max(0, total - offset), "the download")
+            fd = self.part.open_for_write(offset)
+            writer = SparseWriter(fd, offset=offset, block_size=request.block_size)
+            progress = _Progress(self, offset, total, body)
+            try:
+                progress.save_absolute(offset)
+                copied = stream_to_file(body, writer, list(hashers.values()), on_progress=progress.save,
+                                        progress_interval=request.progress_interval)
+                writer.finish()
+            except BaseException:
+                # The bytes written before the failure are resumable: record how far they go.
+                self.bytes_downloaded += writer.offset - offset
+                try:
+                    progress.save_absolute(writer.offset)
+                except OSError:
+                    pass
+                raise
+            finally:
+                os.close(fd)
+            self.bytes_downloaded += copied
+            offset += copied
+            self._hashed = offset
+            progress.save_absolute(offset)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NotEnoughSpace("the pool %s is full: %s" % (request.pool_path, exc.strerror)) from exc
+            raise
+        finally:
+            body.close()
+        if total is not None and offset != total:
+            raise SourceError("the transfer ended at byte %d of %d" % (offset, total), url=redact_url(body.url))
+        return offset
+
+
+class _Progress:
+    """Writes the part's sidecar: resume state and progress figures for operators (bytes, total, rate, ETA)."""
+
+    def __init__(self, transfer, start_offset, total, body):
+        self.transfer = transfer
+        self.start_offset = start_offset
+        self.total = total
+        self.body = body
+        self.started = time.monotonic()
+        self.started_at = int(transfer.now())
+
+    def save(self, copied):
+        self.save_absolute(self.start_offset + copied)
+
+    def save_absolute(self, done):
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = (done - self.start_offset) / elapsed
+        eta = None
+        if self.total and rate > 0:
+            eta = round((self.total - done) / rate, 1)
+        self.transfer.part.save_state({
+            "identity": self.transfer.identity,
+            "validators": getattr(self.body, "validators", None),
+            "source": redact_url(getattr(self.body, "url", None) or self.transfer.request.url),
+            "bytes_done": done,
+            "total": self.total,
+            "percent": round(100.0 * done / self.total, 1) if self.total else None,
+            "rate": int(rate),
+            "eta": eta,
+            "started_at": self.started_at,
+            "updated_at": int(self.transfer.now()),
+            "pid": os.getpid(),
+        })

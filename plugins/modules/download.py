@@ -1,0 +1,496 @@
+#!/usr/bin/python
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: download
+short_description: Download a VM image straight into a KVM primary storage pool, verified and installed atomically
+version_added: 0.1.0
+description:
+  - Downloads a template or ISO from O(url) (HTTP, HTTPS, NFS or a Metalink document) directly into a primary
+    storage pool directory on the KVM host, as Apache CloudStack's direct download (bypass secondary storage) does.
+  - Bytes are hashed while they stream to a hidden C(.NAME.part) file in the pool (one pass, constant memory,
+    all-zero blocks left as holes so sparse images stay sparse), then verified, extracted when compressed (detected
+    by content: gzip, bzip2, xz, zip with one member, zstd), inspected with C(qemu-img info) and renamed into place.
+  - A qcow2 image with a backing file or an external data file is refused (CVE-2024-50386 class). ISOs are never
+    extracted.
+  - On any failure the pool holds no new image. A transfer that failed on the network keeps its C(.part) and a
+    sidecar C(.NAME.part.json); the next run resumes it with C(Range) and C(If-Range), or starts over when the
+    server cannot resume or the file changed. The sidecar also shows progress (bytes, total, rate, ETA).
+  - An installed image is recognised by its record C(.NAME.ddinfo.json) (size, mtime, inode, checksums, URL), so
+    a second run transfers nothing and hashes nothing.
+  - Concurrent runs for the same image in the same pool download it once; the others wait and then report it
+    installed.
+author:
+  - directdownload.kvm maintainers
+extends_documentation_fragment:
+  - directdownload.kvm._attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Check mode decides from the pool and the image record alone, without network access. When an image exists
+        without a valid record and a checksum is given, the file is hashed once to decide.
+  diff_mode:
+    support: full
+    details:
+      - Shows the facts of the destination file before, and what it will be after.
+  idempotent:
+    support: full
+requirements:
+  - Python C(urllib3) on the KVM host for HTTP and HTTPS sources.
+  - Python C(lxml) for Metalink sources.
+  - C(qemu-img) (package C(qemu-utils) on Debian and Ubuntu, C(qemu-img) on RHEL).
+  - Python C(zstandard) to extract zstd images (optional).
+  - The libvirt Python bindings or C(virsh) when O(pool) names a libvirt pool.
+  - C(nfs-common) (kernel mount) or C(libnfs-utils) (userspace) for NFS sources.
+options:
+  url:
+    description:
+      - Where the image is. Schemes C(http), C(https) and C(nfs) (C(nfs://server[:port]/export/path/file[?version=3|4])).
+      - A URL whose path ends in C(.metalink) or C(.meta4), or whose server answers with a Metalink content type, is
+        read as a Metalink document listing mirrors.
+      - Credentials in the URL are never shown; they are redacted in every message and result.
+    type: str
+    required: true
+  checksum:
+    description:
+      - The expected digest of the bytes as downloaded (before extraction).
+      - CloudStack form C({SHA-256}hex), Ansible form C(sha256:hex), or bare hex (see O(checksum_algorithm)).
+        Algorithms MD5, SHA-1, SHA-224, SHA-256, SHA-384 and SHA-512; hex in upper or lower case.
+      - Empty means no verification; a SHA-256 digest is still computed and returned.
+      - On a mismatch the image is downloaded again (three downloads in all), then the task fails showing the
+        expected and actual digests, with nothing left in the pool.
+    type: str
+    default: ''
+  checksum_algorithm:
+    description:
+      - The algorithm of a bare hex O(checksum). CloudStack reads a bare hex digest as MD5, which is the default.
+    type: str
+    default: md5
+    choices: [md5, sha1, sha224, sha256, sha384, sha512]
+  pool_path:
+    description:
+      - The directory of the primary storage pool. It must exist.
+      - Exactly one of O(pool_path) and O(pool) is required.
+    type: path
+  pool:
+    description:
+      - The name of an active libvirt storage pool of type C(dir), C(fs) or C(netfs). Its target directory is used
+        and the pool is refreshed after the install, so C(virsh vol-list) shows the image at once.
+    type: str
+  libvirt_uri:
+    description:
+      - The libvirt connection used with O(pool).
+    type: str
+    default: qemu:///system
+  name:
+    description:
+      - The file name of the image in the pool. A plain name, no directories.
+      - Default is the last segment of the URL path without a compression suffix (C(.gz), C(.bz2), C(.xz), C(.zip),
+        C(.zst)) or a Metalink suffix.
+    type: str
+  format:
+    description:
+      - The expected image format. When given and the image is something else, the task fails.
+      - When omitted the format is detected (C(qcow2) or C(raw) by C(qemu-img), C(iso) by its ISO 9660 signature).
+      - With V(raw), C(qemu-img) is told so and does not probe, so a raw image that happens to contain a qcow2 header
+        is not misread.
+    type: str
+    choices: [qcow2, raw, iso]
+  extract:
+    description:
+      - Extract a compressed image (detected by content, not by suffix). ISOs are never extracted.
+    type: bool
+    default: true
+  headers:
+    description:
+      - HTTP headers to send, as CloudStack's C(HTTP_HEADER:<name>) template details do. Values are secrets and never
+        shown.
+    type: dict
+    default: {}
+  ca_path:
+    description:
+      - A PEM file, or a directory of PEM files, with CA certificates to trust in addition to the system CAs and
+        O(trust_dir).
+    type: path
+  trust_dir:
+    description:
+      - The directory of CA certificates uploaded with M(directdownload.kvm.certificate). Trusted in addition to
+        the system CAs.
+      - Default from the agent settings file C(/etc/directdownload/agent.json), else C(/etc/directdownload/trust.d).
+    type: path
+  validate_certs:
+    description:
+      - Verify the server certificate and host name. Only turn this off for tests.
+    type: bool
+    default: true
+  client_cert:
+    description:
+      - A PEM client certificate (with the key in it, or in O(client_key)) for servers that require one.
+    type: path
+  client_key:
+    description:
+      - The PEM private key of O(client_cert).
+    type: path
+  connect_timeout:
+    description:
+      - Seconds to wait for a connection. Default from the agent settings file, else 10.
+    type: float
+  read_timeout:
+    description:
+      - Seconds without receiving a byte before the transfer counts as stalled (an idle timeout, not a total one).
+        Default from the agent settings file, else 60.
+    type: float
+  retries:
+    description:
+      - How many more attempts after a failed transfer (connection error, 5xx, truncated body, stall). Each attempt
+        resumes where the previous one stopped. Default from the agent settings file, else 3.
+    type: int
+  retry_delay:
+    description:
+      - Seconds before the first retry; doubled for each further one, at most 30.
+    type: float
+    default: 1.0
+  follow_redirects:
+    description:
+      - Follow HTTP redirects (at most 10). A redirect from https to http is always refused. Credentials
+        (C(Authorization), C(Cookie)) are not sent on to another host.
+    type: bool
+    default: true
+  use_proxy:
+    description:
+      - Use the proxy from the environment (C(https_proxy), C(http_proxy), C(no_proxy)) or O(proxy).
+    type: bool
+    default: true
+  proxy:
+    description:
+      - A proxy URL to use instead of the environment's, for example C(http://proxy.example.com:3128).
+    type: str
+  resume:
+    description:
+      - Resume an interrupted transfer from its C(.part) file. When false a leftover C(.part) is discarded.
+    type: bool
+    default: true
+  force:
+    description:
+      - Download and replace the image even when it is installed and current.
+    type: bool
+    default: false
+  connections:
+    description:
+      - For a Metalink source whose mirrors accept ranges, how many parallel connections to split the download over
+        (several mirrors at once). V(1) downloads from one mirror at a time with failover.
+    type: int
+    default: 1
+  metalink_name:
+    description:
+      - Which C(<file>) of a Metalink document with several files to download.
+    type: str
+  metalink_locations:
+    description:
+      - Preferred mirror locations (ISO 3166-1 country codes as in the Metalink C(location) attribute), after
+        priority.
+    type: list
+    elements: str
+    default: []
+  nfs_transport:
+    description:
+      - How to read C(nfs://) URLs. V(mount) mounts the export read-only on a private temporary directory (root and a
+        kernel NFS client needed); V(libnfs) reads in userspace with C(libnfs-utils); V(auto) picks C(mount) when it
+        can, else C(libnfs).
+    type: str
+    default: auto
+    choices: [auto, mount, libnfs]
+  block_size:
+    description:
+      - The I/O block size in bytes. All-zero blocks of this size are skipped (left as holes). 64 KiB was measured
+        fastest; change it only after measuring on your kernel.
+    type: int
+  progress_interval:
+    description:
+      - Seconds between updates of the progress sidecar C(.NAME.part.json).
+    type: float
+    default: 2.0
+notes:
+  - Watch a long download with the sidecar, for example C(watch cat /var/lib/libvirt/images/.NAME.part.json), or run
+    the task with C(async) and poll it.
+  - The checksum covers the bytes as downloaded, so the checksum of a compressed image is the checksum of the
+    compressed file, as in CloudStack.
+seealso:
+  - module: directdownload.kvm.url_check
+  - module: directdownload.kvm.template
+  - module: ansible.builtin.get_url
+"""
+
+EXAMPLES = r"""
+- name: Download a qcow2 template into a pool directory, checked with SHA-256
+  directdownload.kvm.download:
+    url: https://images.example.com/debian-12.qcow2
+    checksum: "{SHA-256}0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    pool_path: /var/lib/libvirt/images
+
+- name: Download a compressed image into the libvirt pool "primary", named after the template
+  directdownload.kvm.download:
+    url: https://images.example.com/alma-9.qcow2.xz?token=secret
+    checksum: sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0
+    pool: primary
+    name: 3f6c2a7e-8d41-4b7e-9a51-0f2f0d5e2b11
+    format: qcow2
+    headers:
+      Authorization: "Bearer {{ image_token }}"
+
+- name: Download an ISO from NFS
+  directdownload.kvm.download:
+    url: nfs://nfs.example.com/export/isos/netinst.iso?version=4
+    pool_path: /var/lib/libvirt/images
+    format: iso
+
+- name: Download from the mirrors of a Metalink, two connections at once
+  directdownload.kvm.download:
+    url: https://images.example.com/debian-12.qcow2.meta4
+    pool_path: /var/lib/libvirt/images
+    connections: 2
+
+- name: A long download, watched with async (the sidecar .NAME.part.json shows progress)
+  directdownload.kvm.download:
+    url: https://images.example.com/big.raw
+    pool_path: /var/lib/libvirt/images
+  async: 7200
+  poll: 15
+"""
+
+RETURN = r"""
+path:
+  description: The installed image.
+  returned: success
+  type: str
+  sample: /var/lib/libvirt/images/debian-12.qcow2
+name:
+  description: The file name of the image in the pool.
+  returned: success
+  type: str
+  sample: debian-12.qcow2
+size:
+  description: The apparent size of the installed file in bytes.
+  returned: success
+  type: int
+  sample: 2147483648
+disk_usage:
+  description: The bytes the installed file takes on disk (less than O(size) when it is sparse).
+  returned: success
+  type: int
+  sample: 537395200
+virtual_size:
+  description: The virtual disk size in bytes, from C(qemu-img info) (for an ISO, its size).
+  returned: success
+  type: int
+  sample: 21474836480
+format:
+  description: The image format.
+  returned: success
+  type: str
+  sample: qcow2
+checksum:
+  description: The digest verified (or, without O(checksum), computed) over the downloaded bytes, C({ALG}hex).
+  returned: success
+  type: str
+  sample: "{SHA-256}0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
+url:
+  description: The URL that served the bytes (after redirects; the mirror for a Metalink), credentials redacted.
+  returned: success
+  type: str
+  sample: https://mirror-a.example.com/debian-12.qcow2
+bytes_downloaded:
+  description: Bytes received by this run (0 when the image was already installed).
+  returned: success
+  type: int
+  sample: 2147483648
+resumed_from:
+  description: The byte offset a resumed transfer started from, 0 when none was resumed.
+  returned: success
+  type: int
+  sample: 0
+elapsed:
+  description: Seconds the task took.
+  returned: success
+  type: float
+  sample: 3.2
+attempts:
+  description: Transfer attempts made (0 when nothing was transferred).
+  returned: success
+  type: int
+  sample: 1
+rate:
+  description: Average transfer rate of this run in bytes per second.
+  returned: when bytes were transferred
+  type: int
+  sample: 671088640
+mirror_errors:
+  description: For a Metalink, the mirrors that failed before one served the image, with their errors.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"url": "http://mirror-b.example.com/debian-12.qcow2", "error": "HTTP 404"}]
+pool:
+  description: The libvirt pool that was refreshed, when O(pool) was given.
+  returned: when O(pool) is given
+  type: str
+  sample: primary
+retryable:
+  description: On failure, whether another host or mirror could succeed (false for a checksum mismatch or an image
+    refused by policy). Deployment playbooks use it to decide whether to try another host.
+  returned: failure
+  type: bool
+  sample: true
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.directdownload.kvm.plugins.module_utils import _download
+from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
+from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
+from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_source
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_scheme
+
+HTTP_IMP_ERR = None
+try:
+    from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
+    HAS_HTTP = True
+except ImportError:
+    SourceOptions = None
+    HAS_HTTP = False
+    HTTP_IMP_ERR = traceback.format_exc()
+
+
+def build_request(module, settings):
+    params = module.params
+    pool_path = params["pool_path"]
+    if params["pool"]:
+        from ansible_collections.directdownload.kvm.plugins.module_utils import _libvirt  # pylint: disable=import-outside-toplevel
+        pool_path = _libvirt.pool_target_path(params["pool"], params["libvirt_uri"])
+    source_options = None
+    if url_scheme(params["url"]) in ("http", "https"):
+        if not HAS_HTTP:
+            module.fail_json(msg=missing_required_lib("urllib3"), exception=HTTP_IMP_ERR)
+        source_options = SourceOptions(
+            headers=params["headers"],
+            ca_path=params["ca_path"],
+            trust_dir=option_or_setting(params, "trust_dir", settings),
+            validate_certs=params["validate_certs"],
+            client_cert=params["client_cert"],
+            client_key=params["client_key"],
+            connect_timeout=option_or_setting(params, "connect_timeout", settings),
+            read_timeout=option_or_setting(params, "read_timeout", settings),
+            follow_redirects=params["follow_redirects"],
+            proxy=params["proxy"] if params["use_proxy"] else False,
+        )
+    return _download.DownloadRequest(
+        url=params["url"],
+        pool_path=pool_path,
+        name=params["name"],
+        checksum=parse_checksum(params["checksum"], params["checksum_algorithm"]),
+        image_format=params["format"],
+        extract=params["extract"],
+        source_options=source_options,
+        retries=option_or_setting(params, "retries", settings),
+        retry_delay=params["retry_delay"],
+        resume=params["resume"],
+        force=params["force"],
+        block_size=option_or_setting(params, "block_size", settings),
+        progress_interval=params["progress_interval"],
+        connections=params["connections"],
+        metalink_name=params["metalink_name"],
+        metalink_locations=params["metalink_locations"],
+        nfs_transport=params["nfs_transport"],
+    )
+
+
+def diff_for(decision, request):
+    after = {"path": request.final_path, "exists": True, "url": redact_url(request.url)}
+    if request.checksum is not None:
+        after["checksum"] = request.checksum.cloudstack
+    before = dict(decision.before)
+    if decision.record:
+        before.update(checksum=decision.record.get("checksum"), url=decision.record.get("url"))
+    if not decision.changes:
+        after = before
+    return {"before": before, "after": after}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            url=dict(type="str", required=True),
+            checksum=dict(type="str", default=""),
+            checksum_algorithm=dict(type="str", default="md5",
+                                    choices=["md5", "sha1", "sha224", "sha256", "sha384", "sha512"]),
+            pool_path=dict(type="path"),
+            pool=dict(type="str"),
+            libvirt_uri=dict(type="str", default="qemu:///system"),
+            name=dict(type="str"),
+            format=dict(type="str", choices=["qcow2", "raw", "iso"]),
+            extract=dict(type="bool", default=True),
+            headers=dict(type="dict", default={}, no_log=True),
+            ca_path=dict(type="path"),
+            trust_dir=dict(type="path"),
+            validate_certs=dict(type="bool", default=True),
+            client_cert=dict(type="path"),
+            client_key=dict(type="path", no_log=False),
+            connect_timeout=dict(type="float"),
+            read_timeout=dict(type="float"),
+            retries=dict(type="int"),
+            retry_delay=dict(type="float", default=1.0),
+            follow_redirects=dict(type="bool", default=True),
+            use_proxy=dict(type="bool", default=True),
+            proxy=dict(type="str"),
+            resume=dict(type="bool", default=True),
+            force=dict(type="bool", default=False),
+            connections=dict(type="int", default=1),
+            metalink_name=dict(type="str"),
+            metalink_locations=dict(type="list", elements="str", default=[]),
+            nfs_transport=dict(type="str", default="auto", choices=["auto", "mount", "libnfs"]),
+            block_size=dict(type="int"),
+            progress_interval=dict(type="float", default=2.0),
+        ),
+        required_one_of=[("pool_path", "pool")],
+        mutually_exclusive=[("pool_path", "pool")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        settings = load_settings()
+        request = build_request(module, settings)
+        decision = _download.plan(request)
+        diff = diff_for(decision, request) if module._diff else None
+        if module.check_mode:
+            module.exit_json(changed=decision.changes, path=request.final_path, name=request.name,
+                             msg="would %s: %s" % (decision.action, decision.reason) if decision.changes
+                             else decision.reason, diff=diff)
+        result = _download.run(request, open_source, log=module.log)
+        if params["pool"] and result["changed"]:
+            from ansible_collections.directdownload.kvm.plugins.module_utils import _libvirt  # pylint: disable=import-outside-toplevel
+            _libvirt.refresh_pool(params["pool"], params["libvirt_uri"])
+        if params["pool"]:
+            result["pool"] = params["pool"]
+        result.pop("before", None)
+        if module._diff:
+            result["diff"] = diff
+        module.exit_json(**result)
+    except DirectDownloadError as exc:
+        details = {key: value for key, value in exc.details.items() if key not in ("msg", "changed")}
+        module.fail_json(msg=exc.msg, retryable=exc.retryable, url=redact_url(params["url"]), **details)
+    except ValueError as exc:  # settings file, or a name/path rule
+        module.fail_json(msg=str(exc), retryable=False, url=redact_url(params["url"]))
+    except OSError as exc:
+        module.fail_json(msg="I/O error: %s" % exc, retryable=True, url=redact_url(params["url"]))
+
+
+if __name__ == "__main__":
+    main()
