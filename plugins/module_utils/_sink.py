@@ -37,14 +37,16 @@ class SparseWriter:
         self._zeros = bytes(block_size)
 
     def write(self, buf, count=None):
-        """Write ``buf[:count]``, one block at a time."""
+        """Write ``buf[:count]`` in blocks aligned to file offsets (so holes line up with the image's clusters
+        whatever the read size was)."""
         count = len(buf) if count is None else count
         view = memoryview(buf)
-        if count <= self.block_size:
-            self._write_block(buf, view, 0, count)
-            return
-        for start in range(0, count, self.block_size):
-            self._write_block(None, view, start, min(self.block_size, count - start))
+        start = 0
+        while start < count:
+            length = min(self.block_size - self.offset % self.block_size, count - start)
+            whole = buf if start == 0 and length == len(buf) else None
+            self._write_block(whole, view, start, length)
+            start += length
 
     def _write_block(self, whole, view, start, count):
         if self.sparse and count:
