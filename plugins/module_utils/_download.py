@@ -216,7 +216,7 @@ def run(request, open_source, log=None, now=time.time):
         if decision.action == "none":
             return _unchanged_result(request, decision, started)
         if decision.action == "adopt":
-            return _adopt(request, decision, started, now)
+            return _adopt(request, decision, started)
         result = _download_and_install(request, decision, open_source, log, started, now)
         result["before"] = decision.before
         return result
@@ -249,13 +249,13 @@ def _unchanged_result(request, decision, started):
     return result
 
 
-def _adopt(request, decision, started, now):
+def _adopt(request, decision, started):
     """A file without (valid) record whose bytes match the checksum: inspect it and write the record only."""
     final = request.final_path
     info = _install.inspect_image(final, request.format, qemu_img=request.qemu_img)
     _install.check_policy(info, request.format)
     record = _make_record(request, info, {request.checksum.algorithm: request.checksum.hexdigest},
-                          request.checksum, redact_url(request.url), now)
+                          request.checksum, redact_url(request.url))
     _install.write_record(final, record)
     result = _result_from_record(request, record, started, bytes_downloaded=0, resumed_from=0, attempts=0,
                                  url=record["url"], mirror_errors=[])
@@ -263,7 +263,7 @@ def _adopt(request, decision, started, now):
     return result
 
 
-def _make_record(request, info, checksums, checksum, served_url, now):
+def _make_record(request, info, checksums, checksum, served_url):
     return {
         "checksum": checksum.cloudstack,
         "checksums": checksums,
@@ -271,7 +271,6 @@ def _make_record(request, info, checksums, checksum, served_url, now):
         "url_id": request.url_id,
         "format": info.format,
         "virtual_size": info.virtual_size,
-        "installed_at": int(now()),
     }
 
 
@@ -323,7 +322,7 @@ def _download_and_install(request, decision, open_source, log, started, now):
         checksum = expected or Checksum(DEFAULT_COMPUTED_ALGORITHM, checksums[DEFAULT_COMPUTED_ALGORITHM])
         ready, info = _prepare_image(request, part, transfer.size_on_disk)
         served_url = redact_url(transfer.served_url)
-        record = _make_record(request, info, checksums, checksum, served_url, now)
+        record = _make_record(request, info, checksums, checksum, served_url)
         _install.install_file(ready, request.final_path)
         _install.write_record(request.final_path, record)
         part.discard()
@@ -366,11 +365,8 @@ def _prepare_image(request, part, downloaded_size):
     if kind and _install.is_iso(part.path):
         kind = None
     if kind:
-        extracted = os.path.join(request.pool_path, ".%s.extract.part" % request.name)
-        try:
-            os.unlink(extracted)
-        except FileNotFoundError:
-            pass
+        extracted = _install.extracting_path(request.final_path)
+        _unlink(extracted)  # a leftover of a killed run: it was never installed
         try:
             _install.extract(part.path, extracted, kind, block_size=request.block_size)
         except BaseException:
