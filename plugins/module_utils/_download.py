@@ -224,12 +224,26 @@ def run(request, open_source, log=None, now=time.time):
 
 @contextlib.contextmanager
 def _image_lock(request):
+    """Hold ``<pool>/.<name>.lock`` exclusively, and remove it afterwards so a finished pool holds no leftovers.
+
+    Removing a lock file is only safe with the usual re-check: after getting the lock, the path must still name
+    the inode we locked; if another run removed it meanwhile, lock the new file instead.
+    """
     lock_path = os.path.join(request.pool_path, ".%s.lock" % request.name)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.stat(lock_path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         yield
     finally:
+        _unlink(lock_path)
         os.close(fd)
 
 
