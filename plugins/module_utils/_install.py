@@ -47,6 +47,13 @@ try:
 except ImportError:
     zstandard = None
 
+# Errors that mean "these bytes are not valid <kind> data". EOFError: truncated stream. OSError without errno:
+# gzip.BadGzipFile and bz2's "Invalid data stream". lzma.LZMAError. zipfile's NotImplementedError (unsupported
+# compression method) and RuntimeError (encrypted member).
+_CORRUPT_DATA_ERRORS = (EOFError, OSError, lzma.LZMAError, zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError)
+if zstandard is not None:
+    _CORRUPT_DATA_ERRORS += (zstandard.ZstdError,)
+
 ALLOWED_FORMATS = ("qcow2", "raw", "iso")
 QEMU_IMG_TIMEOUT = 120
 RECORD_VERSION = 1
@@ -73,7 +80,7 @@ _FOREIGN_MAGICS = (
     (0, b"# Disk DescriptorFile", "vmdk"),
     (0, b"vhdxfile", "vhdx"),
     (0, b"conectix", "vpc"),
-    (0, b"QFI\x00", "qed"),
+    (0, b"QED\x00", "qed"),
     (0, b"LUKS\xba\xbe", "luks"),
     (64, b"\x7f\x10\xda\xbe", "vdi"),
 )
@@ -370,16 +377,24 @@ def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_
         if kind is None:
             raise InvalidInput("%s is not compressed (no gzip, bzip2, xz, zip or zstd signature)" % src_path)
     directory = os.path.dirname(os.path.abspath(dst_path))
+    estimate = estimated_extracted_size(src_path, kind)
     if check_space:
-        ensure_free_space(directory, estimated_extracted_size(src_path, kind), "the extracted image")
+        ensure_free_space(directory, estimate, "the extracted image")
     try:
         fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     except FileExistsError:
-        raise DirectDownloadError("%s already exists: a leftover of an interrupted run? remove it and retry" % dst_path)
+        raise DirectDownloadError("%s already exists: a leftover of an interrupted run? remove it and retry" % dst_path) from None
     writer = SparseWriter(fd, block_size=block_size)
     done = False
     try:
         written = _decompress(src_path, kind, writer, block_size)
+        if kind == "xz" and estimate is not None and written != estimate:
+            # lzma.LZMAFile stops without a word at stream padding or trailing bytes; the xz index says how
+            # much there should have been.
+            raise ImageRejected(
+                "%s: only %s of the %s announced by the xz index could be read (stream padding or trailing data)"
+                % (src_path, human_size(written), human_size(estimate))
+            )
         done = True
         return written
     except NotEnoughSpace as exc:
@@ -388,16 +403,10 @@ def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_
             % (directory, human_size(writer.offset)),
             path=directory, written=writer.offset,
         ) from exc
-    except (EOFError, OSError, ValueError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
-        # EOFError: truncated stream. OSError without errno: gzip.BadGzipFile, bz2 "Invalid data stream".
-        # lzma.LZMAError, zipfile's NotImplementedError (unsupported method) and RuntimeError (encrypted member).
-        if isinstance(exc, OSError) and exc.errno is not None:
+    except _CORRUPT_DATA_ERRORS as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # a real I/O error (EIO ...), not bad data
             raise DirectDownloadError("extracting %s failed: %s" % (src_path, exc), errno=exc.errno) from exc
         raise ImageRejected("%s is not valid %s data: %s" % (src_path, kind, exc or type(exc).__name__)) from exc
-    except Exception as exc:
-        if zstandard is not None and isinstance(exc, zstandard.ZstdError):
-            raise ImageRejected("%s is not valid zstd data: %s" % (src_path, exc)) from exc
-        raise
     finally:
         os.close(fd)
         if not done:
@@ -465,9 +474,9 @@ def _run_qemu_img_info(path, fmt, qemu_img, timeout):
         raise DirectDownloadError(
             "%s not found: install the package that provides it (qemu-utils on Debian/Ubuntu, qemu-img on RHEL/Rocky/Alma)"
             % qemu_img
-        )
+        ) from None
     except subprocess.TimeoutExpired:
-        raise DirectDownloadError("qemu-img info %s did not answer within %d s" % (path, timeout))
+        raise DirectDownloadError("qemu-img info %s did not answer within %d s" % (path, timeout)) from None
     if proc.returncode != 0:
         stderr = proc.stderr.decode("utf-8", "replace").strip()
         raise ImageRejected("qemu-img could not read %s: %s" % (path, stderr or "exit code %d" % proc.returncode),
@@ -475,7 +484,7 @@ def _run_qemu_img_info(path, fmt, qemu_img, timeout):
     try:
         return json.loads(proc.stdout.decode("utf-8", "replace"))
     except ValueError as exc:
-        raise DirectDownloadError("qemu-img info gave output that is not JSON: %s" % exc)
+        raise DirectDownloadError("qemu-img info gave output that is not JSON: %s" % exc) from exc
 
 
 def inspect_image(path, declared_format=None, qemu_img="qemu-img", timeout=QEMU_IMG_TIMEOUT):
@@ -591,7 +600,7 @@ def install_file(tmp_path, final_path):
         os.rename(tmp_path, final_path)  # replaces a symlink itself, never writes through one, even in a race
     except OSError as exc:
         if exc.errno == errno.EXDEV:
-            raise DirectDownloadError("cannot install %s as %s: not on the same filesystem" % (tmp_path, final_path))
+            raise DirectDownloadError("cannot install %s as %s: not on the same filesystem" % (tmp_path, final_path)) from exc
         raise
     _fsync_path(os.path.dirname(os.path.abspath(final_path)), directory=True)
     return final_path
