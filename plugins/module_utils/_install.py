@@ -223,7 +223,7 @@ def _xz_uncompressed_size(path):
                 return None
             count, pos = _read_varint(index, 1)
             blocks = 0
-            for _ in range(count):
+            for dummy in range(count):
                 unpadded, pos = _read_varint(index, pos)
                 uncompressed, pos = _read_varint(index, pos)
                 blocks += (unpadded + 3) & ~3
