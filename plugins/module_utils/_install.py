@@ -12,8 +12,8 @@ Order the engine follows (``_download.py``): ``is_iso`` (an ISO is never decompr
 
 Hidden names (``.name.part``, ``.name.extracting``, ``.name.ddinfo.json``) keep our work files apart from the
 images, but they are NOT invisible to libvirt: a ``dir`` pool refresh lists dot-files (and sub-directories) as
-volumes (checked with libvirt 9.0.0). That is harmless (CloudStack looks volumes up by name) but explains them in
-``virsh vol-list``.
+volumes (checked with libvirt 9.0.0, even unreadable or truncated ones: the refresh still succeeds). Lookups by
+name are unaffected; they do show up in ``virsh vol-list`` and in the pool's volume count.
 """
 
 from __future__ import annotations
@@ -101,11 +101,11 @@ class ImageInfo(namedtuple("ImageInfo", "format virtual_size actual_size backing
 def human_size(count):
     """``1536`` -> ``1.5 KiB``: sizes in messages."""
     value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return ("%d %s" % (value, unit)) if unit == "B" else ("%.1f %s" % (value, unit))
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return ("%d B" % count) if unit == "B" else ("%.1f %s" % (value, unit))
         value /= 1024
-    return "%d B" % count  # not reached
+    return "%.1f TiB" % value
 
 
 def free_space(path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import zipfile
 
 import pytest
 
@@ -176,7 +177,7 @@ def test_zip_with_two_members_is_refused_with_their_names(compressed, tmp_path):
 
 def test_empty_zip_is_refused(tmp_path):
     empty = tmp_path / "empty.zip"
-    subprocess.run(["python3", "-c", "import zipfile,sys; zipfile.ZipFile(sys.argv[1], 'w').close()", str(empty)], check=True)
+    zipfile.ZipFile(str(empty), "w").close()
     assert _install.detect_compression(str(empty)) == "zip"
     with pytest.raises(ImageRejected, match="holds 0"):
         _install.extract(str(empty), str(tmp_path / "out"), "zip")
@@ -253,7 +254,6 @@ def test_free_space_and_ensure_free_space(tmp_path):
     _install.ensure_free_space(str(tmp_path), 1, "one byte")
     with pytest.raises(NotEnoughSpace) as caught:
         _install.ensure_free_space(str(tmp_path), 1 << 60, "the image")
-    assert "1024.0 PiB" not in caught.value.msg
     assert "needed" in caught.value.msg and "available" in caught.value.msg and "the image" in caught.value.msg
     assert caught.value.details["needed"] == 1 << 60
 
@@ -262,6 +262,7 @@ def test_human_size():
     assert _install.human_size(512) == "512 B"
     assert _install.human_size(1536) == "1.5 KiB"
     assert _install.human_size(5 * 1024 ** 3) == "5.0 GiB"
+    assert _install.human_size(3 * 1024 ** 5) == "3072.0 TiB"
 
 
 def test_enospc_refused_before_writing_from_the_estimate(small_tmpfs, tmp_path):
