@@ -342,6 +342,7 @@ class _Server(ThreadingHTTPServer):
                     request.do_handshake()
                 except (ssl.SSLError, OSError) as exc:
                     self.owner.tls_errors.append(str(exc))
+                    _linger(request)
                     return
             super().finish_request(request, client_address)
         finally:
@@ -350,6 +351,23 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request, client_address):
         # Clients that hang up mid-body are normal here (truncation and timeout tests); keep the reason only.
         self.owner.errors.append(repr(sys.exc_info()[1]))
+
+
+def _linger(sock):
+    """Close after a failed handshake without a reset, so the client reads the TLS alert (not ECONNRESET)."""
+    try:
+        raw = socket.socket(fileno=os.dup(sock.fileno()))
+    except OSError:
+        return
+    try:
+        raw.shutdown(socket.SHUT_WR)
+        raw.settimeout(2)
+        while raw.recv(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        raw.close()
 
 
 class _LoopbackServer:
@@ -463,9 +481,13 @@ class ImageServer(_LoopbackServer):
     def take_fault(self, path, method):
         """The fault for this request (counting down ``times``), or a no-op fault."""
         with self._lock:
-            key = path if path in self._faults else "*"
-            fault = self._faults.get(key)
-            if fault is None or (fault.method and fault.method != method):
+            key = None
+            for candidate in (path, "*"):  # a path's fault for another method leaves the "*" fault in force
+                fault = self._faults.get(candidate)
+                if fault is not None and (not fault.method or fault.method == method):
+                    key = candidate
+                    break
+            if key is None:
                 return _NO_FAULT
             if fault.times is not None:
                 fault.times -= 1

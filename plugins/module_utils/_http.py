@@ -1,0 +1,580 @@
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
+"""The HTTP and HTTPS source (the Source contract in docs/architecture.md).
+
+Built on the standard library's ``http.client`` on purpose: its ``HTTPResponse.readinto`` is a true
+``recv_into`` into the caller's buffer (urllib3 2.x reads and then copies), it needs nothing installed on the KVM
+host, and every policy below is ours to apply:
+
+* redirects only when ``follow_redirects``, at most ``max_redirects`` hops, never from https to http, relative
+  ``Location`` resolved; credential headers (``Authorization``, ``Cookie``, ``Proxy-Authorization`` and a few
+  well-known token headers) and URL credentials are not sent on to another host;
+* resume with ``Range: bytes=offset-`` and ``If-Range`` (strong ETag, else Last-Modified); a 200 answer means the
+  server restarted from byte 0 (``body.offset == 0``); a 206 for other bytes than asked is an error;
+* no retries here: the engine retries because it must resume at the right offset;
+* proxies from ``http_proxy``/``https_proxy``/``no_proxy`` (or the ``proxy`` option); https goes through a CONNECT
+  tunnel, http as an absolute-form request; http:// proxy URLs only;
+* separate connect and read timeouts (the read timeout is an inactivity timeout, not a total time);
+* header values are secrets: they never appear in messages, exceptions or reprs.
+
+One connection per request, closed with the body: image bodies are large, so a connection pool would save
+nothing worth its failure modes.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import re
+import socket
+import ssl
+import threading
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
+
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
+    HTTPStatusError, InvalidInput, SourceError)
+from ansible_collections.directdownload.kvm.plugins.module_utils._settings import BUILTIN_DEFAULTS, DEFAULT_TRUST_DIR
+from ansible_collections.directdownload.kvm.plugins.module_utils._trust import (
+    build_ssl_context, describe_tls_error, is_verification_error)
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
+
+COLLECTION_VERSION = "0.1.0"  # keep in step with galaxy.yml
+DEFAULT_USER_AGENT = "directdownload.kvm/" + COLLECTION_VERSION
+DEFAULT_MAX_REDIRECTS = 10
+
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+# Answers worth another attempt (maybe after a pause): timeouts, rate limits, server trouble.
+RETRYABLE_STATUSES = (408, 429)
+# Headers that carry credentials: not sent to a host other than the one the user named.
+CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "proxy-authorization", "x-auth-token", "private-token",
+                                "x-api-key", "api-key", "x-amz-security-token"))
+# Headers the source sets itself; a user value would break resume or framing.
+ENGINE_HEADERS = frozenset(("range", "if-range", "content-length", "transfer-encoding", "connection", "te",
+                            "upgrade", "expect"))
+# HEAD answers after which probe() tries a one-byte GET instead (servers or signed URLs that refuse HEAD).
+HEAD_FALLBACK_STATUSES = (400, 403, 405, 501)
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _check_headers(headers):
+    """Validate user headers without ever showing a value; return a plain ``{name: str(value)}`` dict."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        raise InvalidInput("headers must be a dictionary of header names to values")
+    checked = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            raise InvalidInput("%r is not a valid HTTP header name" % (name,))
+        if name.lower() in ENGINE_HEADERS:
+            raise InvalidInput("header %s cannot be set: the download engine controls it" % name)
+        if value is None:
+            raise InvalidInput("header %s has no value" % name)
+        value = str(value)
+        if any(char in value for char in "\r\n\0"):
+            raise InvalidInput("the value of header %s contains a line break or NUL character" % name)
+        checked[name] = value
+    return checked
+
+
+class SourceOptions:
+    """How to reach an HTTP(S) URL. ``headers`` values are secrets (kept out of ``repr``).
+
+    ``proxy``: None = from the environment (``https_proxy``/``http_proxy``, honouring ``no_proxy``); ``""`` = no
+    proxy; ``"http://[user:password@]host:port"`` = that proxy for every URL.
+    ``validate_certs=False`` is INSECURE (no certificate or host name check).
+    """
+
+    def __init__(self, headers=None, ca_path=None, trust_dir=DEFAULT_TRUST_DIR, validate_certs=True,
+                 client_cert=None, client_key=None, connect_timeout=BUILTIN_DEFAULTS["connect_timeout"],
+                 read_timeout=BUILTIN_DEFAULTS["read_timeout"], follow_redirects=False,
+                 max_redirects=DEFAULT_MAX_REDIRECTS, proxy=None, user_agent=DEFAULT_USER_AGENT):
+        self.headers = _check_headers(headers)
+        self.ca_path = ca_path
+        self.trust_dir = trust_dir
+        self.validate_certs = bool(validate_certs)
+        self.client_cert = client_cert
+        self.client_key = client_key
+        self.connect_timeout = _positive("connect_timeout", connect_timeout)
+        self.read_timeout = _positive("read_timeout", read_timeout)
+        self.follow_redirects = bool(follow_redirects)
+        self.max_redirects = int(max_redirects)
+        self.proxy = proxy
+        if proxy:
+            _Proxy(proxy)  # fail early on a bad proxy URL
+        self.user_agent = user_agent or DEFAULT_USER_AGENT
+        self._ssl_context = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_params(cls, params, settings=None):
+        """Build from module parameters; a missing or None parameter falls back to ``settings`` (the agent
+        settings from ``_settings.load_settings``), then to the built-in default."""
+        settings = settings or BUILTIN_DEFAULTS
+
+        def pick(name, default=None):
+            value = params.get(name)
+            if value is None:
+                value = settings.get(name, default)
+            return default if value is None else value
+
+        return cls(
+            headers=params.get("headers"), ca_path=params.get("ca_path"),
+            trust_dir=pick("trust_dir", DEFAULT_TRUST_DIR), validate_certs=pick("validate_certs", True),
+            client_cert=params.get("client_cert"), client_key=params.get("client_key"),
+            connect_timeout=pick("connect_timeout", BUILTIN_DEFAULTS["connect_timeout"]),
+            read_timeout=pick("read_timeout", BUILTIN_DEFAULTS["read_timeout"]),
+            follow_redirects=pick("follow_redirects", False), max_redirects=pick("max_redirects", DEFAULT_MAX_REDIRECTS),
+            proxy=pick("proxy"), user_agent=pick("user_agent", DEFAULT_USER_AGENT),
+        )
+
+    def ssl_context(self):
+        """The client SSL context, built on first use (so trust problems only matter for https URLs)."""
+        with self._lock:
+            if self._ssl_context is None:
+                self._ssl_context = build_ssl_context(
+                    validate_certs=self.validate_certs, ca_path=self.ca_path, trust_dir=self.trust_dir,
+                    client_cert=self.client_cert, client_key=self.client_key)
+            return self._ssl_context
+
+    def __repr__(self):
+        return ("SourceOptions(headers=%s, ca_path=%r, trust_dir=%r, validate_certs=%r, client_cert=%r, "
+                "connect_timeout=%r, read_timeout=%r, follow_redirects=%r, max_redirects=%r, proxy=%r)"
+                % (sorted(self.headers), self.ca_path, self.trust_dir, self.validate_certs, self.client_cert,
+                   self.connect_timeout, self.read_timeout, self.follow_redirects, self.max_redirects,
+                   redact_url(self.proxy) if self.proxy else self.proxy))
+
+
+def _positive(name, value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0:
+        raise InvalidInput("%s must be a number of seconds greater than 0" % name)
+    return number
+
+
+def _basic_auth(username, password):
+    raw = "%s:%s" % (unquote(username or ""), unquote(password or ""))
+    return "Basic " + base64.b64encode(raw.encode("utf-8")).decode("ascii")
+
+
+class _Target:
+    """One parsed http(s) URL: where to connect and what to ask for."""
+
+    def __init__(self, url):
+        if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+            raise InvalidInput("the URL %s contains spaces or control characters: percent-encode them" % redact_url(url))
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise InvalidInput("cannot parse the URL %s: %s" % (redact_url(url), exc)) from exc
+        self.scheme = parts.scheme.lower()
+        if self.scheme not in _DEFAULT_PORTS:
+            raise InvalidInput("%s is not an http or https URL" % redact_url(url))
+        if not parts.hostname:
+            raise InvalidInput("the URL %s has no host name" % redact_url(url))
+        self.url = url
+        self.host = parts.hostname
+        self.port = port or _DEFAULT_PORTS[self.scheme]
+        self.path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        host_port = ("[%s]" % self.host if ":" in self.host else self.host) + ("" if port is None else ":%d" % port)
+        # The URL without credentials and fragment: what an http proxy is asked for.
+        self.absolute = urlunsplit((self.scheme, host_port, parts.path or "/", parts.query, ""))
+        self.authorization = _basic_auth(parts.username, parts.password) if parts.username is not None else None
+
+    @property
+    def origin(self):
+        return (self.host.lower(), self.port)
+
+
+class _Proxy:
+    def __init__(self, url):
+        self.url = url
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        if parts.scheme.lower() != "http":
+            raise InvalidInput("proxy %s: only http:// proxies are supported (https URLs go through them in a "
+                               "CONNECT tunnel)" % redact_url(url))
+        try:
+            self.port = parts.port or 80
+        except ValueError as exc:
+            raise InvalidInput("cannot parse the proxy URL %s: %s" % (redact_url(url), exc)) from exc
+        if not parts.hostname:
+            raise InvalidInput("the proxy URL %s has no host name" % redact_url(url))
+        self.host = parts.hostname
+        self.authorization = _basic_auth(parts.username, parts.password) if parts.username is not None else None
+
+
+def _proxy_for(options, target):
+    if options.proxy is not None:
+        return _Proxy(options.proxy) if options.proxy else None
+    proxies = getproxies_environment()
+    url = proxies.get(target.scheme)
+    if not url or proxy_bypass_environment("%s:%d" % (target.host, target.port), proxies):
+        return None
+    return _Proxy(url)
+
+
+def _content_length(response):
+    value = response.getheader("Content-Length")
+    if value is None:
+        return None
+    values = {v.strip() for v in value.split(",")}
+    if len(values) != 1 or not next(iter(values)).isdigit():
+        return None
+    return int(values.pop())
+
+
+def _content_range(response):
+    """``(first, last, total_or_None)`` from a 206's Content-Range, or None when it is missing or unreadable."""
+    match = _CONTENT_RANGE.match(response.getheader("Content-Range") or "")
+    if not match:
+        return None
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), int(match.group(2)), total
+
+
+def _validators(response):
+    return {"etag": response.getheader("ETag"), "last_modified": response.getheader("Last-Modified")}
+
+
+def if_range_value(validators):
+    """What to send as If-Range: a strong ETag, else Last-Modified, else None (weak tags are not allowed)."""
+    if not validators:
+        return None
+    etag = validators.get("etag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return validators.get("last_modified") or None
+
+
+def _accepts_ranges(response):
+    return response.status == 206 or "bytes" in (response.getheader("Accept-Ranges") or "").lower()
+
+
+def status_error(url, status, reason="", retry_after=None):
+    """HTTPStatusError for an unusable answer: 5xx, 408 and 429 are retryable, other 4xx are not."""
+    hint = ""
+    if status in (401, 403):
+        hint = " (check the credentials and headers)"
+    elif status == 404:
+        hint = " (check the URL)"
+    error = HTTPStatusError("%s answered HTTP %d %s%s" % (redact_url(url), status, reason or "", hint), status,
+                            url=redact_url(url), retry_after=retry_after)
+    error.retryable = status >= 500 or status in RETRYABLE_STATUSES
+    return error
+
+
+def _retry_after(response):
+    value = (response.getheader("Retry-After") or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _fail(msg, url, retryable=True, **details):
+    error = SourceError(msg, url=redact_url(url), **details)
+    error.retryable = retryable
+    return error
+
+
+class HttpBody:
+    """An open response body (see the Source contract). ``readinto`` fills the caller's buffer straight from
+    the socket (``http.client`` -> ``BufferedReader.readinto`` -> ``recv_into`` for large buffers)."""
+
+    def __init__(self, connection, response, url, offset, size, read_timeout):
+        self._connection = connection
+        self._response = response
+        self.url = url
+        self.offset = offset
+        self.size = size
+        self.status = response.status
+        self.validators = _validators(response)
+        self.content_type = response.getheader("Content-Type")
+        self.accept_ranges = _accepts_ranges(response)
+        self.length = response.length if not response.chunked else None  # bytes this answer carries, if known
+        self.received = 0
+        self._read_timeout = read_timeout
+
+    def readinto(self, buf):
+        """Fill ``buf`` (all of it unless the body ends); return the count, 0 at the end of the body."""
+        response = self._response
+        if response is None:
+            return 0
+        try:
+            count = response.readinto(buf)
+        except socket.timeout as exc:
+            self.close()
+            raise _fail("no data from %s for %g seconds (read_timeout) at byte %d"
+                        % (redact_url(self.url), self._read_timeout, self.offset + self.received), self.url,
+                        reason="read_timeout") from exc
+        except http.client.IncompleteRead as exc:  # a chunked body that ended early
+            self.close()
+            raise self._truncated() from exc
+        except ssl.SSLError as exc:
+            self.close()
+            raise _fail(describe_tls_error(exc, self.url), self.url, reason="tls") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise _fail("connection to %s broke at byte %d: %s"
+                        % (redact_url(self.url), self.offset + self.received, exc), self.url,
+                        reason="connection") from exc
+        if count == 0 and len(buf):
+            if self.length is not None and self.received < self.length:
+                self.close()
+                raise self._truncated()
+            self.close()
+        self.received += count
+        return count
+
+    def _truncated(self):
+        expected = "" if self.length is None else " of %d" % (self.offset + self.length)
+        return _fail("truncated body from %s: the connection closed at byte %d%s"
+                     % (redact_url(self.url), self.offset + self.received, expected), self.url, reason="truncated")
+
+    def close(self):
+        response, connection = self._response, self._connection
+        self._response = self._connection = None
+        if response is not None:
+            response.close()
+        if connection is not None:
+            connection.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        return "HttpBody(%s, status=%s, offset=%d, size=%s, received=%d)" % (
+            redact_url(self.url), self.status, self.offset, self.size, self.received)
+
+
+class HttpSource:
+    """An http:// or https:// URL as a Source (see docs/architecture.md)."""
+
+    def __init__(self, url, options=None):
+        self.options = options or SourceOptions()
+        _Target(url)  # a bad URL fails here, before any connection
+        self.url = url
+
+    def __repr__(self):
+        return "HttpSource(%s)" % redact_url(self.url)
+
+    # -- the Source contract -------------------------------------------------------------------------------------
+
+    def open(self, offset=0, validators=None, end=None):
+        """GET the body from ``offset`` (to ``end``, exclusive, when given). See the Source contract."""
+        offset = int(offset)
+        if offset < 0 or (end is not None and end <= offset):
+            raise InvalidInput("bad byte range: offset %r, end %r" % (offset, end))
+        ranged = offset > 0 or end is not None
+        extra = {}
+        if ranged:
+            extra["Range"] = "bytes=%d-%s" % (offset, "" if end is None else end - 1)
+            if_range = if_range_value(validators)
+            if if_range:
+                extra["If-Range"] = if_range
+        connection, response, url = self._fetch("GET", extra)
+        try:
+            body_offset, size = self._check_answer(response, url, offset, end, ranged)
+        except BaseException:
+            response.close()
+            connection.close()
+            raise
+        return HttpBody(connection, response, url, body_offset, size, self.options.read_timeout)
+
+    def probe(self):
+        """HEAD (or a one-byte GET where HEAD is refused): what ``url_check`` reports. Non-2xx raises."""
+        connection, response, url = self._fetch("HEAD", {})
+        try:
+            if response.status in HEAD_FALLBACK_STATUSES:
+                response.close()
+                connection.close()
+                connection, response, url = self._fetch("GET", {"Range": "bytes=0-0"})
+            if response.status == 206:
+                content_range = _content_range(response)
+                size = content_range[2] if content_range else None
+            elif 200 <= response.status < 300:
+                size = _content_length(response)
+            else:
+                raise status_error(url, response.status, response.reason, _retry_after(response))
+            return {
+                "status": response.status,
+                "size": size,
+                "content_type": response.getheader("Content-Type"),
+                "final_url": url,
+                "validators": _validators(response),
+                "accept_ranges": _accepts_ranges(response),
+            }
+        finally:
+            response.close()
+            connection.close()
+
+    def read_head(self, count):
+        """The first ``count`` bytes (fewer when the resource is shorter), with a ranged GET."""
+        connection, response, url = self._fetch("GET", {"Range": "bytes=0-%d" % (max(1, count) - 1)})
+        if response.status not in (200, 206):
+            response.close()
+            connection.close()
+            raise status_error(url, response.status, response.reason, _retry_after(response))
+        body = HttpBody(connection, response, url, 0, None, self.options.read_timeout)
+        with body:
+            buf = bytearray(count)
+            view = memoryview(buf)
+            filled = 0
+            while filled < count:
+                got = body.readinto(view[filled:])
+                if not got:
+                    break
+                filled += got
+            return bytes(buf[:filled])
+
+    # -- internals -----------------------------------------------------------------------------------------------
+
+    def _check_answer(self, response, url, offset, end, ranged):
+        """``(body_offset, total_size)`` for a usable answer; raises for anything else."""
+        status = response.status
+        if status == 416:
+            # The resource is shorter than the .part: it changed. Retryable: the engine starts over from byte 0.
+            error = status_error(url, 416, "Range Not Satisfiable: the resource ends before byte %d; start over"
+                                 % offset)
+            error.retryable = True
+            error.details["reason"] = "range_not_satisfiable"
+            raise error
+        if status not in (200, 206):
+            raise status_error(url, status, response.reason, _retry_after(response))
+        if status == 200:
+            length = _content_length(response)
+            if end is not None and not (offset == 0 and length == end):
+                raise _fail("%s ignored the request for bytes %d-%d (answered 200 with the whole resource): it "
+                            "cannot serve segments" % (redact_url(url), offset, end - 1), url, retryable=False,
+                            reason="no_range")
+            return 0, length
+        if not ranged:
+            raise _fail("%s answered 206 Partial Content to a request for the whole resource" % redact_url(url), url,
+                        reason="bad_range")
+        content_range = _content_range(response)
+        if content_range is None:
+            raise _fail("%s answered 206 without a readable Content-Range" % redact_url(url), url, reason="bad_range")
+        first, last, total = content_range
+        wanted_last = end - 1 if end is not None else (total - 1 if total is not None else last)
+        if first != offset or last != wanted_last:
+            raise _fail("%s sent bytes %d-%d instead of %d-%d" % (redact_url(url), first, last, offset, wanted_last),
+                        url, reason="bad_range")
+        return offset, total
+
+    def _fetch(self, method, extra_headers):
+        """Send ``method`` and follow redirects by our rules. Returns ``(connection, response, final_url)``."""
+        options = self.options
+        url = self.url
+        target = _Target(url)
+        origin = target.origin
+        keep_credentials = True
+        for hop in range(options.max_redirects + 1):
+            headers = {"User-Agent": options.user_agent, "Accept-Encoding": "identity"}
+            if target.authorization and keep_credentials:
+                headers["Authorization"] = target.authorization
+            for name, value in options.headers.items():
+                if keep_credentials or name.lower() not in CREDENTIAL_HEADERS:
+                    headers[name] = value
+            headers.update(extra_headers)
+            connection, response = self._send(method, target, headers)
+            if response.status not in REDIRECT_STATUSES:
+                return connection, response, url
+            location = response.getheader("Location")
+            status = response.status
+            response.close()
+            connection.close()
+            if not options.follow_redirects:
+                error = status_error(url, status, "(a redirect to %s; follow_redirects is off)"
+                                     % redact_url(urljoin(url, location or "")))
+                error.retryable = False
+                raise error
+            if not location:
+                raise _fail("%s answered %d without a Location" % (redact_url(url), status), url, retryable=False,
+                            reason="redirect")
+            next_url = urljoin(url, location.strip())
+            try:
+                next_target = _Target(next_url)
+            except InvalidInput as exc:
+                raise _fail("%s redirects to an unusable URL: %s" % (redact_url(url), exc.msg), url,
+                            retryable=False, reason="redirect") from None
+            if target.scheme == "https" and next_target.scheme == "http":
+                raise _fail("refusing the redirect from %s to %s: https must not downgrade to http"
+                            % (redact_url(url), redact_url(next_url)), url, retryable=False, reason="redirect")
+            if hop == options.max_redirects:
+                break
+            if next_target.origin != origin and not (
+                    next_target.host.lower() == origin[0] and target.scheme == "http" and next_target.scheme == "https"):
+                keep_credentials = False  # another host: it gets no credentials, now or on later hops
+            url, target = next_url, next_target
+        raise _fail("too many redirects (more than %d) starting at %s" % (options.max_redirects, redact_url(self.url)),
+                    self.url, retryable=False, reason="redirect")
+
+    def _send(self, method, target, headers):
+        """One request on a new connection: connect within connect_timeout, then read with read_timeout."""
+        options = self.options
+        proxy = _proxy_for(options, target)
+        path = target.path
+        where = "%s:%d" % (target.host, target.port)
+        if target.scheme == "https":
+            context = options.ssl_context()
+            if proxy:
+                connection = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=options.connect_timeout,
+                                                         context=context)
+                tunnel_headers = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+                connection.set_tunnel(target.host, target.port, headers=tunnel_headers)
+            else:
+                connection = http.client.HTTPSConnection(target.host, target.port,
+                                                         timeout=options.connect_timeout, context=context)
+        else:
+            if proxy:
+                connection = http.client.HTTPConnection(proxy.host, proxy.port, timeout=options.connect_timeout)
+                path = target.absolute
+                if proxy.authorization:
+                    headers["Proxy-Authorization"] = proxy.authorization
+            else:
+                connection = http.client.HTTPConnection(target.host, target.port, timeout=options.connect_timeout)
+        if proxy:
+            where += " through the proxy %s:%d" % (proxy.host, proxy.port)
+        stage = "connect to"
+        try:
+            connection.connect()
+            connection.sock.settimeout(options.read_timeout)
+            stage = "send the request to"
+            connection.request(method, path, headers=headers)
+            stage = "read the answer of"
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as exc:  # ssl.SSLError and socket.timeout are OSErrors
+            connection.close()
+            raise self._connection_error(exc, target, where, stage) from exc
+        except BaseException:
+            connection.close()
+            raise
+        return connection, response
+
+    def _connection_error(self, exc, target, where, stage):
+        url = target.url
+        if isinstance(exc, ssl.SSLError):
+            return _fail(describe_tls_error(exc, url), url, retryable=not is_verification_error(exc), reason="tls")
+        if isinstance(exc, socket.timeout):
+            timeout = "connect_timeout" if stage == "connect to" else "read_timeout"
+            seconds = self.options.connect_timeout if stage == "connect to" else self.options.read_timeout
+            return _fail("cannot %s %s (%s): timed out after %g seconds (%s)"
+                         % (stage, where, redact_url(url), seconds, timeout), url, reason=timeout)
+        if isinstance(exc, socket.gaierror):
+            return _fail("cannot resolve the host name in %s: %s" % (redact_url(url), exc.strerror or exc), url,
+                         reason="dns")
+        if isinstance(exc, ConnectionRefusedError):
+            return _fail("connection refused by %s (%s)" % (where, redact_url(url)), url, reason="refused")
+        return _fail("cannot %s %s (%s): %s" % (stage, where, redact_url(url), exc or type(exc).__name__), url,
+                     reason="connection")
