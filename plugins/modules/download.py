@@ -379,18 +379,9 @@ def build_request(module, settings):
     if url_scheme(params["url"]) in ("http", "https"):
         if not HAS_HTTP:
             module.fail_json(msg=missing_required_lib("urllib3"), exception=HTTP_IMP_ERR)
-        source_options = SourceOptions(
-            headers=params["headers"],
-            ca_path=params["ca_path"],
-            trust_dir=option_or_setting(params, "trust_dir", settings),
-            validate_certs=params["validate_certs"],
-            client_cert=params["client_cert"],
-            client_key=params["client_key"],
-            connect_timeout=option_or_setting(params, "connect_timeout", settings),
-            read_timeout=option_or_setting(params, "read_timeout", settings),
-            follow_redirects=params["follow_redirects"],
-            proxy=params["proxy"] if params["use_proxy"] else False,
-        )
+        # use_proxy=false means "no proxy", even when the environment names one.
+        source_options = SourceOptions.from_params(dict(params, proxy=params["proxy"] if params["use_proxy"] else ""),
+                                                   settings)
     return _download.DownloadRequest(
         url=params["url"],
         pool_path=pool_path,
@@ -484,8 +475,9 @@ def main():
             result["diff"] = diff
         module.exit_json(**result)
     except DirectDownloadError as exc:
-        details = {key: value for key, value in exc.details.items() if key not in ("msg", "changed")}
-        module.fail_json(msg=exc.msg, retryable=exc.retryable, url=redact_url(params["url"]), **details)
+        failure = {key: value for key, value in exc.details.items() if key not in ("msg", "changed", "retryable")}
+        failure.setdefault("url", redact_url(params["url"]))
+        module.fail_json(msg=exc.msg, retryable=exc.retryable, **failure)
     except ValueError as exc:  # settings file, or a name/path rule
         module.fail_json(msg=str(exc), retryable=False, url=redact_url(params["url"]))
     except OSError as exc:

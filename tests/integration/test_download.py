@@ -1,0 +1,377 @@
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The ``download`` module through real ``ansible-playbook`` runs, against real loopback HTTP(S) servers and
+images made by ``qemu-img`` at run time. Faults are real: the server truncates, stalls, corrupts, fails; the
+module is killed with SIGKILL; the pool is a small tmpfs that fills up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible_collections.directdownload.kvm.tests.unit.lib import images
+from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
+from ansible_collections.directdownload.kvm.tests.unit.lib.tls import TestCA
+
+from ansible_collections.directdownload.kvm.tests.integration.conftest import (
+    COLLECTIONS_PATH,
+    _venv_tool,
+    _write_inventory,
+    _write_playbook,
+    playbook_env,
+    run_playbook_in,
+)
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def www(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def pool(tmp_path):
+    path = tmp_path / "pool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def server(www):
+    with ImageServer(www) as srv:
+        yield srv
+
+
+@pytest.fixture
+def qcow2_image(www):
+    path = www / "disk.qcow2"
+    images.qcow2(str(path), size=64 * MiB, writes=[(0, 3 * MiB, 0x11), (32 * MiB, 2 * MiB, 0x22)])
+    return path
+
+
+def start_playbook(workdir, play):
+    """ansible-playbook in the background, in its own session so the test can SIGKILL the whole tree."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "ansible.cfg").touch()
+    argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
+            str(_write_playbook(play, workdir))]
+    return subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir), stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def descendants(pid):
+    """Every process below ``pid``: Ansible's workers call setsid(), so a process-group kill would miss them."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry, encoding="ascii", errors="replace") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(proc):
+    """SIGKILL ansible-playbook and everything it started (the module process included), at once."""
+    for pid in [proc.pid] + descendants(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def sha256(path):
+    return images.sha256_file(str(path))
+
+
+def visible(pool_dir):
+    """What an operator (or libvirt) would see in the pool: the non-hidden entries."""
+    return sorted(name for name in os.listdir(pool_dir) if not name.startswith("."))
+
+
+def args_for(server, path, pool, **extra):
+    args = {"url": server.url(path), "pool_path": str(pool), "retry_delay": 0.1, "progress_interval": 0.2}
+    args.update(extra)
+    return args
+
+
+def test_download_check_real_check_then_idempotent(run_module, server, pool, qcow2_image):
+    args = args_for(server, "disk.qcow2", pool, checksum="{SHA-256}" + sha256(qcow2_image).upper(), format="qcow2")
+
+    pre, _ = run_module("directdownload.kvm.download", args, check=True, diff=True)
+    assert pre["status"] == "changed" and not os.path.exists(pool / "disk.qcow2")
+    assert pre["result"]["diff"]["before"]["exists"] is False
+
+    real, _ = run_module("directdownload.kvm.download", args, diff=True)
+    result = real["result"]
+    assert real["status"] == "changed", result
+    assert result["path"] == str(pool / "disk.qcow2") and result["format"] == "qcow2"
+    assert result["virtual_size"] == 64 * MiB
+    assert result["checksum"] == "{SHA-256}" + sha256(qcow2_image)
+    assert result["bytes_downloaded"] == os.path.getsize(qcow2_image) and result["attempts"] == 1
+    assert result["resumed_from"] == 0 and result["url"] == server.url("disk.qcow2")
+    assert sha256(pool / "disk.qcow2") == sha256(qcow2_image)
+    assert visible(pool) == ["disk.qcow2"]
+    assert sorted(os.listdir(pool)) == [".disk.qcow2.ddinfo.json", "disk.qcow2"]
+
+    gets_before = len(server.requests_for("/disk.qcow2"))
+    post, _ = run_module("directdownload.kvm.download", args, check=True)
+    again, _ = run_module("directdownload.kvm.download", args)
+    assert post["status"] == "ok" and again["status"] == "ok"
+    assert again["result"]["bytes_downloaded"] == 0 and again["result"]["format"] == "qcow2"
+    assert len(server.requests_for("/disk.qcow2")) == gets_before, "a re-run must not touch the network"
+
+
+def test_changed_checksum_replaces_and_force_redownloads(run_module, server, pool, www, qcow2_image):
+    args = args_for(server, "disk.qcow2", pool)
+    first, _ = run_module("directdownload.kvm.download", args)
+    assert first["status"] == "changed" and first["result"]["checksum"].startswith("{SHA-256}")
+    images.qcow2(str(www / "disk.qcow2"), size=32 * MiB, writes=[(0, MiB, 0x33)])
+    new_sum = "sha256:" + sha256(www / "disk.qcow2")
+    replaced, _ = run_module("directdownload.kvm.download", dict(args, checksum=new_sum), diff=True)
+    assert replaced["status"] == "changed" and replaced["result"]["virtual_size"] == 32 * MiB
+    forced, _ = run_module("directdownload.kvm.download", dict(args, checksum=new_sum, force=True))
+    assert forced["status"] == "changed" and forced["result"]["bytes_downloaded"] > 0
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz", "zip", "zstd"])
+def test_compressed_images_are_extracted_by_content(run_module, server, pool, www, qcow2_image, kind):
+    # A misleading suffix on purpose: detection is by magic bytes, not by name.
+    compressed = www / "disk-packed.bin"
+    images.compress(str(qcow2_image), str(compressed), kind)
+    args = args_for(server, "disk-packed.bin", pool, name="disk.qcow2", checksum="sha256:" + sha256(compressed))
+    record, _ = run_module("directdownload.kvm.download", args)
+    assert record["status"] == "changed", record["result"]
+    assert record["result"]["format"] == "qcow2" and record["result"]["virtual_size"] == 64 * MiB
+    assert sha256(pool / "disk.qcow2") == sha256(qcow2_image)
+    assert visible(pool) == ["disk.qcow2"]
+
+
+def test_iso_is_installed_as_is_and_raw_stays_sparse(run_module, server, pool, www):
+    images.iso(str(www / "netinst.iso"), size=4 * MiB)
+    record, _ = run_module("directdownload.kvm.download", args_for(server, "netinst.iso", pool, format="iso"))
+    assert record["status"] == "changed" and record["result"]["format"] == "iso"
+
+    images.sparse_raw(str(www / "holes.raw"), size=64 * MiB)
+    record, _ = run_module("directdownload.kvm.download", args_for(server, "holes.raw", pool, format="raw"))
+    assert record["result"]["format"] == "raw"
+    assert images.allocated_bytes(str(pool / "holes.raw")) <= images.allocated_bytes(str(www / "holes.raw")) * 1.05
+
+
+def test_https_private_ca_trust_and_host_name(run_module, www, pool, qcow2_image, tmp_path):
+    ca = TestCA()
+    ca_file = ca.ca_pem_path(tmp_path)
+    with ImageServer(www, ssl_context=ca.server_context()) as https:
+        args = args_for(https, "disk.qcow2", pool)
+        untrusted, _ = run_module("directdownload.kvm.download", args)
+        assert untrusted["status"] == "failed"
+        assert "certificate" in untrusted["result"]["msg"].lower()
+        assert untrusted["result"]["retryable"] is False
+        trusted, _ = run_module("directdownload.kvm.download", dict(args, ca_path=ca_file))
+        assert trusted["status"] == "changed", trusted["result"]
+    with ImageServer(www, ssl_context=ca.server_context(hostnames=("wrong.example.com",))) as wrong_host:
+        refused, _ = run_module("directdownload.kvm.download",
+                                dict(args_for(wrong_host, "disk.qcow2", pool, name="other.qcow2"), ca_path=ca_file))
+        assert refused["status"] == "failed"
+        assert "host" in refused["result"]["msg"].lower()
+    assert visible(pool) == ["disk.qcow2"]
+
+
+def test_truncated_transfer_resumes_with_range(run_module, server, pool, qcow2_image):
+    size = os.path.getsize(qcow2_image)
+    server.set_fault("/disk.qcow2", truncate_at=size // 2, times=1)
+    args = args_for(server, "disk.qcow2", pool, retries=0, checksum="sha256:" + sha256(qcow2_image))
+    failed, _ = run_module("directdownload.kvm.download", args)
+    assert failed["status"] == "failed" and failed["result"]["retryable"] is True
+    assert visible(pool) == [] and os.path.exists(pool / ".disk.qcow2.part")
+    done, _ = run_module("directdownload.kvm.download", args)
+    assert done["status"] == "changed", done["result"]
+    assert done["result"]["resumed_from"] > 0
+    assert done["result"]["bytes_downloaded"] == size - done["result"]["resumed_from"]
+    assert any("bytes=%d-" % done["result"]["resumed_from"] in (r.headers.get("range") or "")
+               for r in server.requests_for("/disk.qcow2"))
+    assert sha256(pool / "disk.qcow2") == sha256(qcow2_image)
+
+
+def test_if_range_mismatch_restarts_from_zero(run_module, server, pool, qcow2_image):
+    size = os.path.getsize(qcow2_image)
+    server.set_fault("/disk.qcow2", truncate_at=size // 2, times=1)
+    args = args_for(server, "disk.qcow2", pool, retries=0)
+    run_module("directdownload.kvm.download", args)
+    server.set_fault("/disk.qcow2", etag='"the-file-changed"')
+    done, _ = run_module("directdownload.kvm.download", args)
+    assert done["status"] == "changed", done["result"]
+    assert done["result"]["resumed_from"] == 0 and done["result"]["bytes_downloaded"] == size
+
+
+def test_500_then_success_and_stall_past_read_timeout(run_module, server, pool, qcow2_image):
+    server.set_fault("/disk.qcow2", status=500, times=1)
+    ok, _ = run_module("directdownload.kvm.download", args_for(server, "disk.qcow2", pool, retries=2))
+    assert ok["status"] == "changed" and ok["result"]["attempts"] == 2
+
+    server.set_fault("/disk.qcow2", stall_at=MiB, stall_seconds=30, times=1)
+    stalled, _ = run_module("directdownload.kvm.download",
+                            args_for(server, "disk.qcow2", pool, name="stalled.qcow2", read_timeout=1, retries=1))
+    assert stalled["status"] == "changed", stalled["result"]
+    assert stalled["result"]["attempts"] == 2 and stalled["result"]["resumed_from"] >= MiB
+
+
+def test_corrupt_body_redownloads_then_fails_with_both_digests(run_module, server, pool, qcow2_image):
+    server.set_fault("/disk.qcow2", corrupt_at=12345)
+    good = sha256(qcow2_image)
+    failed, _ = run_module("directdownload.kvm.download",
+                           args_for(server, "disk.qcow2", pool, checksum="sha256:" + good))
+    result = failed["result"]
+    assert failed["status"] == "failed"
+    assert result["retryable"] is False and result["expected"] == "{SHA-256}" + good
+    assert result["actual"].startswith("{SHA-256}") and result["actual"] != result["expected"]
+    assert good in result["msg"]
+    full_gets = [r for r in server.requests_for("/disk.qcow2", "GET") if not r.headers.get("range")]
+    assert len(full_gets) == 3
+    assert os.listdir(pool) == []
+
+
+def test_non_2xx_and_backing_file_are_refused(run_module, server, pool, www, qcow2_image):
+    missing, _ = run_module("directdownload.kvm.download", args_for(server, "missing.qcow2", pool))
+    assert missing["status"] == "failed" and "404" in missing["result"]["msg"]
+    assert missing["result"]["retryable"] is False
+
+    images.qcow2_with_backing(str(www / "child.qcow2"), str(qcow2_image))
+    refused, _ = run_module("directdownload.kvm.download", args_for(server, "child.qcow2", pool))
+    assert refused["status"] == "failed" and "backing" in refused["result"]["msg"]
+    assert refused["result"]["retryable"] is False
+    assert os.listdir(pool) == []
+
+    wrong, _ = run_module("directdownload.kvm.download", args_for(server, "disk.qcow2", pool, format="iso"))
+    assert wrong["status"] == "failed" and "qcow2" in wrong["result"]["msg"]
+    assert os.listdir(pool) == []
+
+
+def test_bad_inputs_fail_clearly(run_module, server, pool):
+    cases = [
+        (dict(checksum="{SHA-256}abc"), "64 hex characters"),
+        (dict(url="ftp://example.invalid/x.qcow2"), "unsupported URL scheme"),
+        (dict(name="../escape.qcow2"), "unsafe file name"),
+        (dict(pool_path=str(pool / "missing")), "does not exist"),
+    ]
+    for extra, fragment in cases:
+        record, _ = run_module("directdownload.kvm.download", args_for(server, "disk.qcow2", pool, **extra))
+        assert record["status"] == "failed" and fragment in record["result"]["msg"], (extra, record["result"])
+
+
+def test_secret_headers_never_shown(run_module, server, pool, qcow2_image):
+    server.set_fault("/disk.qcow2", require_headers={"Authorization": "Bearer top-secret-token"})
+    record, run = run_module("directdownload.kvm.download",
+                             args_for(server, "disk.qcow2", pool, headers={"Authorization": "Bearer top-secret-token"}))
+    assert record["status"] == "changed", record["result"]
+    assert "top-secret-token" not in run.stdout + run.stderr + json.dumps(record)
+    for name in os.listdir(pool):
+        if name.startswith("."):
+            assert "top-secret-token" not in (pool / name).read_text()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mount_point = tmp_path / "tmpfs-pool"
+    mount_point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+                      check=False, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_enospc_on_a_small_pool(run_module, server, www, small_tmpfs):
+    images.random_raw(str(www / "big.raw"), size=16 * MiB)
+    refused, _ = run_module("directdownload.kvm.download", args_for(server, "big.raw", small_tmpfs))
+    assert refused["status"] == "failed" and "space" in refused["result"]["msg"].lower()
+    assert os.listdir(small_tmpfs) == []
+
+    server.set_fault("/big.raw", no_length=True)  # size unknown: the disk fills up during the write
+    full, _ = run_module("directdownload.kvm.download", args_for(server, "big.raw", small_tmpfs, retries=0))
+    assert full["status"] == "failed" and "no space left" in full["result"]["msg"].lower()
+    assert os.listdir(small_tmpfs) == []
+
+
+def _pool_state(pool_dir):
+    sidecar = pool_dir / ".slow.raw.part.json"
+    try:
+        return json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def test_kill_9_mid_download_leaves_no_image_and_resumes(tmp_path, www, pool):
+    images.random_raw(str(www / "slow.raw"), size=24 * MiB)
+    good = sha256(www / "slow.raw")
+    with ImageServer(www) as srv:
+        srv.set_fault("/slow.raw", rate=4 * MiB)
+        play = [{"hosts": "all", "gather_facts": False, "tasks": [{
+            "name": "Slow download", "directdownload.kvm.download": args_for(
+                srv, "slow.raw", pool, checksum="sha256:" + good)}]}]
+        proc = start_playbook(tmp_path / "killed", play)
+        try:
+            deadline = time.monotonic() + 60
+            while _pool_state(pool).get("bytes_done", 0) < 4 * MiB:
+                assert time.monotonic() < deadline, "the download never started"
+                assert proc.poll() is None, "ansible-playbook ended before it could be killed"
+                time.sleep(0.1)
+        finally:
+            kill_tree(proc)
+        assert visible(pool) == [], "a killed download must not leave an image in the pool"
+        assert os.path.exists(pool / ".slow.raw.part")
+        srv.clear_faults()
+        run = run_playbook_in(tmp_path / "again", play)
+        result = run.task("Slow download")["result"]
+        assert run.task("Slow download")["status"] == "changed", result
+        assert result["resumed_from"] >= 4 * MiB
+        assert sha256(pool / "slow.raw") == good
+        assert sorted(os.listdir(pool)) == [".slow.raw.ddinfo.json", "slow.raw"]
+
+
+def test_concurrent_runs_download_once(tmp_path, server, pool, qcow2_image):
+    server.set_fault("/disk.qcow2", rate=32 * MiB)
+    play = [{"hosts": "all", "gather_facts": False, "tasks": [{
+        "name": "Deploy", "directdownload.kvm.download": args_for(server, "disk.qcow2", pool)}]}]
+    procs = []
+    for i in range(3):
+        procs.append(start_playbook(tmp_path / ("run%d" % i), play))
+    for proc in procs:
+        assert proc.wait(300) == 0
+    gets = server.requests_for("/disk.qcow2", "GET")
+    assert len(gets) == 1, "three concurrent runs for one image must download it once"
+    assert sorted(os.listdir(pool)) == [".disk.qcow2.ddinfo.json", "disk.qcow2"]
+
+
+def test_module_runs_without_ansible_for_benchmarks(tmp_path, server, pool, qcow2_image):
+    """benchmarks/ run the module file directly with an args file: keep that path working."""
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args_for(server, "disk.qcow2", pool)}))
+    module = os.path.join(str(COLLECTIONS_PATH), "ansible_collections", "directdownload", "kvm", "plugins",
+                          "modules", "download.py")
+    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS_PATH))
+    out = subprocess.run([sys.executable, module, str(args_file)], capture_output=True, text=True, env=env,
+                         check=False)
+    assert json.loads(out.stdout)["changed"] is True, out.stdout + out.stderr
+    assert shutil.which("qemu-img")
