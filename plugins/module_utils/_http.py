@@ -302,12 +302,15 @@ class HttpBody:
         self.length = response.length if not response.chunked else None  # bytes this answer carries, if known
         self.received = 0
         self._read_timeout = read_timeout
+        self._finished = False  # the whole body was read (a later readinto returns 0, not an error)
 
     def readinto(self, buf):
         """Fill ``buf`` (all of it unless the body ends); return the count, 0 at the end of the body."""
         response = self._response
         if response is None:
-            return 0
+            if self._finished:
+                return 0
+            raise self._closed()
         try:
             count = response.readinto(buf)
         except socket.timeout as exc:
@@ -322,14 +325,23 @@ class HttpBody:
             self.close()
             raise _fail(describe_tls_error(exc, self.url), self.url, reason="tls") from exc
         except (OSError, http.client.HTTPException) as exc:
+            closed = self._response is None
             self.close()
+            if closed:
+                raise self._closed() from exc
             raise _fail("connection to %s broke at byte %d: %s"
                         % (redact_url(self.url), self.offset + self.received, exc), self.url,
                         reason="connection") from exc
+        except (ValueError, AttributeError) as exc:  # close() from another thread tore the stream down
+            self.close()
+            raise self._closed() from exc
+        if self._response is None:  # close() ran in another thread during the read
+            raise self._closed()
         if count == 0 and len(buf):
             if self.length is not None and self.received < self.length:
                 self.close()
                 raise self._truncated()
+            self._finished = True
             self.close()
         self.received += count
         return count
@@ -339,9 +351,20 @@ class HttpBody:
         return _fail("truncated body from %s: the connection closed at byte %d%s"
                      % (redact_url(self.url), self.offset + self.received, expected), self.url, reason="truncated")
 
+    def _closed(self):
+        return _fail("the transfer from %s was stopped at byte %d" % (redact_url(self.url), self.offset + self.received),
+                     self.url, reason="closed")
+
     def close(self):
+        """Release the connection. Safe from another thread: a readinto blocked there raises SourceError."""
         response, connection = self._response, self._connection
         self._response = self._connection = None
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread
+            except OSError:
+                pass
         if response is not None:
             response.close()
         if connection is not None:

@@ -550,3 +550,16 @@ def test_read_head(any_server, data, root):
     assert HttpSource(any_server.url("tiny"), any_server.options).read_head(512) == b"abc"
     any_server.set_fault("*", no_range=True)
     assert HttpSource(any_server.url("f.bin"), any_server.options).read_head(100) == data[:100]
+
+
+def test_close_from_another_thread_stops_a_blocked_read(server):
+    server.set_fault("/f.bin", stall_at=100000, stall_seconds=30)
+    body = HttpSource(server.url("f.bin"), opts(read_timeout=30)).open()
+    timer = threading.Timer(0.2, body.close)
+    timer.start()
+    try:
+        with pytest.raises(SourceError) as info:
+            read_all(body)
+    finally:
+        timer.join()
+    assert info.value.details["reason"] in ("closed", "connection")
