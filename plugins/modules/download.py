@@ -14,7 +14,7 @@ description:
     storage pool directory on the KVM host, as Apache CloudStack's direct download (bypass secondary storage) does.
   - Bytes are hashed while they stream to a hidden C(.NAME.part) file in the pool (one pass, constant memory,
     all-zero blocks left as holes so sparse images stay sparse), then verified, extracted when compressed (detected
-    by content: gzip, bzip2, xz, zip with one member, zstd), inspected with C(qemu-img info) and renamed into place.
+    by content; gzip, bzip2, xz, zip with one member, zstd), inspected with C(qemu-img info) and renamed into place.
   - A qcow2 image with a backing file or an external data file is refused (CVE-2024-50386 class). ISOs are never
     extracted.
   - On any failure the pool holds no new image. A transfer that failed on the network keeps its C(.part) and a
