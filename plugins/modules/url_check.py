@@ -1,0 +1,307 @@
+#!/usr/bin/python
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: url_check
+short_description: Probe a template URL from a KVM host, as the host sees it
+version_added: 0.1.0
+description:
+  - Checks that a KVM host can reach a template or ISO URL and reports its size, virtual size and format, as Apache
+    CloudStack's C(CheckUrlCommand) does at registration. The C(register_template) playbook runs it on up to three
+    KVM hosts until one reaches the URL.
+  - Sends a C(HEAD) request (a one-byte ranged C(GET) where C(HEAD) is refused) with the template's headers,
+    follows redirects by the same policy as M(directdownload.kvm.download), and verifies TLS with the host's trust
+    (system CAs, O(ca_path) and the trust directory that M(directdownload.kvm.certificate) fills).
+  - Then reads the first KiBs of the image with a ranged C(GET) to detect its format by content and, for qcow2, read
+    the virtual size from its header (bytes 24 to 31, after checking the C(QFI\xfb) magic). A compressed image
+    (gzip, bzip2, xz, zip, zstd; detected by content) is decompressed from those first KiBs only.
+  - A Metalink URL (C(.metalink), C(.meta4), or a Metalink content type) is parsed and its mirrors probed in order;
+    the sizes come from the image a mirror serves, never from the XML.
+  - An unreachable URL is not a failure: RV(reachable) is V(false) and RV(error) says why, so that a playbook can
+    try another host. Set O(fail_on_unreachable=true) to fail instead.
+author:
+  - directdownload.kvm maintainers
+extends_documentation_fragment:
+  - directdownload.kvm._attributes
+  - directdownload.kvm._attributes.info_module
+  - directdownload.kvm._attributes.idempotent_not_modify_state
+requirements:
+  - Python C(lxml) on the KVM host for Metalink URLs.
+  - Python C(zstandard) to read the header of a zstd-compressed image (optional).
+options:
+  url:
+    description:
+      - The URL to probe. Schemes C(http), C(https) and C(nfs), or a Metalink.
+      - Credentials in the URL are never shown.
+    type: str
+    required: true
+  format:
+    description:
+      - The format the template is registered with. When given, RV(format_matches) tells whether the image is one.
+    type: str
+    choices: [qcow2, raw, iso]
+  headers:
+    description:
+      - HTTP headers to send (the template's C(http_headers)). Values are secrets and never shown.
+    type: dict
+    default: {}
+  read_header:
+    description:
+      - Read the first KiBs of the image to detect its format and virtual size. When false only C(HEAD) is sent.
+    type: bool
+    default: true
+  fail_on_unreachable:
+    description:
+      - Fail the task when the URL cannot be reached, instead of returning RV(reachable=false).
+    type: bool
+    default: false
+  ca_path:
+    description:
+      - A PEM file, or a directory of PEM files, with CA certificates to trust in addition to the system CAs and
+        O(trust_dir).
+    type: path
+  trust_dir:
+    description:
+      - The directory of CA certificates uploaded with M(directdownload.kvm.certificate).
+      - Default from the agent settings file C(/etc/directdownload/agent.json), else C(/etc/directdownload/trust.d).
+    type: path
+  validate_certs:
+    description:
+      - Verify the server certificate and host name. Only turn this off for tests.
+    type: bool
+    default: true
+  client_cert:
+    description:
+      - A PEM client certificate (with its key, or the key in O(client_key)).
+    type: path
+  client_key:
+    description:
+      - The PEM private key of O(client_cert).
+    type: path
+  connect_timeout:
+    description:
+      - Seconds to wait for a connection. Default from the agent settings file, else 10.
+    type: float
+  read_timeout:
+    description:
+      - Seconds to wait for data. Default from the agent settings file, else 60.
+    type: float
+  follow_redirects:
+    description:
+      - Follow HTTP redirects (at most 10, never from https to http), as the download does.
+    type: bool
+    default: true
+  use_proxy:
+    description:
+      - Use the proxy from the environment or O(proxy).
+    type: bool
+    default: true
+  proxy:
+    description:
+      - A proxy URL to use instead of the environment's.
+    type: str
+  nfs_transport:
+    description:
+      - How to read C(nfs://) URLs; see M(directdownload.kvm.download).
+    type: str
+    default: auto
+    choices: [auto, mount, libnfs]
+  metalink_name:
+    description:
+      - Which C(<file>) of a Metalink document with several files to probe.
+    type: str
+  metalink_locations:
+    description:
+      - Preferred mirror locations (country codes), after priority.
+    type: list
+    elements: str
+    default: []
+seealso:
+  - module: directdownload.kvm.template
+  - module: directdownload.kvm.download
+"""
+
+EXAMPLES = r"""
+- name: Probe the URL from kvm2 with the template's headers
+  directdownload.kvm.url_check:
+    url: https://images.example.com/debian-12.qcow2.xz
+    format: qcow2
+    headers:
+      Authorization: "Bearer {{ image_token }}"
+  delegate_to: kvm2
+  register: probe
+
+- name: Give up at once when the host cannot reach it
+  directdownload.kvm.url_check:
+    url: https://images.example.com/alma-9.iso
+    format: iso
+    fail_on_unreachable: true
+"""
+
+RETURN = r"""
+reachable:
+  description:
+    - Whether the host reached the URL (for a Metalink, one of its mirrors). V(null) when this kind of URL cannot be
+      probed by this host's sources.
+  returned: always
+  type: bool
+  sample: true
+error:
+  description: Why the URL could not be reached (credentials and query values redacted); null when it was.
+  returned: always
+  type: str
+  sample: "connection refused by mirror.example.com:443 (https://mirror.example.com/debian-12.qcow2)"
+status:
+  description: The HTTP status of the probe.
+  returned: always
+  type: int
+  sample: 200
+size:
+  description: The size of the resource in bytes (C(Content-Length), or the total of a ranged answer); null when the
+    server does not say.
+  returned: always
+  type: int
+  sample: 333185024
+virtual_size:
+  description:
+    - The virtual disk size in bytes, from the qcow2 header (also when the image is compressed); for an uncompressed
+      raw image or an ISO, its size. Null when unknown.
+  returned: always
+  type: int
+  sample: 2147483648
+format_detected:
+  description:
+    - What the first bytes show, V(qcow2), V(iso), V(raw), a foreign format (V(vmdk), V(vhdx), V(vpc), V(qed),
+      V(luks), V(vdi)) or V(html) (an error page served as the image). Null when the header was not read.
+  returned: always
+  type: str
+  sample: qcow2
+format_matches:
+  description: Whether the detected format is O(format); null when either is unknown.
+  returned: when the URL was reached
+  type: bool
+  sample: true
+compression:
+  description: The compression of the image, detected by content (V(gzip), V(bzip2), V(xz), V(zip), V(zstd)), or
+    null.
+  returned: when the URL was reached
+  type: str
+  sample: xz
+final_url:
+  description: The URL that answered after redirects (credentials and query values redacted).
+  returned: always
+  type: str
+  sample: https://cdn.example.com/debian-12.qcow2
+content_type:
+  description: The C(Content-Type) of the answer.
+  returned: when the URL was reached
+  type: str
+accept_ranges:
+  description: Whether the server serves byte ranges (downloads can resume).
+  returned: when the URL was reached
+  type: bool
+url:
+  description: The URL probed, redacted.
+  returned: always
+  type: str
+mirror:
+  description: For a Metalink, the mirror that answered.
+  returned: when O(url) is a Metalink and a mirror answered
+  type: str
+mirror_errors:
+  description: For a Metalink, the mirrors that failed before one answered, with their errors.
+  returned: when O(url) is a Metalink
+  type: list
+  elements: dict
+metalink:
+  description: For a Metalink, what the document says (file name, declared size, hashes, mirrors, notes).
+  returned: when O(url) is a Metalink that could be parsed
+  type: dict
+notes:
+  description: Things the operator should know (header not readable, HTML page served, ...).
+  returned: when the URL was reached
+  type: list
+  elements: str
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.directdownload.kvm.plugins.module_utils import _probe
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
+from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
+
+HTTP_IMP_ERR = None
+try:
+    from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
+    from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import plain_source_factory
+    HAS_SOURCES = True
+except ImportError:
+    SourceOptions = plain_source_factory = None
+    HAS_SOURCES = False
+    HTTP_IMP_ERR = traceback.format_exc()
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            url=dict(type="str", required=True),
+            format=dict(type="str", choices=["qcow2", "raw", "iso"]),
+            headers=dict(type="dict", default={}, no_log=True),
+            read_header=dict(type="bool", default=True),
+            fail_on_unreachable=dict(type="bool", default=False),
+            ca_path=dict(type="path"),
+            trust_dir=dict(type="path"),
+            validate_certs=dict(type="bool", default=True),
+            client_cert=dict(type="path"),
+            client_key=dict(type="path", no_log=False),
+            connect_timeout=dict(type="float"),
+            read_timeout=dict(type="float"),
+            follow_redirects=dict(type="bool", default=True),
+            use_proxy=dict(type="bool", default=True),
+            proxy=dict(type="str"),
+            nfs_transport=dict(type="str", default="auto", choices=["auto", "mount", "libnfs"]),
+            metalink_name=dict(type="str"),
+            metalink_locations=dict(type="list", elements="str", default=[]),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    if not HAS_SOURCES:
+        module.fail_json(msg=missing_required_lib("the directdownload.kvm HTTP source"), exception=HTTP_IMP_ERR)
+    try:
+        settings = load_settings()
+        options = SourceOptions(
+            headers=params["headers"],
+            ca_path=params["ca_path"],
+            trust_dir=option_or_setting(params, "trust_dir", settings),
+            validate_certs=params["validate_certs"],
+            client_cert=params["client_cert"],
+            client_key=params["client_key"],
+            connect_timeout=option_or_setting(params, "connect_timeout", settings),
+            read_timeout=option_or_setting(params, "read_timeout", settings),
+            follow_redirects=params["follow_redirects"],
+            proxy=params["proxy"] if params["use_proxy"] else "",
+        )
+        open_plain = plain_source_factory(_probe.PlainSourceOptions(options, params["nfs_transport"]))
+        result = _probe.probe_url(params["url"], open_plain, image_format=params["format"],
+                                  read_header=params["read_header"], metalink_name=params["metalink_name"],
+                                  locations=params["metalink_locations"])
+    except DirectDownloadError as exc:
+        module.fail_json(msg=exc.msg, url=redact_url(params["url"]), reachable=False)
+    except ValueError as exc:  # the agent settings file
+        module.fail_json(msg=str(exc), url=redact_url(params["url"]), reachable=False)
+    result.pop("retryable", None)
+    if params["fail_on_unreachable"] and not result["reachable"]:
+        module.fail_json(msg="cannot reach %s: %s" % (redact_url(params["url"]), result["error"]), **result)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()
