@@ -59,6 +59,7 @@ ENGINE_HEADERS = frozenset(("range", "if-range", "content-length", "transfer-enc
 HEAD_FALLBACK_STATUSES = (400, 403, 405, 501)
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_TOKEN_START = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*")
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -72,7 +73,10 @@ def _check_headers(headers):
     checked = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not _TOKEN.match(name):
-            raise InvalidInput("%r is not a valid HTTP header name" % (name,))
+            # Only the valid start is shown: a pasted "Authorization: Bearer ..." must not leak its token.
+            start = _TOKEN_START.match(name).group(0) if isinstance(name, str) else ""
+            raise InvalidInput("header name %r... is not a valid HTTP header name (letters, digits and "
+                               "!#$%%&'*+.^_`|~- only; the value goes in the value)" % start)
         if name.lower() in ENGINE_HEADERS:
             raise InvalidInput("header %s cannot be set: the download engine controls it" % name)
         if value is None:

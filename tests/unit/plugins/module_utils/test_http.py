@@ -324,6 +324,7 @@ def test_url_credentials_become_basic_auth(server, data):
 @pytest.mark.parametrize("headers,words", [
     ({"X-Bad": "a\r\nInjected: 1"}, "line break"),
     ({"Bad Name": "x"}, "not a valid HTTP header name"),
+    ({"Authorization: Bearer Injected": ""}, "'Authorization'"),
     ({"Range": "bytes=0-"}, "controls it"),
     ({"X-None": None}, "no value"),
 ])
