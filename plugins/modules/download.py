@@ -41,7 +41,6 @@ attributes:
   idempotent:
     support: full
 requirements:
-  - Python C(urllib3) on the KVM host for HTTP and HTTPS sources.
   - Python C(lxml) for Metalink sources.
   - C(qemu-img) (package C(qemu-utils) on Debian and Ubuntu, C(qemu-img) on RHEL).
   - Python C(zstandard) to extract zstd images (optional).
@@ -348,25 +347,15 @@ retryable:
   sample: true
 """
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _download
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
+from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_source
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_scheme
-
-HTTP_IMP_ERR = None
-try:
-    from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
-    HAS_HTTP = True
-except ImportError:
-    SourceOptions = None
-    HAS_HTTP = False
-    HTTP_IMP_ERR = traceback.format_exc()
 
 
 def build_request(module, settings):
@@ -377,8 +366,6 @@ def build_request(module, settings):
         pool_path = _libvirt.pool_target_path(params["pool"], params["libvirt_uri"])
     source_options = None
     if url_scheme(params["url"]) in ("http", "https"):
-        if not HAS_HTTP:
-            module.fail_json(msg=missing_required_lib("urllib3"), exception=HTTP_IMP_ERR)
         # use_proxy=false means "no proxy", even when the environment names one.
         source_options = SourceOptions.from_params(dict(params, proxy=params["proxy"] if params["use_proxy"] else ""),
                                                    settings)
