@@ -4,7 +4,7 @@
 """Loopback HTTP/HTTPS servers for tests and benchmarks: an image server with injectable faults, and a forward
 proxy. Standard library only, so it also runs as a separate process (benchmarks, shell scripts, kill -9 tests)::
 
-    python -m ansible_collections.directdownload.kvm.tests.unit.lib.servers --root DIR [--port 0]
+    python tests/unit/lib/servers.py --root DIR [--port 0]     (or -m ansible_collections....tests.unit.lib.servers)
         [--tls-cert FILE --tls-key FILE [--client-ca FILE]] [--rate BYTES_PER_S] [--faults JSON]
     # prints the base URL (e.g. http://127.0.0.1:41234/) on stdout when ready; SIGTERM/SIGINT stop it.
 

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from ansible_collections.directdownload.kvm.tests.unit.lib import servers
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ForwardProxy, ImageServer
 from ansible_collections.directdownload.kvm.tests.unit.lib.tls import (
     TestCA, days_from_now, make_ca_certificate_pem)
@@ -262,11 +263,11 @@ def test_close_ends_stalled_transfers(data):
 
 
 def test_cli_serves_and_stops_on_sigterm(data):
-    env = dict(os.environ)
     process = subprocess.Popen(
-        [sys.executable, "-m", "ansible_collections.directdownload.kvm.tests.unit.lib.servers", "--root",
+        # By file path: servers.py is standard library only, and ansible-test does not export PYTHONPATH.
+        [sys.executable, servers.__file__, "--root",
          str(data[0]), "--faults", '{"/f.bin": {"status": 503, "times": 1}}'],
-        stdout=subprocess.PIPE, env=env, text=True)
+        stdout=subprocess.PIPE, text=True)
     try:
         base = process.stdout.readline().strip()
         assert base.startswith("http://127.0.0.1:")
