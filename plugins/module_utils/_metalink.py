@@ -802,6 +802,17 @@ def plain_source_factory(request):
     return open_plain
 
 
+def open_metalink_body(body, url, request, max_size=DEFAULT_MAX_DOCUMENT_SIZE):
+    """The engine opened a plain URL and the answer says it is a metalink (``is_metalink_url(url,
+    body.content_type)``): read the document from ``body`` (bounded by ``max_size``), close it, and return the
+    :class:`MetalinkSource` over its mirrors."""
+    try:
+        document = read_document(body, max_size)
+    finally:
+        body.close()
+    return open_metalink_source(url, request, document=document)
+
+
 def open_metalink_source(url, request, open_source=None, document=None):
     """The engine's entry point (``_sources.open_source`` for a metalink URL): fetch and parse the document at
     ``url`` (or use ``document``, bytes already read, e.g. after a Content-Type told a plain URL is a metalink) and
@@ -927,7 +938,7 @@ class _Task:
 
 def segmented_download(metalink_file, open_source, part_path, connections=2, block_size=64 * 1024, progress=None,
                        checksums=None, log=None, resume=True, sparse=True, mirrors=None, per_mirror_connections=None,
-                       unit_size=None, max_mirror_failures=3, save_interval=2.0, default_algorithm="sha256"):
+                       unit_size=None, max_mirror_failures=3, save_interval=2.0, algorithms=("sha256",)):
     """Download the metalink's file into ``part_path`` from several mirrors in parallel.
 
     The part is created at its full size as a sparse file; the file is cut into units (the piece length when the
@@ -940,20 +951,21 @@ def segmented_download(metalink_file, open_source, part_path, connections=2, blo
     fails ``max_mirror_failures`` times, is dropped; when none is left the download stops with a SourceError
     (retryable: a later call resumes). The whole file is hashed in order while it is downloaded, reading back
     the contiguous finished prefix from page cache, so little is left to hash at the end; every checksum of
-    ``checksums`` must match (else ChecksumMismatch). Resume state lives in :func:`segments_sidecar_path`: done
+    ``checksums`` must match (else ChecksumMismatch); ``algorithms`` are digests to compute as well (for the record).
+    Resume state lives in :func:`segments_sidecar_path`: done
     units, rewritten every ``save_interval`` seconds after an ``fdatasync``; done pieces are hashed again before
     they are trusted. ``progress(bytes_done, total)`` is called from the calling thread.
     """
     job = _SegmentedDownload(metalink_file, open_source, part_path, connections, block_size, progress, checksums,
                              log, resume, sparse, mirrors, per_mirror_connections, unit_size, max_mirror_failures,
-                             save_interval, default_algorithm)
+                             save_interval, algorithms)
     return job.run()
 
 
 class _SegmentedDownload:
     def __init__(self, metalink_file, open_source, part_path, connections, block_size, progress, checksums, log,
                  resume, sparse, mirrors, per_mirror_connections, unit_size, max_mirror_failures, save_interval,
-                 default_algorithm):
+                 algorithms):
         self.file = metalink_file
         self.open_source = open_source
         self.part_path = part_path
@@ -969,7 +981,8 @@ class _SegmentedDownload:
         self.per_mirror = per_mirror_connections
         self.max_failures = max(1, int(max_mirror_failures))
         self.save_interval = save_interval
-        self.algorithms = sorted({c.algorithm for c in self.checksums} or {canonical_algorithm(default_algorithm)},
+        self.algorithms = sorted({c.algorithm for c in self.checksums} | {canonical_algorithm(a) for a in algorithms or ()}
+                                 or {"sha256"},
                                  key=STRENGTH.index)
         if not self.mirrors:
             raise SourceError("metalink %s: no mirror is left to try" % metalink_file.name)
@@ -1179,10 +1192,8 @@ class _SegmentedDownload:
                     expected=checksum.cloudstack, actual=got, bytes_per_mirror=per_mirror,
                     mirror_errors=list(self.errors),
                 )
-        strongest_algorithm = self.algorithms[-1]
-        verified = [c for c in self.checksums if c.algorithm == strongest_algorithm]
-        result["checksum"] = (verified[0] if verified
-                              else Checksum(strongest_algorithm, self.digests[strongest_algorithm])).cloudstack
+        verified = strongest(self.checksums)
+        result["checksum"] = (verified or Checksum(self.algorithms[-1], self.digests[self.algorithms[-1]])).cloudstack
         _unlink_quietly(self.sidecar_path)
         return result
 
