@@ -7,7 +7,8 @@
 
 Built on the standard library's ``http.client`` on purpose: its ``HTTPResponse.readinto`` is a true
 ``recv_into`` into the caller's buffer (urllib3 2.x reads and then copies), it needs nothing installed on the KVM
-host, and every policy below is ours to apply:
+host (no third-party import, so modules need no ``missing_required_lib`` for HTTP(S)), and every policy below is
+ours to apply:
 
 * redirects only when ``follow_redirects``, at most ``max_redirects`` hops, never from https to http, relative
   ``Location`` resolved; credential headers (``Authorization``, ``Cookie``, ``Proxy-Authorization`` and a few
@@ -399,7 +400,13 @@ class HttpSource:
     # -- the Source contract -------------------------------------------------------------------------------------
 
     def open(self, offset=0, validators=None, end=None):
-        """GET the body from ``offset`` (to ``end``, exclusive, when given). See the Source contract."""
+        """GET the body from ``offset`` (to ``end``, exclusive, when given). See the Source contract.
+
+        With a range, ``If-Range`` carries the strong ETag or else Last-Modified of ``validators``; without
+        validators the range is asked for unconditionally (the checksum is then the only guard). A 200 answer to an
+        open-ended range is a restart (``body.offset == 0``); to a segment (``end``) it raises SourceError
+        (reason ``no_range``); a 416 raises HTTPStatusError (reason ``range_not_satisfiable``, retryable).
+        """
         offset = int(offset)
         if offset < 0 or (end is not None and end <= offset):
             raise InvalidInput("bad byte range: offset %r, end %r" % (offset, end))
@@ -421,9 +428,16 @@ class HttpSource:
 
     def probe(self):
         """HEAD (or a one-byte GET where HEAD is refused): what ``url_check`` reports. Non-2xx raises."""
-        connection, response, url = self._fetch("HEAD", {})
+        method = "HEAD"
         try:
-            if response.status in HEAD_FALLBACK_STATUSES:
+            connection, response, url = self._fetch(method, {})
+        except SourceError as exc:
+            if exc.details.get("reason") != "connection":  # only a server that hangs up on HEAD gets a GET
+                raise
+            method = "GET"
+            connection, response, url = self._fetch(method, {"Range": "bytes=0-0"})
+        try:
+            if method == "HEAD" and response.status in HEAD_FALLBACK_STATUSES:
                 response.close()
                 connection.close()
                 connection, response, url = self._fetch("GET", {"Range": "bytes=0-0"})

@@ -532,6 +532,12 @@ def test_probe_falls_back_to_ranged_get(server):
     assert [(r.method, r.headers.get("range")) for r in server.requests] == [("HEAD", None), ("GET", "bytes=0-0")]
 
 
+def test_probe_falls_back_when_head_gets_no_answer(server):
+    server.set_fault("/f.bin", refuse=True, method="HEAD")
+    info = HttpSource(server.url("f.bin"), opts()).probe()
+    assert (info["status"], info["size"]) == (206, SIZE)
+
+
 def test_probe_fallback_without_range_support(server):
     server.set_fault("/f.bin", status=403, method="HEAD")
     server.set_fault("*", no_range=True)
