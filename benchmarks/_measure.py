@@ -19,7 +19,7 @@ def _proc_fields(path, wanted, sep):
     values = {}
     with open(path, encoding="ascii") as handle:
         for line in handle:
-            key, _, value = line.partition(sep)
+            key, _sep, value = line.partition(sep)
             if key.strip() in wanted:
                 values[key.strip()] = value.strip()
     return values

@@ -154,8 +154,8 @@ def commands(tool, url, dest, algorithm, hexdigest, ca_path, workdir):
                 "--checksum=%s=%s" % (ARIA2_ALGORITHMS[algorithm], hexdigest), "-d", os.path.dirname(dest),
                 "-o", os.path.basename(dest)] + (["--ca-certificate=" + ca_path] if ca_path else []) + [url]
     if tool in ("ours/ansible", "ours/rerun"):
-        return adhoc + ["-m", "directdownload.kvm.download", "-a", json.dumps(module_args(url, dest, checksum,
-                                                                                         ca_path))]
+        args = module_args(url, dest, checksum, ca_path)
+        return adhoc + ["-m", "directdownload.kvm.download", "-a", json.dumps(args)]
     if tool == "ours/module":
         args_file = os.path.join(workdir, "module-args.json")
         with open(args_file, "w", encoding="ascii") as handle:
@@ -190,7 +190,7 @@ def sparse_check(workdir, server_root, base_url):
             handle.truncate(2 << 30)
             for i in range(8):
                 handle.seek(i * (256 << 20))
-                for _ in range(64):
+                for _block in range(64):
                     handle.write(os.urandom(1 << 20))
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "preallocation=metadata", raw, image],
                        check=True)
@@ -289,10 +289,10 @@ def main():
 
 
 def report(results, size):
-    curl = [wall for wall, _, _ in results.get("curl", [])]
+    curl = [wall for wall, _rss, _measured in results.get("curl", [])]
     print("\n%-14s %10s %10s %12s %14s %12s" % ("tool", "median s", "MB/s", "vs curl", "(min-max)", "peak RSS"))
     for tool, rows in results.items():
-        walls = [wall for wall, _, _ in rows]
+        walls = [wall for wall, _rss, _measured in rows]
         median = statistics.median(walls)
         ratio = spread = ""
         if curl and tool not in ("ours/rerun", "ping"):
@@ -300,19 +300,19 @@ def report(results, size):
             ratio = "%.2fx" % statistics.median(ratios)
             spread = "(%.2f-%.2f)" % (min(ratios), max(ratios))
         rate = "" if tool in ("ours/rerun", "ping") else "%.0f" % (size / median / 1e6)
-        rss = max(r for _, r, _ in rows)
+        rss = max(r for _wall, r, _measured in rows)
         print("%-14s %10.3f %10s %12s %14s %12s" % (tool, median, rate, ratio, spread, human(rss * 1024)))
     if "ours/module" in results:
-        rchar = statistics.median(m["rchar"] for _, _, m in results["ours/module"])
+        rchar = statistics.median(m["rchar"] for _wall, _rss, m in results["ours/module"])
         print("\nours/module read(2) %.3fx the image size from files (socket receives not counted: 0 = no re-read of"
               " the image)" % (rchar / size))
     if "get_url" in results and "ours/ansible" in results:
-        ours = statistics.median(w for w, _, _ in results["ours/ansible"])
-        get_url = statistics.median(w for w, _, _ in results["get_url"])
+        ours = statistics.median(w for w, _rss, _measured in results["ours/ansible"])
+        get_url = statistics.median(w for w, _rss, _measured in results["get_url"])
         print("ours/ansible takes %.2fx the time of get_url with checksum" % (ours / get_url))
     if "ours/rerun" in results:
-        rerun = statistics.median(w for w, _, _ in results["ours/rerun"])
-        ping = statistics.median(w for w, _, _ in results["ping"])
+        rerun = statistics.median(w for w, _rss, _measured in results["ours/rerun"])
+        ping = statistics.median(w for w, _rss, _measured in results["ping"])
         print("re-run on the installed image: %.3f s = %.2fx ansible -m ping (%.3f s)" % (rerun, rerun / ping, ping))
 
 

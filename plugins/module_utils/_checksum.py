@@ -37,7 +37,7 @@ def canonical_algorithm(name):
     key = re.sub(r"[-_\s]", "", (name or "").strip().lower())
     if key not in ALGORITHMS:
         raise InvalidInput(
-            "unknown checksum algorithm %r: use one of %s" % (name, ", ".join(cs for cs, _ in ALGORITHMS.values()))
+            "unknown checksum algorithm %r: use one of %s" % (name, ", ".join(cs_name for cs_name, _length in ALGORITHMS.values()))
         )
     return key
 

@@ -31,7 +31,6 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._checksum impor
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     ChecksumMismatch,
     DirectDownloadError,
-    ImageRejected,
     InvalidInput,
     NotEnoughSpace,
     SourceError,
@@ -45,7 +44,6 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._sink import (
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     METALINK_SUFFIXES,
     file_name_from_url,
-    is_metalink_url,
     redact_url,
     safe_file_name,
     strip_compression_suffix,

@@ -193,7 +193,7 @@ def stream_to_file(body, writer, hashers=(), read_size=256 * 1024, buffers=16, o
     ``progress_interval`` seconds. Returns the number of bytes copied; re-raises the first stage's error.
     """
     free = queue.Queue()
-    for _ in range(buffers):
+    for _index in range(buffers):
         free.put(_Batch(read_size))
     to_hash = queue.Queue()
     to_write = queue.Queue()

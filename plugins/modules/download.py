@@ -25,7 +25,7 @@ description:
   - Concurrent runs for the same image in the same pool download it once; the others wait and then report it
     installed.
 author:
-  - directdownload.kvm maintainers
+  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
 attributes:
@@ -279,7 +279,7 @@ size:
   type: int
   sample: 2147483648
 disk_usage:
-  description: The bytes the installed file takes on disk (less than O(size) when it is sparse).
+  description: The bytes the installed file takes on disk (less than RV(size) when it is sparse).
   returned: success
   type: int
   sample: 537395200
