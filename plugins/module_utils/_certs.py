@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._trust import certificate_files
 
 CRYPTOGRAPHY_IMP_ERR = None
 try:
@@ -540,18 +541,13 @@ def remove_trust_file(trust_dir, alias):
 
 
 def list_trust_dir(trust_dir):
-    """``[(alias, path, certificate or error text)]`` for every ``*.pem`` and ``*.crt`` file, sorted by name."""
-    try:
-        names = sorted(os.listdir(trust_dir))
-    except FileNotFoundError:
+    """``[(alias, path, certificate or error text)]`` for every certificate file, sorted by name; None when the
+    directory does not exist. The files are the ones ``download`` trusts (``_trust.certificate_files``)."""
+    if not os.path.isdir(trust_dir):
         return None
     found = []
-    for name in names:
-        stem, ext = os.path.splitext(name)
-        path = os.path.join(trust_dir, name)
-        if name.startswith(".") or ext.lower() not in (".pem", ".crt") or not os.path.isfile(path):
-            continue
-        found.append((stem, path, read_trust_file(path)))
+    for path in certificate_files(trust_dir):
+        found.append((os.path.splitext(os.path.basename(path))[0], path, read_trust_file(path)))
     return found
 
 
