@@ -1,0 +1,848 @@
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
+"""The ``nfs://`` source: ``nfs://server[:port]/export/path/to/image.qcow2[?version=3|4]``.
+
+Two transports behind the Source contract of ``docs/architecture.md``:
+
+``mount``
+    The kernel client. The file's DIRECTORY is mounted read-only (CloudStack mounts the file itself, which fails
+    with exit 32: research section 3.4) with explicit options on a private ``mkdtemp`` mount point, the file is
+    read with plain ``readinto`` calls, and the directory is always unmounted again: ``umount``, then
+    ``umount -f``, then ``umount -l`` as the last resort. Every exit code is checked. Byte ranges and resume work.
+``libnfs``
+    The userspace client from libnfs-utils, for hosts without a kernel NFS client or without mount privileges.
+    ``nfs-ls`` lists the directory (size, existence), ``nfs-cat`` streams the file through a pipe. ``nfs-cat``
+    cannot seek, so a resume restarts from byte 0 (``body.offset == 0``) and exact byte ranges are refused.
+    The stream is checked at the end: exit code 0 and exactly the listed size, else ``SourceError``.
+
+``auto`` picks ``mount`` when we are root, ``mount.nfs`` is installed and the kernel has NFS support, else
+``libnfs``. When the URL names no version, ``mount`` lets the kernel negotiate and ``libnfs`` tries NFSv4, then
+NFSv3.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.utils
+import errno
+import fcntl
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+from urllib.parse import unquote, urlsplit
+
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput, SourceError
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
+
+NFS_TRANSPORTS = ("auto", "mount", "libnfs")
+NFS_VERSIONS = (3, 4)
+NFS_MOUNT_MODES = ("soft", "hard")
+
+# Packages that provide each transport, for error messages and the agent role.
+CLIENT_PACKAGES = {
+    "mount": "nfs-common (Debian/Ubuntu) or nfs-utils (RHEL)",
+    "libnfs": "libnfs-utils (Debian/Ubuntu; EPEL on RHEL)",
+}
+
+# Where mount helpers live when PATH does not list the sbin directories.
+_SBIN_DIRS = ("/usr/sbin", "/sbin")
+# 1 MiB pipe between nfs-cat and us (the default 64 KiB means one wake-up per 64 KiB). F_SETPIPE_SZ is 1031 on
+# Linux; fcntl only names it from Python 3.10 on.
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_PIPE_SIZE = 1024 * 1024
+_STDERR_LIMIT = 4000
+
+# ``nfs-ls`` prints ``-rw-r--r--  1     0     0      5242880 name`` (type, permissions, nlink, uid, gid, size, name).
+_LS_LINE = re.compile(r"^(?P<type>[-ldcbps]?)[-rwxsStT]{9}\s+-?\d+\s+-?\d+\s+-?\d+\s+(?P<size>\d+) (?P<name>.*)$")
+
+
+class NfsLocation:
+    """A parsed, validated ``nfs://`` URL."""
+
+    __slots__ = ("url", "host", "port", "path", "directory", "file_name", "version")
+
+    def __init__(self, url, host, port, path, version):
+        self.url = url
+        self.host = host
+        self.port = port
+        self.path = path
+        self.directory = os.path.dirname(path) or "/"
+        self.file_name = os.path.basename(path)
+        self.version = version
+
+    @property
+    def host_for_url(self):
+        return "[%s]" % self.host if ":" in self.host else self.host
+
+    def mount_spec(self):
+        """``server:/directory`` for mount(8): the directory that holds the file, never the file."""
+        return "%s:%s" % (self.host_for_url, self.directory)
+
+    def libnfs_url(self, path, version):
+        """A URL for the libnfs-utils tools. libnfs 4.0 takes no ``:port`` in the host part: ``nfsport=`` it is."""
+        query = ["version=%d" % version]
+        if self.port:
+            query.append("nfsport=%d" % self.port)
+        return "nfs://%s%s?%s" % (self.host_for_url, path, "&".join(query))
+
+
+def parse_nfs_url(url):
+    """Parse and check ``nfs://server[:port]/export/path/file[?version=3|4]``; raise InvalidInput otherwise."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidInput("invalid NFS URL %s: %s" % (shown, exc)) from exc
+    if parts.scheme.lower() != "nfs":
+        raise InvalidInput("not an NFS URL: %s" % shown)
+    if parts.username is not None or parts.password is not None:
+        raise InvalidInput("NFS URLs carry no credentials (AUTH_SYS uses the host's identity): %s" % shown)
+    if not parts.hostname:
+        raise InvalidInput("the NFS URL %s names no server: use nfs://server/export/path/file" % shown)
+    if parts.fragment:
+        raise InvalidInput("the NFS URL %s has a fragment (#...): remove it" % shown)
+    path = unquote(parts.path)
+    if not path.startswith("/") or path.endswith("/"):
+        raise InvalidInput("the NFS URL %s must name a file: nfs://server/export/path/file" % shown)
+    segments = path.split("/")[1:]
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise InvalidInput("the NFS URL %s has an empty, '.' or '..' path segment" % shown)
+    if any(ord(char) < 32 or char in "?#\x7f" for char in path):
+        raise InvalidInput("the NFS URL %s has a control character, '?' or '#' in its path" % shown)
+    version = None
+    for item in parts.query.split("&") if parts.query else ():
+        key, _sep, value = item.partition("=")
+        if key != "version":
+            raise InvalidInput("the NFS URL %s has an unknown parameter %r: only version=3 or version=4" % (shown, key))
+        if value not in ("3", "4"):
+            raise InvalidInput("the NFS URL %s asks for NFS version %r: use version=3 or version=4" % (shown, value))
+        version = int(value)
+    host = parts.hostname
+    if ":" in host and not parts.netloc.startswith("["):
+        raise InvalidInput("the NFS URL %s has an IPv6 address without brackets" % shown)
+    return NfsLocation(url, host, port, path, version)
+
+
+class NfsOptions:
+    """NFS settings. ``NfsSource`` also accepts the engine's generic options object: see :meth:`from_any`.
+
+    ``transport``: auto, mount or libnfs. ``version``: 3, 4 or None (the URL's ``?version=`` wins; None lets the
+    client negotiate). ``mount_mode``: soft (default: a dead server gives an I/O error instead of a process stuck
+    for ever; safe for a read-only source) or hard. ``timeo`` (deciseconds, as in nfs(5); default
+    ``read_timeout * 10``) and ``retrans`` go to the kernel mount. ``connect_timeout`` bounds the mount and
+    listing steps, ``read_timeout`` any wait for the next bytes. ``mount_dir``: parent of the private mount
+    points (default: the system temporary directory).
+    """
+
+    def __init__(self, transport="auto", version=None, mount_mode="soft", timeo=None, retrans=2, connect_timeout=10,
+                 read_timeout=60, mount_dir=None):
+        _checked_transport(transport)
+        if version is not None:
+            try:
+                version = int(version)
+            except (TypeError, ValueError):
+                version = -1
+            if version not in NFS_VERSIONS:
+                raise InvalidInput("nfs_version must be 3 or 4")
+        if mount_mode not in NFS_MOUNT_MODES:
+            raise InvalidInput("nfs_mount_mode must be soft or hard, got %r" % (mount_mode,))
+        for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidInput("%s must be a positive number of seconds" % name)
+        if timeo is not None and (not isinstance(timeo, int) or timeo < 1):
+            raise InvalidInput("nfs_timeo must be a positive number of deciseconds")
+        if not isinstance(retrans, int) or retrans < 0:
+            raise InvalidInput("nfs_retrans must be 0 or more")
+        self.transport = transport
+        self.version = version
+        self.mount_mode = mount_mode
+        self.timeo = timeo if timeo is not None else max(1, int(read_timeout * 10))
+        self.retrans = retrans
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.mount_dir = mount_dir
+
+    @classmethod
+    def from_any(cls, options, transport=None):
+        """An ``NfsOptions`` from None, an ``NfsOptions``, or any object with ``nfs_*``/timeout attributes;
+        ``transport``, when given, wins over the options' own."""
+        if isinstance(options, cls):
+            if transport is None or transport == options.transport:
+                return options
+            chosen = copy.copy(options)
+            chosen.transport = _checked_transport(transport)
+            return chosen
+
+        def pick(name, default):
+            value = getattr(options, name, None)
+            return default if value is None else value
+
+        return cls(
+            transport=transport or pick("nfs_transport", "auto"),
+            version=pick("nfs_version", None),
+            mount_mode=pick("nfs_mount_mode", "soft"),
+            timeo=pick("nfs_timeo", None),
+            retrans=pick("nfs_retrans", 2),
+            connect_timeout=pick("connect_timeout", 10),
+            read_timeout=pick("read_timeout", 60),
+            mount_dir=pick("nfs_mount_dir", None),
+        )
+
+
+def _checked_transport(transport):
+    if transport not in NFS_TRANSPORTS:
+        raise InvalidInput("nfs_transport must be one of %s, got %r" % (", ".join(NFS_TRANSPORTS), transport))
+    return transport
+
+
+def _nfs_error(msg, reason, retryable=True, **details):
+    """A SourceError with a ``reason`` detail; ``retryable`` False when every host would see the same."""
+    error = SourceError(msg, reason=reason, **details)
+    error.retryable = retryable
+    return error
+
+
+def _which(name, sbin=False):
+    found = shutil.which(name)
+    if found or not sbin:
+        return found
+    return shutil.which(name, path=os.pathsep.join(_SBIN_DIRS))
+
+
+def kernel_nfs_support():
+    """True when the running kernel has an NFS client: loaded (``/proc/filesystems``) or loadable (a module)."""
+    try:
+        with open("/proc/filesystems") as handle:
+            if any(line.split()[-1] in ("nfs", "nfs4") for line in handle if line.strip()):
+                return True
+    except OSError:
+        pass
+    release = platform.release()
+    for base in ("/lib/modules", "/usr/lib/modules"):
+        if os.path.isdir(os.path.join(base, release, "kernel", "fs", "nfs")):
+            return True
+        try:
+            with open(os.path.join(base, release, "modules.builtin")) as handle:
+                if any("/fs/nfs/nfs.ko" in line for line in handle):
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+def transport_problems(transport):
+    """Why ``transport`` cannot run on this host: a list of reasons, empty when it can."""
+    problems = []
+    if transport == "mount":
+        if os.geteuid() != 0:
+            problems.append("mounting needs root")
+        if not _which("mount.nfs", sbin=True):
+            problems.append("mount.nfs is not installed (package %s)" % CLIENT_PACKAGES["mount"])
+        if not kernel_nfs_support():
+            problems.append("the kernel has no NFS client (no nfs in /proc/filesystems, no nfs module)")
+    else:
+        missing = [tool for tool in ("nfs-cat", "nfs-ls") if not _which(tool)]
+        if missing:
+            problems.append("%s not installed (package %s)" % (" and ".join(missing), CLIENT_PACKAGES["libnfs"]))
+    return problems
+
+
+def choose_transport(requested="auto"):
+    """``mount`` or ``libnfs`` for ``requested``. Raises SourceError when no transport can run here."""
+    if requested == "libnfs":
+        problems = transport_problems("libnfs")
+        if problems:
+            raise _nfs_error("the libnfs NFS transport is not available: %s" % "; ".join(problems), "no_transport")
+        return "libnfs"
+    if requested == "mount":
+        # Forced: only the tools are required; the mount itself reports a missing kernel client.
+        missing = [tool for tool in ("mount", "umount") if not _which(tool, sbin=True)]
+        if missing:
+            raise _nfs_error("the mount NFS transport is not available: %s not found" % ", ".join(missing), "no_transport")
+        return "mount"
+    mount_problems = transport_problems("mount")
+    if not mount_problems:
+        return "mount"
+    libnfs_problems = transport_problems("libnfs")
+    if not libnfs_problems:
+        return "libnfs"
+    raise _nfs_error(
+        "no NFS client on this host: kernel mount unusable (%s); libnfs unusable (%s). Install %s, or %s"
+        % ("; ".join(mount_problems), "; ".join(libnfs_problems), CLIENT_PACKAGES["mount"], CLIENT_PACKAGES["libnfs"]),
+        "no_transport",
+    )
+
+
+def _run(argv, timeout, env=None):
+    """Run a helper in its own process group; on timeout kill the whole group. Returns (rc, stdout, stderr, timed_out)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        timed_out = True
+    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), timed_out
+
+
+def _kill_group(proc):
+    """SIGKILL ``proc`` and whatever it started in its own process group (we created the group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+def _last_line(text):
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Error classification
+
+
+def classify_libnfs_error(text):
+    """(reason, retryable, explanation) for the stderr/stdout of nfs-ls or nfs-cat."""
+    if "MNT3ERR_ACCES" in text or "MNT3ERR_NOENT" in text or "MNT3ERR_PERM" in text:
+        # Also what a server answers to a client that its export rules leave out: another host may pass.
+        return "export_not_found", True, "export not found, or this host may not mount it"
+    if "Failed to mount nfs share" in text and "NFS4ERR_NOENT" in text:
+        return "export_not_found", True, "export not found (no such path in the server's NFSv4 namespace)"
+    if "NFS3ERR_NOENT" in text or "NFS4ERR_NOENT" in text:
+        return "file_missing", False, "file not found on the server"
+    if "ACCES" in text or "NFS3ERR_PERM" in text or "NFS4ERR_PERM" in text or "Permission denied" in text:
+        return "permission_denied", True, "permission denied by the server"
+    if "NFS3ERR_ISDIR" in text or "NFS4ERR_ISDIR" in text:
+        return "not_a_file", False, "the URL names a directory, not a file"
+    if "Can not resolv" in text or "resolve" in text.lower():
+        return "unreachable", True, "cannot resolve the server name"
+    if ("Program is not available" in text or "nfs_service failed" in text or "Failed to start connection" in text
+            or "connect" in text.lower()):
+        return "unreachable", True, "server unreachable (no NFS service answered)"
+    if "Failed to read from file" in text:
+        return "interrupted", True, "the transfer broke off (server stopped or connection lost)"
+    return "nfs_error", True, "NFS error"
+
+
+def classify_mount_error(text):
+    """(reason, retryable, explanation) for mount(8)/mount.nfs output."""
+    low = text.lower()
+    if "access denied by server" in low:
+        return "export_not_found", True, "access denied by the server: export not found, or this host may not mount it"
+    if "no such file or directory" in low and "reason given by server" in low:
+        return "export_not_found", True, "export directory not found on the server"
+    if "permission denied" in low or "operation not permitted" in low or "only root" in low:
+        return "permission_denied", True, "not permitted to mount"
+    if "protocol not supported" in low or "requested nfs version" in low:
+        return "version_unsupported", True, "the server does not offer the requested NFS version"
+    if "unknown filesystem type" in low or "no such device" in low:
+        return "no_transport", True, "the kernel has no NFS client"
+    if ("connection refused" in low or "timed out" in low or "no route to host" in low or "resolve" in low
+            or "network is unreachable" in low or "program not registered" in low):
+        return "unreachable", True, "server unreachable"
+    return "mount_failed", True, "mount failed"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernel mount transport
+
+
+class KernelMount:
+    """One private read-only mount of the image's directory. ``mount()``, then always ``unmount()``."""
+
+    def __init__(self, location, options, version=None):
+        self.location = location
+        self.options = options
+        self.version = version if version is not None else location.version or options.version
+        self.mountpoint = None
+        self.mounted = False
+
+    def mount_options(self):
+        opts = ["ro", "nosuid", "nodev", "noexec", "proto=tcp", "retry=0"]
+        if self.version is not None:
+            opts.append("vers=%d" % self.version)
+        if self.location.port:
+            opts.append("port=%d" % self.location.port)
+        opts += [self.options.mount_mode, "timeo=%d" % self.options.timeo, "retrans=%d" % self.options.retrans]
+        if self.version != 4:
+            # NFSv3 locking needs rpc.statd; a read-only copy needs no locks (NFSv4 ignores the option).
+            opts.append("nolock")
+        return ",".join(opts)
+
+    def mount_argv(self):
+        return [_which("mount", sbin=True) or "mount", "-t", "nfs", "-o", self.mount_options(),
+                self.location.mount_spec(), self.mountpoint]
+
+    @property
+    def file_path(self):
+        return os.path.join(self.mountpoint, self.location.file_name)
+
+    def _mount_timeout(self):
+        return max(30, 3 * self.options.connect_timeout)
+
+    def mount(self):
+        self.mountpoint = tempfile.mkdtemp(prefix="directdownload-nfs-", dir=self.options.mount_dir)
+        shown = redact_url(self.location.url)
+        try:
+            rc, out, err, timed_out = _run(self.mount_argv(), self._mount_timeout())
+        except OSError as exc:
+            self._remove_mountpoint()
+            raise _nfs_error("cannot run mount for %s: %s" % (shown, exc), "no_transport") from exc
+        if timed_out:
+            # The kernel may finish the mount after we gave up on the helper: unmount whatever is there.
+            self.mounted = True
+            try:
+                self.unmount()
+            except SourceError as exc:
+                raise _nfs_error("mounting %s timed out after %ss, and %s" % (shown, self._mount_timeout(), exc.msg),
+                                 "timeout") from exc
+            raise _nfs_error("mounting %s timed out after %ss" % (shown, self._mount_timeout()), "timeout")
+        if rc != 0:
+            self._remove_mountpoint()
+            reason, retryable, explanation = classify_mount_error(out + "\n" + err)
+            raise _nfs_error("cannot mount %s for %s: %s (mount exit %d: %s)"
+                             % (self.location.mount_spec(), shown, explanation, rc, _last_line(err or out)),
+                             reason, retryable, rc=rc)
+        self.mounted = True
+        return self.mountpoint
+
+    def unmount(self):
+        """Unmount (plain, then forced, then lazy) and remove the mount point. Raises SourceError if it stays mounted."""
+        if self.mountpoint is None:
+            return
+        if self.mounted:
+            umount = _which("umount", sbin=True) or "umount"
+            failures = []
+            for extra in ([], ["-f"], ["-l"]):
+                try:
+                    rc, out, err, timed_out = _run([umount] + extra + [self.mountpoint], self._mount_timeout())
+                except OSError as exc:
+                    rc, out, err, timed_out = -1, "", str(exc), False
+                if rc == 0 or "not mounted" in err or "not mounted" in out:
+                    self.mounted = False
+                    break
+                outcome = "timed out" if timed_out else "exit %d %s" % (rc, _last_line(err))
+                failures.append("umount %s: %s" % (" ".join(extra) or "(plain)", outcome))
+            if self.mounted:
+                raise _nfs_error("could not unmount %s (%s)" % (self.mountpoint, "; ".join(failures)), "unmount_failed")
+        self._remove_mountpoint()
+
+    def _remove_mountpoint(self):
+        path, self.mountpoint = self.mountpoint, None
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _nfs_error("could not remove the mount point %s: %s" % (path, exc.strerror), "unmount_failed") from exc
+
+
+def _validators_from_stat(st):
+    """Our own If-Range: a change of inode, size or mtime means the file on the server is not the one we had."""
+    return {
+        "etag": "nfs-%x-%x-%x" % (st.st_ino, st.st_size, st.st_mtime_ns),
+        "last_modified": email.utils.formatdate(st.st_mtime, usegmt=True),
+    }
+
+
+def _file_error(location, exc, doing):
+    shown = redact_url(location.url)
+    if isinstance(exc, FileNotFoundError):
+        return _nfs_error("%s: file not found on the server" % shown, "file_missing", False)
+    if isinstance(exc, IsADirectoryError):
+        return _nfs_error("%s: the URL names a directory, not a file" % shown, "not_a_file", False)
+    if isinstance(exc, PermissionError):
+        return _nfs_error("%s: permission denied by the server" % shown, "permission_denied")
+    if exc.errno == errno.ESTALE:
+        return _nfs_error("%s: the file was replaced on the server while %s" % (shown, doing), "interrupted")
+    if exc.errno in (errno.EIO, errno.ETIMEDOUT):
+        return _nfs_error("%s: I/O error while %s (server stopped or unreachable: %s)" % (shown, doing, exc.strerror),
+                          "interrupted")
+    return _nfs_error("%s: error while %s: %s" % (shown, doing, exc.strerror or exc), "nfs_error")
+
+
+class MountedFileBody:
+    """A body read from the mounted file. Closing it closes the file and unmounts."""
+
+    content_type = None
+    accept_ranges = True
+
+    def __init__(self, location, mount, handle, st, offset, end):
+        self.url = location.url
+        self._location = location
+        self._mount = mount
+        self._handle = handle
+        self.size = st.st_size
+        self.validators = _validators_from_stat(st)
+        self.offset = offset
+        self._position = offset
+        self._end = st.st_size if end is None else end
+        self._closed = False
+        self._failure = None
+
+    def readinto(self, buf):
+        view = memoryview(buf)
+        want = min(len(buf), self._end - self._position)
+        got = 0
+        try:
+            while got < want:
+                count = self._handle.readinto(view[got:want])
+                if not count:
+                    break
+                got += count
+        except OSError as exc:
+            self._failure = _file_error(self._location, exc, "reading")
+            raise self._failure from exc
+        self._position += got
+        if got < want:
+            self._failure = _nfs_error(
+                "%s: the file ended at byte %d, %d expected (it shrank on the server)"
+                % (redact_url(self.url), self._position, self._end), "short_read", received=self._position)
+            raise self._failure
+        return got
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._handle.close()
+        finally:
+            self._mount.unmount()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# libnfs transport
+
+
+def parse_nfs_ls(text):
+    """``{name: (type, size)}`` from ``nfs-ls`` output (type ``-`` file, ``d`` directory, ``l`` link, ...)."""
+    entries = {}
+    for line in text.splitlines():
+        match = _LS_LINE.match(line)
+        if match:
+            entries[match.group("name")] = (match.group("type") or "?", int(match.group("size")))
+    return entries
+
+
+class PipeBody:
+    """The stdout of ``nfs-cat``. Stalls longer than ``read_timeout`` and short streams raise SourceError."""
+
+    content_type = None
+    accept_ranges = False
+
+    def __init__(self, location, proc, stderr_file, size, read_timeout, first_byte_timeout):
+        self.url = location.url
+        self.offset = 0
+        self.size = size
+        self.validators = {"etag": None, "last_modified": None}
+        self.received = 0
+        self._location = location
+        self._proc = proc
+        self._stderr = stderr_file
+        self._fd = proc.stdout.fileno()
+        self._read_timeout = read_timeout
+        self._next_timeout = first_byte_timeout
+        self._eof = False
+        self._closed = False
+        os.set_blocking(self._fd, False)
+        try:
+            fcntl.fcntl(self._fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass  # capped by /proc/sys/fs/pipe-max-size: the default size works, only slower
+        self._poller = select.poll()
+        self._poller.register(self._fd, select.POLLIN)
+
+    def readinto(self, buf):
+        if self._eof:
+            return 0
+        view = memoryview(buf)
+        want = len(buf)
+        got = 0
+        while got < want:
+            try:
+                count = os.readv(self._fd, [view[got:]])
+            except BlockingIOError:
+                if not self._poller.poll(self._next_timeout * 1000):
+                    self._fail_stalled()
+                continue
+            if not count:
+                self._eof = True
+                self.received += got
+                self._check_end()
+                return got
+            self._next_timeout = self._read_timeout
+            got += count
+        self.received += got
+        return got
+
+    def _stderr_text(self):
+        self._stderr.seek(0)
+        return self._stderr.read(_STDERR_LIMIT).decode("utf-8", "replace")
+
+    def _fail_stalled(self):
+        self._stop()
+        raise _nfs_error("%s: no data for %ss after %d bytes (server stopped or unreachable)"
+                         % (redact_url(self.url), self._next_timeout, self.received), "timeout", received=self.received)
+
+    def _check_end(self):
+        try:
+            rc = self._proc.wait(timeout=self._read_timeout)
+        except subprocess.TimeoutExpired:
+            self._stop()
+            raise _nfs_error("%s: nfs-cat closed its output but did not exit" % redact_url(self.url), "timeout")
+        shown = redact_url(self.url)
+        if rc != 0:
+            text = self._stderr_text()
+            reason, retryable, explanation = classify_libnfs_error(text)
+            if reason == "nfs_error":
+                reason, explanation = "interrupted", "the transfer broke off"
+            raise _nfs_error("%s: %s after %d bytes (nfs-cat exit %d: %s)"
+                             % (shown, explanation, self.received, rc, _last_line(text)), reason, retryable,
+                             received=self.received)
+        if self.size is not None and self.received != self.size:
+            raise _nfs_error("%s: received %d bytes, the server lists %d (short stream or file changed)"
+                             % (shown, self.received, self.size), "short_read", received=self.received)
+
+    def _stop(self):
+        if self._proc.poll() is None:
+            _kill_group(self._proc)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self):
+        """Kill nfs-cat if it still runs, reap it, close the pipe: no zombie, no stray reader."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._poller.unregister(self._fd)
+        except (KeyError, ValueError):
+            pass
+        self._stop()
+        self._proc.stdout.close()
+        self._stderr.close()
+
+
+class _LibnfsClient:
+    """Drives nfs-ls and nfs-cat for one location, negotiating the version once."""
+
+    def __init__(self, location, options):
+        self.location = location
+        self.options = options
+        fixed = location.version or options.version
+        self.versions = (fixed,) if fixed else (4, 3)
+        self.version = fixed
+
+    def _listing_timeout(self):
+        return self.options.connect_timeout + self.options.read_timeout
+
+    def stat(self):
+        """(type, size) of the file, from a listing of its directory. Raises SourceError."""
+        shown = redact_url(self.location.url)
+        failures = []
+        for version in ([self.version] if self.version else self.versions):
+            argv = [_which("nfs-ls"), self.location.libnfs_url(self.location.directory, version)]
+            rc, out, err, timed_out = _run(argv, self._listing_timeout())
+            if timed_out:
+                failures.append((version, "unreachable", True, "no answer within %ss" % self._listing_timeout(), ""))
+                continue
+            if rc != 0:
+                text = err + "\n" + out
+                reason, retryable, explanation = classify_libnfs_error(text)
+                if "Failed to opendir" in out and reason == "file_missing":
+                    # The export mounted but the directory inside it is missing: the file cannot be there.
+                    reason, retryable, explanation = "file_missing", False, "directory not found on the server"
+                failures.append((version, reason, retryable, explanation, _last_line(text)))
+                continue
+            self.version = version
+            entry = parse_nfs_ls(out).get(self.location.file_name)
+            if entry is None:
+                raise _nfs_error("%s: file not found on the server (NFSv%d)" % (shown, version), "file_missing", False)
+            kind, size = entry
+            if kind == "d":
+                raise _nfs_error("%s: the URL names a directory, not a file" % shown, "not_a_file", False)
+            # A symbolic link lists its own length: the target's size is unknown until nfs-cat follows it.
+            return kind, (size if kind == "-" else None)
+        raise self._failure(failures)
+
+    def _failure(self, failures):
+        """The most telling of the per-version failures (a missing file beats an unreachable server)."""
+        rank = ("file_missing", "not_a_file", "permission_denied", "export_not_found", "interrupted", "nfs_error",
+                "unreachable")
+        failures.sort(key=lambda item: rank.index(item[1]) if item[1] in rank else len(rank))
+        version, reason, retryable, explanation, detail = failures[0]
+        tried = "; ".join("NFSv%d: %s" % (item[0], item[4] or item[3]) for item in failures)
+        return _nfs_error("%s: %s (%s)" % (redact_url(self.location.url), explanation, tried), reason, retryable,
+                          nfs_version=version)
+
+    def cat(self, size, version=None):
+        """Start nfs-cat; returns a PipeBody."""
+        version = version or self.version or self.versions[0]
+        argv = [_which("nfs-cat"), self.location.libnfs_url(self.location.path, version)]
+        stderr_file = tempfile.TemporaryFile()
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file,
+                                    start_new_session=True)
+        except OSError as exc:
+            stderr_file.close()
+            raise _nfs_error("cannot run nfs-cat: %s" % exc, "no_transport") from exc
+        return PipeBody(self.location, proc, stderr_file, size, self.options.read_timeout,
+                        self.options.connect_timeout + self.options.read_timeout)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The source
+
+
+class NfsSource:
+    """Source for ``nfs://`` URLs (contract: docs/architecture.md, "Source").
+
+    ``NfsSource(url, options=None, transport=None)``: ``options`` is an :class:`NfsOptions`, None, or the engine's
+    options object (``SourceOptions``: ``connect_timeout``, ``read_timeout`` and any ``nfs_transport``,
+    ``nfs_version``, ``nfs_mount_mode``, ``nfs_timeo``, ``nfs_retrans``, ``nfs_mount_dir`` are read from it when
+    present); ``transport`` (auto, mount, libnfs) overrides the options' transport. The URL is checked here
+    (InvalidInput); the transport is chosen on first use (SourceError when this host has no NFS client).
+    """
+
+    scheme = "nfs"
+
+    def __init__(self, url, options=None, transport=None):
+        self.url = url
+        self.location = parse_nfs_url(url)
+        self.options = NfsOptions.from_any(options, transport=transport)
+        self._transport = None
+        self._libnfs = None
+
+    @property
+    def transport(self):
+        if self._transport is None:
+            self._transport = choose_transport(self.options.transport)
+        return self._transport
+
+    @property
+    def supports_ranges(self):
+        """True when ``open(offset, end=...)`` serves exact ranges (the kernel mount); libnfs restarts from 0."""
+        return self.transport == "mount"
+
+    def _client(self):
+        if self._libnfs is None:
+            self._libnfs = _LibnfsClient(self.location, self.options)
+        return self._libnfs
+
+    # -- open ---------------------------------------------------------------------------------------------------
+    def open(self, offset=0, validators=None, end=None):
+        if offset < 0 or (end is not None and end <= offset):
+            raise InvalidInput("invalid byte range %r-%r" % (offset, end))
+        if self.transport == "mount":
+            return self._open_mounted(offset, validators, end)
+        return self._open_libnfs(offset, end)
+
+    def _open_mounted(self, offset, validators, end):
+        mount = KernelMount(self.location, self.options)
+        mount.mount()
+        handle = None
+        try:
+            try:
+                handle = open(mount.file_path, "rb", buffering=0)
+                st = os.fstat(handle.fileno())
+            except OSError as exc:
+                raise _file_error(self.location, exc, "opening") from exc
+            if not _stat_is_file(st):
+                raise _nfs_error("%s: the URL names a directory, not a file" % redact_url(self.url), "not_a_file", False)
+            if end is not None and end > st.st_size:
+                raise _nfs_error("%s: range end %d beyond the file size %d" % (redact_url(self.url), end, st.st_size),
+                                 "range_not_satisfiable", False)
+            current = _validators_from_stat(st)
+            if offset and validators and validators.get("etag") and validators.get("etag") != current["etag"]:
+                if end is not None:
+                    raise _nfs_error("%s: the file changed on the server since the earlier part" % redact_url(self.url),
+                                     "changed")
+                offset = 0  # like If-Range: a changed file is served whole
+            if offset > st.st_size:
+                offset = 0
+            if offset:
+                handle.seek(offset)
+            return MountedFileBody(self.location, mount, handle, st, offset, end)
+        except BaseException:
+            if handle is not None:
+                handle.close()
+            mount.unmount()
+            raise
+
+    def _open_libnfs(self, offset, end):
+        client = self._client()
+        _kind, size = client.stat()
+        if end is not None and (offset or size is None or end != size):
+            raise _nfs_error("%s: the libnfs transport cannot read byte ranges (nfs-cat cannot seek); use the mount "
+                             "transport for segmented downloads" % redact_url(self.url), "no_range")
+        # offset > 0: nfs-cat starts at byte 0, so the body says offset 0 and the engine restarts the file.
+        return client.cat(size)
+
+    # -- probe / head -------------------------------------------------------------------------------------------
+    def probe(self):
+        """``status`` is None (NFS has no status codes); ``size`` from stat/listing, no image bytes read."""
+        if self.transport == "mount":
+            mount = KernelMount(self.location, self.options)
+            mount.mount()
+            try:
+                try:
+                    st = os.stat(mount.file_path)
+                except OSError as exc:
+                    raise _file_error(self.location, exc, "probing") from exc
+            finally:
+                mount.unmount()
+            if not _stat_is_file(st):
+                raise _nfs_error("%s: the URL names a directory, not a file" % redact_url(self.url), "not_a_file", False)
+            size, validators, version = st.st_size, _validators_from_stat(st), mount.version
+        else:
+            client = self._client()
+            _kind, size = client.stat()
+            validators, version = {"etag": None, "last_modified": None}, client.version
+        return {
+            "status": None,
+            "size": size,
+            "content_type": None,
+            "final_url": self.url,
+            "validators": validators,
+            "accept_ranges": self.transport == "mount",
+            "transport": self.transport,
+            "nfs_version": version,
+        }
+
+    def read_head(self, n):
+        """The first ``n`` bytes (fewer for a smaller file), e.g. a qcow2 header for its virtual size."""
+        if self.transport == "mount":
+            body = self.open(0)
+        else:
+            client = self._client()
+            _kind, size = client.stat()
+            body = client.cat(size)
+        try:
+            buf = bytearray(n)
+            count = body.readinto(buf)  # the whole buffer unless the file is shorter
+            return bytes(buf[:count])
+        finally:
+            body.close()  # kills nfs-cat when it has more to send
+
+
+def _stat_is_file(st):
+    return stat.S_ISREG(st.st_mode)
