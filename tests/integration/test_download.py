@@ -108,6 +108,12 @@ def visible(pool_dir):
     return sorted(name for name in os.listdir(pool_dir) if not name.startswith("."))
 
 
+def download(run_module, args, **options):
+    """Run the download module once; return its result record."""
+    record, _run = run_module("directdownload.kvm.download", args, **options)
+    return record
+
+
 def args_for(server, path, pool, **extra):
     args = {"url": server.url(path), "pool_path": str(pool), "retry_delay": 0.1, "progress_interval": 0.2}
     args.update(extra)
@@ -117,11 +123,11 @@ def args_for(server, path, pool, **extra):
 def test_download_check_real_check_then_idempotent(run_module, server, pool, qcow2_image):
     args = args_for(server, "disk.qcow2", pool, checksum="{SHA-256}" + sha256(qcow2_image).upper(), format="qcow2")
 
-    pre, _ = run_module("directdownload.kvm.download", args, check=True, diff=True)
+    pre = download(run_module, args, check=True, diff=True)
     assert pre["status"] == "changed" and not os.path.exists(pool / "disk.qcow2")
     assert pre["result"]["diff"]["before"]["exists"] is False
 
-    real, _ = run_module("directdownload.kvm.download", args, diff=True)
+    real = download(run_module, args, diff=True)
     result = real["result"]
     assert real["status"] == "changed", result
     assert result["path"] == str(pool / "disk.qcow2") and result["format"] == "qcow2"
@@ -134,8 +140,8 @@ def test_download_check_real_check_then_idempotent(run_module, server, pool, qco
     assert sorted(os.listdir(pool)) == [".disk.qcow2.ddinfo.json", "disk.qcow2"]
 
     gets_before = len(server.requests_for("/disk.qcow2"))
-    post, _ = run_module("directdownload.kvm.download", args, check=True)
-    again, _ = run_module("directdownload.kvm.download", args)
+    post = download(run_module, args, check=True)
+    again = download(run_module, args)
     assert post["status"] == "ok" and again["status"] == "ok"
     assert again["result"]["bytes_downloaded"] == 0 and again["result"]["format"] == "qcow2"
     assert len(server.requests_for("/disk.qcow2")) == gets_before, "a re-run must not touch the network"
@@ -143,13 +149,13 @@ def test_download_check_real_check_then_idempotent(run_module, server, pool, qco
 
 def test_changed_checksum_replaces_and_force_redownloads(run_module, server, pool, www, qcow2_image):
     args = args_for(server, "disk.qcow2", pool)
-    first, _ = run_module("directdownload.kvm.download", args)
+    first = download(run_module, args)
     assert first["status"] == "changed" and first["result"]["checksum"].startswith("{SHA-256}")
     images.qcow2(str(www / "disk.qcow2"), size=32 * MiB, writes=[(0, MiB, 0x33)])
     new_sum = "sha256:" + sha256(www / "disk.qcow2")
-    replaced, _ = run_module("directdownload.kvm.download", dict(args, checksum=new_sum), diff=True)
+    replaced = download(run_module, dict(args, checksum=new_sum), diff=True)
     assert replaced["status"] == "changed" and replaced["result"]["virtual_size"] == 32 * MiB
-    forced, _ = run_module("directdownload.kvm.download", dict(args, checksum=new_sum, force=True))
+    forced = download(run_module, dict(args, checksum=new_sum, force=True))
     assert forced["status"] == "changed" and forced["result"]["bytes_downloaded"] > 0
 
 
@@ -159,7 +165,7 @@ def test_compressed_images_are_extracted_by_content(run_module, server, pool, ww
     compressed = www / "disk-packed.bin"
     images.compress(str(qcow2_image), str(compressed), kind)
     args = args_for(server, "disk-packed.bin", pool, name="disk.qcow2", checksum="sha256:" + sha256(compressed))
-    record, _ = run_module("directdownload.kvm.download", args)
+    record = download(run_module, args)
     assert record["status"] == "changed", record["result"]
     assert record["result"]["format"] == "qcow2" and record["result"]["virtual_size"] == 64 * MiB
     assert sha256(pool / "disk.qcow2") == sha256(qcow2_image)
@@ -168,11 +174,11 @@ def test_compressed_images_are_extracted_by_content(run_module, server, pool, ww
 
 def test_iso_is_installed_as_is_and_raw_stays_sparse(run_module, server, pool, www):
     images.iso(str(www / "netinst.iso"), size=4 * MiB)
-    record, _ = run_module("directdownload.kvm.download", args_for(server, "netinst.iso", pool, format="iso"))
+    record = download(run_module, args_for(server, "netinst.iso", pool, format="iso"))
     assert record["status"] == "changed" and record["result"]["format"] == "iso"
 
     images.sparse_raw(str(www / "holes.raw"), size=64 * MiB)
-    record, _ = run_module("directdownload.kvm.download", args_for(server, "holes.raw", pool, format="raw"))
+    record = download(run_module, args_for(server, "holes.raw", pool, format="raw"))
     assert record["result"]["format"] == "raw"
     assert images.allocated_bytes(str(pool / "holes.raw")) <= images.allocated_bytes(str(www / "holes.raw")) * 1.05
 
@@ -182,15 +188,14 @@ def test_https_private_ca_trust_and_host_name(run_module, www, pool, qcow2_image
     ca_file = ca.ca_pem_path(tmp_path)
     with ImageServer(www, ssl_context=ca.server_context()) as https:
         args = args_for(https, "disk.qcow2", pool)
-        untrusted, _ = run_module("directdownload.kvm.download", args)
+        untrusted = download(run_module, args)
         assert untrusted["status"] == "failed"
         assert "certificate" in untrusted["result"]["msg"].lower()
         assert untrusted["result"]["retryable"] is False
-        trusted, _ = run_module("directdownload.kvm.download", dict(args, ca_path=ca_file))
+        trusted = download(run_module, dict(args, ca_path=ca_file))
         assert trusted["status"] == "changed", trusted["result"]
     with ImageServer(www, ssl_context=ca.server_context(hostnames=("wrong.example.com",))) as wrong_host:
-        refused, _ = run_module("directdownload.kvm.download",
-                                dict(args_for(wrong_host, "disk.qcow2", pool, name="other.qcow2"), ca_path=ca_file))
+        refused = download(run_module, dict(args_for(wrong_host, "disk.qcow2", pool, name="other.qcow2"), ca_path=ca_file))
         assert refused["status"] == "failed"
         assert "host" in refused["result"]["msg"].lower()
     assert visible(pool) == ["disk.qcow2"]
@@ -200,10 +205,10 @@ def test_truncated_transfer_resumes_with_range(run_module, server, pool, qcow2_i
     size = os.path.getsize(qcow2_image)
     server.set_fault("/disk.qcow2", truncate_at=size // 2, times=1)
     args = args_for(server, "disk.qcow2", pool, retries=0, checksum="sha256:" + sha256(qcow2_image))
-    failed, _ = run_module("directdownload.kvm.download", args)
+    failed = download(run_module, args)
     assert failed["status"] == "failed" and failed["result"]["retryable"] is True
     assert visible(pool) == [] and os.path.exists(pool / ".disk.qcow2.part")
-    done, _ = run_module("directdownload.kvm.download", args)
+    done = download(run_module, args)
     assert done["status"] == "changed", done["result"]
     assert done["result"]["resumed_from"] > 0
     assert done["result"]["bytes_downloaded"] == size - done["result"]["resumed_from"]
@@ -216,21 +221,20 @@ def test_if_range_mismatch_restarts_from_zero(run_module, server, pool, qcow2_im
     size = os.path.getsize(qcow2_image)
     server.set_fault("/disk.qcow2", truncate_at=size // 2, times=1)
     args = args_for(server, "disk.qcow2", pool, retries=0)
-    run_module("directdownload.kvm.download", args)
+    download(run_module, args)
     server.set_fault("/disk.qcow2", etag='"the-file-changed"')
-    done, _ = run_module("directdownload.kvm.download", args)
+    done = download(run_module, args)
     assert done["status"] == "changed", done["result"]
     assert done["result"]["resumed_from"] == 0 and done["result"]["bytes_downloaded"] == size
 
 
 def test_500_then_success_and_stall_past_read_timeout(run_module, server, pool, qcow2_image):
     server.set_fault("/disk.qcow2", status=500, times=1)
-    ok, _ = run_module("directdownload.kvm.download", args_for(server, "disk.qcow2", pool, retries=2))
+    ok = download(run_module, args_for(server, "disk.qcow2", pool, retries=2))
     assert ok["status"] == "changed" and ok["result"]["attempts"] == 2
 
     server.set_fault("/disk.qcow2", stall_at=MiB, stall_seconds=30, times=1)
-    stalled, _ = run_module("directdownload.kvm.download",
-                            args_for(server, "disk.qcow2", pool, name="stalled.qcow2", read_timeout=1, retries=1))
+    stalled = download(run_module, args_for(server, "disk.qcow2", pool, name="stalled.qcow2", read_timeout=1, retries=1))
     assert stalled["status"] == "changed", stalled["result"]
     assert stalled["result"]["attempts"] == 2 and stalled["result"]["resumed_from"] >= MiB
 
@@ -238,8 +242,7 @@ def test_500_then_success_and_stall_past_read_timeout(run_module, server, pool, 
 def test_corrupt_body_redownloads_then_fails_with_both_digests(run_module, server, pool, qcow2_image):
     server.set_fault("/disk.qcow2", corrupt_at=12345)
     good = sha256(qcow2_image)
-    failed, _ = run_module("directdownload.kvm.download",
-                           args_for(server, "disk.qcow2", pool, checksum="sha256:" + good))
+    failed = download(run_module, args_for(server, "disk.qcow2", pool, checksum="sha256:" + good))
     result = failed["result"]
     assert failed["status"] == "failed"
     assert result["retryable"] is False and result["expected"] == "{SHA-256}" + good
@@ -251,17 +254,17 @@ def test_corrupt_body_redownloads_then_fails_with_both_digests(run_module, serve
 
 
 def test_non_2xx_and_backing_file_are_refused(run_module, server, pool, www, qcow2_image):
-    missing, _ = run_module("directdownload.kvm.download", args_for(server, "missing.qcow2", pool))
+    missing = download(run_module, args_for(server, "missing.qcow2", pool))
     assert missing["status"] == "failed" and "404" in missing["result"]["msg"]
     assert missing["result"]["retryable"] is False
 
     images.qcow2_with_backing(str(www / "child.qcow2"), str(qcow2_image))
-    refused, _ = run_module("directdownload.kvm.download", args_for(server, "child.qcow2", pool))
+    refused = download(run_module, args_for(server, "child.qcow2", pool))
     assert refused["status"] == "failed" and "backing" in refused["result"]["msg"]
     assert refused["result"]["retryable"] is False
     assert os.listdir(pool) == []
 
-    wrong, _ = run_module("directdownload.kvm.download", args_for(server, "disk.qcow2", pool, format="iso"))
+    wrong = download(run_module, args_for(server, "disk.qcow2", pool, format="iso"))
     assert wrong["status"] == "failed" and "qcow2" in wrong["result"]["msg"]
     assert os.listdir(pool) == []
 
@@ -274,7 +277,7 @@ def test_bad_inputs_fail_clearly(run_module, server, pool):
         (dict(pool_path=str(pool / "missing")), "does not exist"),
     ]
     for extra, fragment in cases:
-        record, _ = run_module("directdownload.kvm.download", args_for(server, "disk.qcow2", pool, **extra))
+        record = download(run_module, args_for(server, "disk.qcow2", pool, **extra))
         assert record["status"] == "failed" and fragment in record["result"]["msg"], (extra, record["result"])
 
 
@@ -304,12 +307,12 @@ def small_tmpfs(tmp_path):
 
 def test_enospc_on_a_small_pool(run_module, server, www, small_tmpfs):
     images.random_raw(str(www / "big.raw"), size=16 * MiB)
-    refused, _ = run_module("directdownload.kvm.download", args_for(server, "big.raw", small_tmpfs))
+    refused = download(run_module, args_for(server, "big.raw", small_tmpfs))
     assert refused["status"] == "failed" and "space" in refused["result"]["msg"].lower()
     assert os.listdir(small_tmpfs) == []
 
     server.set_fault("/big.raw", no_length=True)  # size unknown: the disk fills up during the write
-    full, _ = run_module("directdownload.kvm.download", args_for(server, "big.raw", small_tmpfs, retries=0))
+    full = download(run_module, args_for(server, "big.raw", small_tmpfs, retries=0))
     assert full["status"] == "failed" and "no space left" in full["result"]["msg"].lower()
     assert os.listdir(small_tmpfs) == []
 
