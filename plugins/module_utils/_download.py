@@ -44,6 +44,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._sink import (
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     METALINK_SUFFIXES,
     file_name_from_url,
+    is_metalink_url,
     redact_url,
     safe_file_name,
     strip_compression_suffix,
@@ -297,50 +298,60 @@ def _result_from_record(request, record, started, **extra):
     return result
 
 
+class _IsMetalink(Exception):
+    """A plain http(s) URL answered with a Metalink content type: the body holds the document."""
+
+    def __init__(self, body):
+        super().__init__("metalink")
+        self.body = body
+
+
+class _Fetched:
+    """What a verified fetch produced: digests of the bytes in the ``.part`` and where they came from."""
+
+    def __init__(self, digests, served_url, bytes_downloaded, resumed_from, attempts, size):
+        self.digests = digests
+        self.served_url = served_url
+        self.bytes_downloaded = bytes_downloaded
+        self.resumed_from = resumed_from
+        self.attempts = attempts
+        self.size = size
+
+
+def _expected_checksums(source, request):
+    """Every digest the bytes must match: the user's, plus a metalink's strongest file hash."""
+    method = getattr(source, "expected_checksums", None)
+    if method is not None:
+        return list(method(request.checksum))
+    return [request.checksum] if request.checksum else []
+
+
+def _first_mismatch(expected, digests):
+    for checksum in expected:
+        if not checksum.matches(digests[checksum.algorithm]):
+            return checksum
+    return None
+
+
 def _download_and_install(request, decision, open_source, log, started, now):
     part = PartFile(request.pool_path, request.name)
     source = open_source(request.url, request)
-    expected = request.checksum
-    attempts_total = 0
-    bytes_total = 0
-    resumed_from = 0
-    mismatches = 0
+    totals = {"attempts": 0, "bytes": 0}
     try:
-        while True:
-            transfer = _Transfer(request, part, source, expected, log, now)
-            transfer.run()
-            attempts_total += transfer.attempts
-            bytes_total += transfer.bytes_downloaded
-            resumed_from = resumed_from or transfer.resumed_from
-            actual = transfer.digests[expected.algorithm if expected else DEFAULT_COMPUTED_ALGORITHM]
-            if expected is None or expected.matches(actual):
-                break
-            # The bytes are wrong. Another try may get good bytes (a flaky proxy, a mirror being re-synced);
-            # a metalink source moves to its next mirror. Bounded, then a clear failure.
-            mismatches += 1
-            part.discard()
-            bad_url = redact_url(transfer.served_url)
-            log("checksum mismatch from %s (expected %s, got %s)" % (bad_url, expected.hexdigest, actual))
-            next_mirror = getattr(source, "next_mirror_after_mismatch", None)
-            moved = next_mirror(transfer.served_url, expected.hexdigest, actual) if next_mirror else False
-            if mismatches >= MAX_MISMATCH_DOWNLOADS and not moved:
-                got = Checksum(expected.algorithm, actual).cloudstack
-                raise ChecksumMismatch(
-                    "checksum mismatch for %s after %d downloads: expected %s, got %s"
-                    % (bad_url, mismatches, expected.cloudstack, got),
-                    expected=expected.cloudstack, actual=got, url=bad_url, attempts=attempts_total,
-                )
-        checksums = transfer.digests
-        checksum = expected or Checksum(DEFAULT_COMPUTED_ALGORITHM, checksums[DEFAULT_COMPUTED_ALGORITHM])
-        ready, info = _prepare_image(request, part, transfer.size_on_disk)
-        served_url = redact_url(transfer.served_url)
-        record = _make_record(request, info, checksums, checksum, served_url)
+        source, fetched, expected = _fetch_verified(request, part, source, log, now, totals)
+        checksum = request.checksum or (expected[-1] if expected else None) or Checksum(
+            DEFAULT_COMPUTED_ALGORITHM, fetched.digests[DEFAULT_COMPUTED_ALGORITHM])
+        ready, info = _prepare_image(request, part)
+        served_url = redact_url(fetched.served_url)
+        record = _make_record(request, info, fetched.digests, checksum, served_url)
         _install.install_file(ready, request.final_path)
         _install.write_record(request.final_path, record)
         part.discard()
     except DirectDownloadError as exc:
-        exc.details.setdefault("attempts", attempts_total)
-        exc.details.setdefault("bytes_downloaded", bytes_total)
+        exc.details.setdefault("attempts", totals["attempts"])
+        exc.details.setdefault("bytes_downloaded", totals["bytes"])
+        if getattr(source, "mirror_errors", None):
+            exc.details.setdefault("mirror_errors", list(source.mirror_errors))
         _keep_only_resumable(part, exc)
         raise
     except BaseException:
@@ -351,13 +362,81 @@ def _download_and_install(request, decision, open_source, log, started, now):
         if close:
             close()
     elapsed = time.monotonic() - started
-    log("installed %s (%d bytes downloaded in %.1f s)" % (request.final_path, bytes_total, elapsed))
+    log("installed %s (%d bytes downloaded in %.1f s)" % (request.final_path, totals["bytes"], elapsed))
     return _result_from_record(
-        request, record, started, url=served_url, bytes_downloaded=bytes_total, resumed_from=resumed_from,
-        attempts=attempts_total, rate=int(bytes_total / elapsed) if elapsed > 0 else None,
+        request, record, started, url=served_url, bytes_downloaded=totals["bytes"],
+        resumed_from=fetched.resumed_from, attempts=totals["attempts"],
+        rate=int(totals["bytes"] / elapsed) if elapsed > 0 else None,
         mirror_errors=list(getattr(source, "mirror_errors", [])),
         msg="%s %s" % ("replaced" if decision.action == "replace" else "installed", request.final_path),
     )
+
+
+def _fetch_verified(request, part, source, log, now, totals):
+    """Fill the ``.part`` with bytes that match every expected checksum. Returns (source, _Fetched, expected).
+
+    A checksum mismatch discards the bytes and downloads again (a metalink moves to its next mirror), at most
+    MAX_MISMATCH_DOWNLOADS times in all, then fails with both digests.
+    """
+    mismatches = 0
+    while True:
+        expected = _expected_checksums(source, request)
+        try:
+            fetched = _fetch_once(request, part, source, expected, log, now)
+            wrong = _first_mismatch(expected, fetched.digests)
+        except _IsMetalink as answer:
+            from ansible_collections.directdownload.kvm.plugins.module_utils import _metalink  # pylint: disable=import-outside-toplevel
+            source = _metalink.open_metalink_body(answer.body, request.url, request)
+            log("%s is a Metalink document: downloading from its mirrors" % redact_url(request.url))
+            continue
+        except ChecksumMismatch as exc:  # a segmented download verifies by itself
+            fetched, wrong = None, exc
+        if fetched is not None:
+            totals["attempts"] += fetched.attempts
+            totals["bytes"] += fetched.bytes_downloaded
+        if wrong is None:
+            return source, fetched, expected
+        mismatches += 1
+        part.discard()
+        if isinstance(wrong, ChecksumMismatch):
+            bad_url, want, got = wrong.details.get("url") or redact_url(request.url), wrong.expected, wrong.actual
+        else:
+            bad_url = redact_url(fetched.served_url)
+            want, got = wrong.cloudstack, Checksum(wrong.algorithm, fetched.digests[wrong.algorithm]).cloudstack
+        log("checksum mismatch from %s: expected %s, got %s" % (bad_url, want, got))
+        next_mirror = getattr(source, "next_mirror_after_mismatch", None)
+        moved = next_mirror(fetched.served_url if fetched else None, want, got) if next_mirror else False
+        if mismatches >= MAX_MISMATCH_DOWNLOADS or (next_mirror and not moved):
+            raise ChecksumMismatch(
+                "checksum mismatch for %s after %d download%s: expected %s, got %s"
+                % (bad_url, mismatches, "s" if mismatches > 1 else "", want, got),
+                expected=want, actual=got, url=bad_url, attempts=totals["attempts"],
+            )
+
+
+def _fetch_once(request, part, source, expected, log, now):
+    if getattr(source, "segmented", False):
+        try:
+            return _fetch_segmented(request, part, source, expected, log)
+        except SourceError as exc:
+            if not exc.details.get("ranges_unsupported"):
+                raise
+            log("the mirrors do not serve ranges: downloading in one stream")
+    transfer = _Transfer(request, part, source, expected, log, now)
+    transfer.run()
+    return _Fetched(transfer.digests, transfer.served_url, transfer.bytes_downloaded, transfer.resumed_from,
+                    transfer.attempts, transfer.size_on_disk)
+
+
+def _fetch_segmented(request, part, source, expected, log):
+    """Several mirrors at once (metalink with connections > 1 or piece hashes); verifies by itself."""
+    if source.size is not None:
+        _install.ensure_free_space(request.pool_path, source.size, "the download")
+    result = source.download_segmented(part.path, checksums=expected, block_size=request.block_size, log=log,
+                                       resume=request.resume, algorithms=[DEFAULT_COMPUTED_ALGORITHM])
+    served = getattr(result, "served_urls", None) or [request.url]
+    return _Fetched(result["digests"], served[0], result["bytes_downloaded"], result.get("resumed_bytes", 0), 1,
+                    result["size"])
 
 
 def _keep_only_resumable(part, exc):
@@ -367,7 +446,7 @@ def _keep_only_resumable(part, exc):
         part.discard()
 
 
-def _prepare_image(request, part, downloaded_size):
+def _prepare_image(request, part):
     """Turn the verified ``.part`` into the file to install: extracted when compressed, inspected, policed.
 
     Returns (path ready to rename, ImageInfo). Removes what it created when anything fails.
@@ -421,13 +500,14 @@ class _Transfer:
         self.digests = {}
         self.identity = {
             "url_id": request.url_id,
-            "checksum": expected.cloudstack if expected else None,
+            "checksums": sorted(checksum.cloudstack for checksum in expected),
         }
 
     def _algorithms(self):
         algorithms = [DEFAULT_COMPUTED_ALGORITHM]
-        if self.expected and self.expected.algorithm not in algorithms:
-            algorithms.append(self.expected.algorithm)
+        for checksum in self.expected:
+            if checksum.algorithm not in algorithms:
+                algorithms.append(checksum.algorithm)
         return algorithms
 
     def run(self):
@@ -497,6 +577,9 @@ class _Transfer:
     def _attempt(self, offset, validators, total, hashers):
         request = self.request
         body = self.source.open(offset=offset, validators=validators)
+        if not hasattr(self.source, "expected_checksums") and is_metalink_url(
+                request.url, getattr(body, "content_type", None)):
+            raise _IsMetalink(body)  # the metalink reads the document from this body and closes it
         try:
             if body.offset != offset:
                 # The server could not resume (no Range support, or the file changed: If-Range failed).

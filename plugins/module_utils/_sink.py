@@ -162,6 +162,8 @@ class PartFile:
     def discard(self):
         _unlink_quietly(self.path)
         _unlink_quietly(self.sidecar_path)
+        # The resume state of a segmented metalink download (_metalink.segments_sidecar_path).
+        _unlink_quietly(self.path + ".segments.json")
 
 
 class _Batch:
