@@ -65,8 +65,10 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECA
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _check_headers(headers):
-    """Validate user headers without ever showing a value; return a plain ``{name: str(value)}`` dict."""
+def check_headers(headers):
+    """Validate user headers without ever showing a value; return a plain ``{name: str(value)}`` dict.
+
+    Raises InvalidInput (bad name, CR/LF/NUL in a value, a header the engine sets itself, a None value)."""
     if headers is None:
         return {}
     if not isinstance(headers, dict):
@@ -89,6 +91,9 @@ def _check_headers(headers):
     return checked
 
 
+_check_headers = check_headers  # the earlier private name, still imported by _template.py
+
+
 class SourceOptions:
     """How to reach an HTTP(S) URL. ``headers`` values are secrets (kept out of ``repr``).
 
@@ -101,7 +106,7 @@ class SourceOptions:
                  client_cert=None, client_key=None, connect_timeout=BUILTIN_DEFAULTS["connect_timeout"],
                  read_timeout=BUILTIN_DEFAULTS["read_timeout"], follow_redirects=False,
                  max_redirects=DEFAULT_MAX_REDIRECTS, proxy=None, user_agent=DEFAULT_USER_AGENT):
-        self.headers = _check_headers(headers)
+        self.headers = check_headers(headers)
         self.ca_path = ca_path
         self.trust_dir = trust_dir
         self.validate_certs = bool(validate_certs)
