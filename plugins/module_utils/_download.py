@@ -309,12 +309,10 @@ class _IsMetalink(Exception):
 class _Fetched:
     """What a verified fetch produced: digests of the bytes in the ``.part`` and where they came from."""
 
-    def __init__(self, digests, served_url, bytes_downloaded, resumed_from, attempts, size):
+    def __init__(self, digests, served_url, resumed_from, size):
         self.digests = digests
         self.served_url = served_url
-        self.bytes_downloaded = bytes_downloaded
         self.resumed_from = resumed_from
-        self.attempts = attempts
         self.size = size
 
 
@@ -382,7 +380,7 @@ def _fetch_verified(request, part, source, log, now, totals):
     while True:
         expected = _expected_checksums(source, request)
         try:
-            fetched = _fetch_once(request, part, source, expected, log, now)
+            fetched = _fetch_once(request, part, source, expected, log, now, totals)
             wrong = _first_mismatch(expected, fetched.digests)
         except _IsMetalink as answer:
             from ansible_collections.directdownload.kvm.plugins.module_utils import _metalink  # pylint: disable=import-outside-toplevel
@@ -391,9 +389,6 @@ def _fetch_verified(request, part, source, log, now, totals):
             continue
         except ChecksumMismatch as exc:  # a segmented download verifies by itself
             fetched, wrong = None, exc
-        if fetched is not None:
-            totals["attempts"] += fetched.attempts
-            totals["bytes"] += fetched.bytes_downloaded
         if wrong is None:
             return source, fetched, expected
         mismatches += 1
@@ -414,29 +409,29 @@ def _fetch_verified(request, part, source, log, now, totals):
             )
 
 
-def _fetch_once(request, part, source, expected, log, now):
+def _fetch_once(request, part, source, expected, log, now, totals):
     if getattr(source, "segmented", False):
         try:
-            return _fetch_segmented(request, part, source, expected, log)
+            return _fetch_segmented(request, part, source, expected, log, totals)
         except SourceError as exc:
             if not exc.details.get("ranges_unsupported"):
                 raise
             log("the mirrors do not serve ranges: downloading in one stream")
-    transfer = _Transfer(request, part, source, expected, log, now)
+    transfer = _Transfer(request, part, source, expected, log, now, totals)
     transfer.run()
-    return _Fetched(transfer.digests, transfer.served_url, transfer.bytes_downloaded, transfer.resumed_from,
-                    transfer.attempts, transfer.size_on_disk)
+    return _Fetched(transfer.digests, transfer.served_url, transfer.resumed_from, transfer.size_on_disk)
 
 
-def _fetch_segmented(request, part, source, expected, log):
+def _fetch_segmented(request, part, source, expected, log, totals):
     """Several mirrors at once (metalink with connections > 1 or piece hashes); verifies by itself."""
     if source.size is not None:
         _install.ensure_free_space(request.pool_path, source.size, "the download")
     result = source.download_segmented(part.path, checksums=expected, block_size=request.block_size, log=log,
                                        resume=request.resume, algorithms=[DEFAULT_COMPUTED_ALGORITHM])
+    totals["attempts"] += 1
+    totals["bytes"] += result["bytes_downloaded"]
     served = getattr(result, "served_urls", None) or [request.url]
-    return _Fetched(result["digests"], served[0], result["bytes_downloaded"], result.get("resumed_bytes", 0), 1,
-                    result["size"])
+    return _Fetched(result["digests"], served[0], result.get("resumed_bytes", 0), result["size"])
 
 
 def _keep_only_resumable(part, exc):
@@ -485,15 +480,15 @@ def _unlink(path):
 class _Transfer:
     """One complete transfer of the source into the ``.part``, with resume and bounded retries."""
 
-    def __init__(self, request, part, source, expected, log, now):
+    def __init__(self, request, part, source, expected, log, now, totals):
         self.request = request
         self.part = part
         self.source = source
         self.expected = expected
         self.log = log
         self.now = now
+        self.totals = totals  # attempts and bytes of the whole run, counted as they happen
         self.attempts = 0
-        self.bytes_downloaded = 0
         self.resumed_from = 0
         self.served_url = request.url
         self.size_on_disk = 0
@@ -526,6 +521,7 @@ class _Transfer:
         last_error = None
         while self.attempts <= request.retries:
             self.attempts += 1
+            self.totals["attempts"] += 1
             try:
                 offset = self._attempt(offset, validators, total, hashers)
                 break
@@ -605,7 +601,7 @@ class _Transfer:
                 writer.finish()
             except BaseException:
                 # The bytes written before the failure are resumable: record how far they go.
-                self.bytes_downloaded += writer.offset - offset
+                self.totals["bytes"] += writer.offset - offset
                 try:
                     progress.save_absolute(writer.offset)
                 except OSError:
@@ -613,7 +609,7 @@ class _Transfer:
                 raise
             finally:
                 os.close(fd)
-            self.bytes_downloaded += copied
+            self.totals["bytes"] += copied
             offset += copied
             self._hashed = offset
             progress.save_absolute(offset)
