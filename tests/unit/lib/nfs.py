@@ -105,6 +105,7 @@ def stop_pid(pid, must_contain, timeout=10):
     if not pid or not _pid_alive(pid) or must_contain not in _cmdline(pid):
         return
     os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGCONT)  # a frozen server (freeze()) takes the SIGTERM only once it runs again
     deadline = time.monotonic() + timeout
     while _pid_alive(pid):
         if time.monotonic() > deadline:
@@ -267,6 +268,11 @@ class GaneshaServer:
             return "\n".join((self.workdir / "ganesha.log").read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no ganesha log)"
+
+    def freeze(self):
+        """SIGSTOP the NFS server: clients stall until it is stopped (or sent SIGCONT)."""
+        if self.ganesha_pid and "ganesha.nfsd" in _cmdline(self.ganesha_pid):
+            os.kill(self.ganesha_pid, signal.SIGSTOP)
 
     def stop_ganesha(self):
         """Stop the NFS server only (rpcbind stays): what "the server went away mid-transfer" means."""
