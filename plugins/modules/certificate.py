@@ -30,7 +30,7 @@ description:
     puts the keystore bytes back as they were. The keystore password is passed to C(keytool) in its environment
     (C(-storepass:env)), never on a command line.
 author:
-  - directdownload.kvm maintainers
+  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
 attributes:

@@ -20,7 +20,7 @@ description:
     (M(directdownload.kvm.template_info)) to find hosts that lost a certificate (drift).
   - The keystore is read with one C(keytool -list) call.
 author:
-  - directdownload.kvm maintainers
+  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.info_module

@@ -14,7 +14,7 @@ description:
     the registry host (the controller by default, or a host that tasks delegate to). It never touches a KVM host;
     M(directdownload.kvm.certificate) does that.
   - With O(content) or O(src), validates the certificate and records it under O(alias), with its subject, issuer,
-    serial, validity and SHA-256 fingerprint. The checks are those of M(directdownload.kvm.certificate): the
+    serial, validity and SHA-256 fingerprint. The checks are those of M(directdownload.kvm.certificate). The
     certificate parses, is one certificate, is valid now, and the alias follows CloudStack's rules. Recording
     another certificate under an existing alias replaces it (rotation) and clears its per-host statuses, because the
     new certificate is on no host yet.
@@ -24,7 +24,7 @@ description:
   - V(absent) removes the certificate and all its host statuses from the registry.
   - With only O(alias), reads the record (RV(exists), RV(certificate)) and changes nothing.
 author:
-  - directdownload.kvm maintainers
+  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
 attributes:
@@ -150,7 +150,7 @@ certificate:
       description: End of validity, UTC.
       type: str
     validity:
-      description: CloudStack's form, C(From: [not_before] - To: [not_after]).
+      description: "CloudStack's form, C(From: [not_before] - To: [not_after])."
       type: str
     fingerprint_sha256:
       description: SHA-256 fingerprint.

@@ -78,7 +78,6 @@ def certificate_args(agent, alias, content=None, **extra):
     return args
 
 
-
 def task(name, module, args, **keywords):
     """A task that never stops the play: every step of a scenario is one task of one ansible-playbook run
     (each run costs seconds), and the test reads each task's own result."""
@@ -329,10 +328,10 @@ def test_upload_makes_https_download_work_and_revoke_undoes_it(run_playbook, age
     assert_no_password(run)
     before = run.task("before")
     assert before["status"] == "failed" and "certificate" in before["result"]["msg"].lower(), before["result"]
-    uploaded, revoked = run.tasks("directdownload.kvm.certificates : Import or revoke private-mirror on the KVM host")
+    uploaded, revoked = run.tasks("directdownload.kvm.certificates : Import or revoke on the KVM host: private-mirror")
     assert uploaded["status"] == "changed" and uploaded["result"]["keystore"] == "imported"
     assert uploaded["result"]["trust_dir_path"] == str(agent["trust_dir"])
-    recorded = run.tasks("directdownload.kvm.certificates : Record the outcome of private-mirror in the registry")
+    recorded = run.tasks("directdownload.kvm.certificates : Record the outcome in the registry: private-mirror")
     assert [r["result"]["host_status"]["status"] for r in recorded] == ["UPLOADED", "REVOKED"]
     assert run.task("after")["status"] == "changed", run.task("after")["result"]
     # Trusting the CA does not mean trusting any name: the host name is still checked.
@@ -446,8 +445,8 @@ def test_invalid_certificate_stops_the_upload_before_any_host(run_playbook, tmp_
     run = run_playbook(UPLOAD, inventory=multi_host_inventory(hosts_dir, registry, ["kvm1"]), expect_rc=2,
                        extra_vars={"certificate_alias": "old-ca", "certificate_content": expired})
     failed = run.failed_tasks()
-    assert [r["task"] for r in failed] == ["directdownload.kvm.certificates : Validate old-ca and record it in the registry"]
+    assert [r["task"] for r in failed] == ["directdownload.kvm.certificates : Validate and record in the registry: old-ca"]
     assert "expired on" in failed[0]["result"]["msg"]
-    assert run.tasks("directdownload.kvm.certificates : Import or revoke old-ca on the KVM host") == []
+    assert run.tasks("directdownload.kvm.certificates : Import or revoke on the KVM host: old-ca") == []
     assert not registry.exists() or "old-ca" not in json.loads(registry.read_text())["certificates"]
     assert not (hosts_dir / "kvm1" / "trust.d").exists()
