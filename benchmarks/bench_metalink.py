@@ -5,7 +5,7 @@
 """Metalink benchmark: a segmented download from several rate-limited loopback mirrors against the best single
 mirror and against ``aria2c`` on the same metalink. Interleaved rounds (A B C, A B C, ...), medians, ratios.
 
-    .venv/bin/python benchmarks/bench_metalink.py                     # 2 mirrors x 40 MB/s, 256 MiB, 5 rounds
+    .venv/bin/python benchmarks/bench_metalink.py                     # 2 mirrors x 40 MB/s, 512 MiB, 5 rounds
     .venv/bin/python benchmarks/bench_metalink.py --mirrors 3 --rate 20 --size 128M --runs 3
 
 Rows (each a separate process, timed from start to exit; every result's SHA-256 is checked after the run):
@@ -18,8 +18,9 @@ Rows (each a separate process, timed from start to exit; every result's SHA-256 
 Scenarios: the metalink with a SHA-256 file hash only ("file hash"), and with SHA-256 piece hashes of 1 MiB too
 ("file + piece hashes").
 
-The mirrors are tests/unit/lib/servers.py, each in its own process, pacing every body to --rate MB/s per
-connection (a mirror capped at a fixed bandwidth: with one connection per mirror that is the mirror's cap).
+The mirrors are tests/unit/lib/servers.py, each in its own process on its own loopback address (127.0.0.1, .2, ...:
+aria2c's -x counts connections per host), pacing every body to --rate MB/s per connection (a mirror capped at a
+fixed bandwidth: with one connection per mirror that is the mirror's cap).
 Results: printed, and written to benchmarks/output/metalink-<time>.json.
 """
 
@@ -62,9 +63,9 @@ def env():
 class Mirror:
     """One ImageServer process serving ``root``, every body paced to ``rate`` bytes/s per connection."""
 
-    def __init__(self, root, rate):
+    def __init__(self, root, rate, host):
         argv = [PYTHON, "-m", "ansible_collections.directdownload.kvm.tests.unit.lib.servers", "--root", root,
-                "--rate", str(rate)]
+                "--rate", str(rate), "--host", host]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env(), text=True)  # pylint: disable=consider-using-with
         self.base_url = self.proc.stdout.readline().strip()
         if not self.base_url:
@@ -107,40 +108,43 @@ def write_metalink(path, urls, size, sha256, pieces=None):
                      '<file name="%s">%s</file></metalink>\n' % (NAME, "\n".join(parts)))
 
 
-# -- the measured children (run in their own process)
+# -- the measured children: each runs as ``python -c CODE ARGS`` so that it imports only what it uses
 
+CHILD_SEGMENTED = """
+import json, os, sys
+from ansible_collections.directdownload.kvm.plugins.module_utils._http import HttpSource, SourceOptions
+from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import parse_metalink, segmented_download
+metalink_path, dest, connections = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(metalink_path, "rb") as handle:
+    metalink_file = parse_metalink(handle.read())
+options = SourceOptions()
+part = os.path.join(os.path.dirname(dest), ".%s.part" % os.path.basename(dest))
+result = segmented_download(metalink_file, lambda url: HttpSource(url, options), part, connections=connections,
+                            checksums=metalink_file.expected_checksums())
+os.replace(part, dest)
+print(json.dumps({k: result[k] for k in ("bytes_per_mirror", "mirror_errors", "refetched_pieces", "checksum")}))
+"""
 
-def child_segmented(metalink_path, dest, connections):
-    from ansible_collections.directdownload.kvm.plugins.module_utils._http import HttpSource, SourceOptions
-    from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import (parse_metalink,
-                                                                                      segmented_download)
-    with open(metalink_path, "rb") as handle:
-        metalink_file = parse_metalink(handle.read())
-    options = SourceOptions()
-    part = os.path.join(os.path.dirname(dest), ".%s.part" % os.path.basename(dest))
-    result = segmented_download(metalink_file, lambda url: HttpSource(url, options), part, connections=connections,
-                                checksums=metalink_file.expected_checksums())
-    os.replace(part, dest)
-    print(json.dumps({k: result[k] for k in ("bytes_per_mirror", "mirror_errors", "refetched_pieces", "checksum")}))
-
-
-def child_single(url, dest):
-    from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import new_hash
-    from ansible_collections.directdownload.kvm.plugins.module_utils._http import HttpSource, SourceOptions
-    from ansible_collections.directdownload.kvm.plugins.module_utils._sink import SparseWriter, stream_to_file
-    part = os.path.join(os.path.dirname(dest), ".%s.part" % os.path.basename(dest))
-    body = HttpSource(url, SourceOptions()).open()
-    hasher = new_hash("sha256")
-    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        writer = SparseWriter(fd)
-        stream_to_file(body, writer, [hasher])
-        writer.finish(fsync=False)
-    finally:
-        os.close(fd)
-        body.close()
-    os.replace(part, dest)
-    print(json.dumps({"sha256": hasher.hexdigest()}))
+CHILD_SINGLE = """
+import json, os, sys
+from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import new_hash
+from ansible_collections.directdownload.kvm.plugins.module_utils._http import HttpSource, SourceOptions
+from ansible_collections.directdownload.kvm.plugins.module_utils._sink import SparseWriter, stream_to_file
+url, dest = sys.argv[1], sys.argv[2]
+part = os.path.join(os.path.dirname(dest), ".%s.part" % os.path.basename(dest))
+body = HttpSource(url, SourceOptions()).open()
+hasher = new_hash("sha256")
+fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+try:
+    writer = SparseWriter(fd)
+    stream_to_file(body, writer, [hasher])
+    writer.finish(fsync=False)
+finally:
+    os.close(fd)
+    body.close()
+os.replace(part, dest)
+print(json.dumps({"sha256": hasher.hexdigest()}))
+"""
 
 
 # -- the driver
@@ -176,10 +180,9 @@ def run_scenario(label, metalink_path, mirrors, out_dir, expected, runs, connect
     def argv(tool):
         if tool.startswith("single/"):
             index = int(tool.rsplit("-", 1)[1]) - 1
-            return [PYTHON, __file__, "--child", "single", "--url", mirrors[index].url(NAME), "--dest", dest]
+            return [PYTHON, "-c", CHILD_SINGLE, mirrors[index].url(NAME), dest]
         if tool == "segmented":
-            return [PYTHON, __file__, "--child", "segmented", "--metalink", metalink_path, "--dest", dest,
-                    "--connections", str(connections)]
+            return [PYTHON, "-c", CHILD_SEGMENTED, metalink_path, dest, str(connections)]
         return ["aria2c", "--no-conf", "-q", "--file-allocation=none", "--allow-overwrite=true",
                 "--auto-file-renaming=false", "-x1", "-s%d" % len(mirrors), "-j1", "-k1M", "-d", out_dir,
                 "-M", metalink_path]
@@ -188,7 +191,7 @@ def run_scenario(label, metalink_path, mirrors, out_dir, expected, runs, connect
     for round_index in range(runs + 1):  # round 0 warms up and is not counted
         for tool in tools:
             clean(out_dir)
-            wall, _ = timed(argv(tool))
+            wall = timed(argv(tool))[0]
             if round_index == 0 or round_index == runs:
                 actual = file_sha256(dest)
                 if actual != expected:
@@ -205,23 +208,14 @@ def run_scenario(label, metalink_path, mirrors, out_dir, expected, runs, connect
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="256M", help="image size (default 256M)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    parser.add_argument("--size", default="512M", help="image size (default 512M)")
     parser.add_argument("--rate", type=float, default=40.0, help="each mirror's cap in MB/s (default 40)")
     parser.add_argument("--mirrors", type=int, default=2, help="number of mirrors (default 2)")
     parser.add_argument("--runs", type=int, default=5, help="counted rounds (default 5, plus one warm-up)")
     parser.add_argument("--scenario", choices=("both", "file", "pieces"), default="both")
     parser.add_argument("--workdir", help="where to put the image and outputs (default: a temporary directory)")
-    parser.add_argument("--child", choices=("single", "segmented"), help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--dest", help=argparse.SUPPRESS)
-    parser.add_argument("--metalink", help=argparse.SUPPRESS)
-    parser.add_argument("--connections", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child == "single":
-        return child_single(args.url, args.dest)
-    if args.child == "segmented":
-        return child_segmented(args.metalink, args.dest, args.connections)
     if not shutil.which("aria2c"):
         sys.exit("aria2c is not installed (apt-get install aria2)")
 
@@ -237,7 +231,8 @@ def main():
     mirrors = []
     results = []
     try:
-        mirrors = [Mirror(root, rate) for _ in range(args.mirrors)]
+        # One loopback address per mirror: aria2c counts connections per host, not per host:port.
+        mirrors = [Mirror(root, rate, "127.0.0.%d" % (index + 1)) for index in range(args.mirrors)]
         urls = [m.url(NAME) for m in mirrors]
         scenarios = []
         if args.scenario in ("both", "file"):

@@ -23,8 +23,8 @@ Three entry points:
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import hashlib
 import math
 import os
 import re
@@ -521,6 +521,12 @@ def load_metalink(url, open_source, name=None, location_preference=(), max_size=
 # One mirror at a time, with failover: the Source contract over the mirror list
 
 
+def mirror_key(url):
+    """What the ``.part`` sidecar stores to name the mirror that served it: a digest, since mirror URLs may carry
+    credentials or signed query strings and sidecars are files."""
+    return "sha256:" + hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
+
+
 def _error_text(exc):
     return getattr(exc, "msg", None) or str(exc) or exc.__class__.__name__
 
@@ -549,6 +555,7 @@ class MetalinkSource:
         self._open_source = open_source
         self._sources = {}
         self._rejected = set()
+        self._user_checksum = False
         self.served_by = []
 
     # -- what the engine asks before and after a transfer
@@ -563,7 +570,14 @@ class MetalinkSource:
 
     def expected_checksums(self, user_checksum=None):
         """See :meth:`MetalinkFile.expected_checksums`: every digest in the list must match."""
-        return self.file.expected_checksums(user_checksum)
+        expected = self.file.expected_checksums(user_checksum)
+        self._user_checksum = self._user_checksum or user_checksum is not None
+        return expected
+
+    @property
+    def verifiable(self):
+        """True when joined bytes of several mirrors will be checked: the document or the user gave a hash."""
+        return self.file.verifiable or self._user_checksum
 
     @property
     def segmented(self):
@@ -585,16 +599,16 @@ class MetalinkSource:
         saved_mirror = validators.pop("mirror", None)
         candidates = self.mirrors()
         if offset and saved_mirror:
-            candidates.sort(key=lambda m: m.url != saved_mirror)
+            candidates.sort(key=lambda m: mirror_key(m.url) != saved_mirror)
         if not candidates:
             raise self.failure("no mirror is left to try")
         errors_before = len(self.mirror_errors)
         attempted = set()
         for mirror in candidates:
             attempted.add(mirror.url)
-            if not offset or mirror.url == saved_mirror:
+            if not offset or mirror_key(mirror.url) == saved_mirror:
                 start, inner_validators = offset, (validators or None) if offset else None
-            elif self.file.verifiable:
+            elif self.verifiable:
                 start, inner_validators = offset, None
             else:
                 start, inner_validators = 0, None
@@ -660,14 +674,25 @@ class MetalinkSource:
     def download_segmented(self, part_path, checksums=None, block_size=64 * 1024, progress=None, log=None,
                            resume=True, **kwargs):
         """Fill ``part_path`` from several mirrors at once: see :func:`segmented_download`."""
-        result = segmented_download(self.file, self._open_source, part_path, connections=self.connections,
-                                    block_size=block_size, progress=progress, checksums=checksums, log=log,
-                                    resume=resume, mirrors=self.mirrors(), **kwargs)
-        self.mirror_errors.extend(result["mirror_errors"])
-        for url, count in result["bytes_per_mirror"].items():
-            self.bytes_per_mirror[url] = self.bytes_per_mirror.get(url, 0) + count
-        self.served_by = list(result.served_urls)
-        return result
+        options = dict(per_mirror_connections=None, unit_size=None, max_mirror_failures=3, save_interval=2.0,
+                       algorithms=("sha256",), sparse=True)
+        unknown = set(kwargs) - set(options)
+        if unknown:
+            raise TypeError("unknown arguments: %s" % ", ".join(sorted(unknown)))
+        options.update(kwargs)
+        job = _SegmentedDownload(self.file, self._open_source, part_path, self.connections, block_size, progress,
+                                 checksums, log, resume, options["sparse"], self.mirrors(),
+                                 options["per_mirror_connections"], options["unit_size"],
+                                 options["max_mirror_failures"], options["save_interval"], options["algorithms"])
+        try:
+            return job.run()
+        finally:
+            # Also after a failure: the engine reports the errors, and a mismatch sets aside who served the bytes.
+            self.mirror_errors.extend(job.errors)
+            self._retryable.extend([True] * len(job.errors))
+            for url, count in job.received.items():
+                self.count_bytes(Mirror(url), count)
+            self.served_by = list(job.served)
 
     def close(self):
         for source in self._sources.values():
@@ -740,7 +765,7 @@ class _MetalinkBody:
     def validators(self):
         """The serving mirror's validators, with the mirror itself: only that mirror can use them to resume."""
         inner = dict(getattr(self._body, "validators", None) or {})
-        inner["mirror"] = self._mirror.url
+        inner["mirror"] = mirror_key(self._mirror.url)
         return inner
 
     def readinto(self, buf):
@@ -763,7 +788,7 @@ class _MetalinkBody:
         """Continue at the current byte on the next mirror, or raise when that is unsafe or none is left."""
         self._source.record_error(self._mirror, exc)
         self._body.close()
-        if not self._source.file.verifiable:
+        if not self._source.verifiable:
             raise exc if isinstance(exc, SourceError) else SourceError(_error_text(exc))
         for mirror in self._source.mirrors():
             if mirror.url in self._tried:
@@ -841,6 +866,8 @@ MAX_UNITS = 1 << 16
 # Hashing reads back what was written, from page cache (~10 GB/s with 1 MiB reads).
 HASH_READ_SIZE = 1024 * 1024
 SEGMENTS_SIDECAR_VERSION = 1
+RUNS_PER_CONNECTION = 4
+MIN_RUN_BYTES = 16 * 1024 * 1024
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 
@@ -851,7 +878,8 @@ def segments_sidecar_path(part_path):
 
 
 def _fallocate_function():
-    """libc ``fallocate`` (Linux), or None."""
+    """libc ``fallocate`` (Linux), or None. ctypes is imported here: only a failure or a resume needs it."""
+    import ctypes  # pylint: disable=import-outside-toplevel
     try:
         function = ctypes.CDLL(None, use_errno=True).fallocate
     except (OSError, AttributeError):
@@ -956,10 +984,9 @@ def segmented_download(metalink_file, open_source, part_path, connections=2, blo
     units, rewritten every ``save_interval`` seconds after an ``fdatasync``; done pieces are hashed again before
     they are trusted. ``progress(bytes_done, total)`` is called from the calling thread.
     """
-    job = _SegmentedDownload(metalink_file, open_source, part_path, connections, block_size, progress, checksums,
-                             log, resume, sparse, mirrors, per_mirror_connections, unit_size, max_mirror_failures,
-                             save_interval, algorithms)
-    return job.run()
+    return _SegmentedDownload(metalink_file, open_source, part_path, connections, block_size, progress, checksums,
+                              log, resume, sparse, mirrors, per_mirror_connections, unit_size, max_mirror_failures,
+                              save_interval, algorithms).run()
 
 
 class _SegmentedDownload:
@@ -1105,10 +1132,16 @@ class _SegmentedDownload:
     def _plan_pending(self):
         if not self.pending:
             self.pending = [_Range(start, stop) for start, stop in _runs(self.done, 0)]
-        # Cut the largest runs in two until every connection has one.
-        while len(self.pending) < self.connections:
+        # Cut the largest runs in two until every connection has one, and further (down to MIN_RUN_BYTES) up to
+        # RUNS_PER_CONNECTION each: runs are taken from the front, so the finished prefix that the hashing thread
+        # follows stays close behind the downloads and little is left to hash at the end.
+        while True:
             largest = max(self.pending, key=lambda r: r.stop - r.start, default=None)
             if largest is None or largest.stop - largest.start < 2:
+                break
+            if len(self.pending) >= self.connections and (
+                    len(self.pending) >= self.connections * RUNS_PER_CONNECTION
+                    or (largest.stop - largest.start) // 2 * self.unit < MIN_RUN_BYTES):
                 break
             middle = (largest.start + largest.stop) // 2
             self.pending.append(_Range(middle, largest.stop, clean=largest.clean))

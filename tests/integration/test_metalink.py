@@ -114,7 +114,7 @@ def test_failover_to_the_first_good_mirror(run_module, mirrors, pool, www, image
     write_metalink(www / "disk.qcow2.meta4", [refused_url, missing.url("disk.qcow2"), good.url("disk.qcow2"),
                                               spare.url("disk.qcow2")], data)
     args = args_for(good.url("disk.qcow2.meta4"), pool, checksum="sha256:" + sha256(image), format="qcow2")
-    record, _ = run_module(MODULE, args)
+    record = run_module(MODULE, args)[0]
     result = record["result"]
     assert record["status"] == "changed", result
     assert result["path"] == str(pool / "disk.qcow2") and result["format"] == "qcow2"
@@ -122,7 +122,7 @@ def test_failover_to_the_first_good_mirror(run_module, mirrors, pool, www, image
     assert [e["url"] for e in result["mirror_errors"]] == [refused_url, missing.url("disk.qcow2")]
     assert sha256(pool / "disk.qcow2") == sha256(image)
     assert spare.requests_for("/disk.qcow2") == []
-    again, _ = run_module(MODULE, args)
+    again = run_module(MODULE, args)[0]
     assert again["status"] == "ok"
 
 
@@ -131,17 +131,17 @@ def test_hostile_metalinks_fail_clearly(run_module, mirrors, pool, www, image):
     (www / "xxe.meta4").write_bytes(('<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
                                      '<metalink xmlns="%s"><file name="disk.qcow2"><url>http://a/&x;</url></file>'
                                      '</metalink>' % NS_V4).encode())
-    record, _ = run_module(MODULE, args_for(server.url("xxe.meta4"), pool, name="disk.qcow2"))
+    record = run_module(MODULE, args_for(server.url("xxe.meta4"), pool, name="disk.qcow2"))[0]
     assert record["status"] == "failed" and "DOCTYPE" in record["result"]["msg"]
     assert "root:" not in str(record["result"])
 
     write_metalink(www / "evil.meta4", [server.url("disk.qcow2")], image.read_bytes(), name="../../etc/cron.d/x")
-    record, _ = run_module(MODULE, args_for(server.url("evil.meta4"), pool, name="disk.qcow2"))
+    record = run_module(MODULE, args_for(server.url("evil.meta4"), pool, name="disk.qcow2"))[0]
     assert record["status"] == "failed" and "unsafe file name" in record["result"]["msg"]
 
     (www / "empty.meta4").write_bytes(('<metalink xmlns="%s"><file name="disk.qcow2"><size>5</size></file>'
                                        '</metalink>' % NS_V4).encode())
-    record, _ = run_module(MODULE, args_for(server.url("empty.meta4"), pool, name="disk.qcow2"))
+    record = run_module(MODULE, args_for(server.url("empty.meta4"), pool, name="disk.qcow2"))[0]
     assert record["status"] == "failed" and "no usable URL" in record["result"]["msg"]
     assert os.listdir(pool) == []
 
@@ -150,11 +150,12 @@ def test_several_files_need_metalink_name(run_module, mirrors, pool, www, image)
     server = mirrors()
     other = '<file name="other.iso"><url>%s</url></file>' % server.url("other.iso")
     write_metalink(www / "set.meta4", [server.url("disk.qcow2")], image.read_bytes(), extra_file=other)
-    record, _ = run_module(MODULE, args_for(server.url("set.meta4"), pool, name="disk.qcow2"))
+    record = run_module(MODULE, args_for(server.url("set.meta4"), pool, name="disk.qcow2"))[0]
     assert record["status"] == "failed"
     assert "'disk.qcow2'" in record["result"]["msg"] and "'other.iso'" in record["result"]["msg"]
-    record, _ = run_module(MODULE, args_for(server.url("set.meta4"), pool, name="disk.qcow2",
-                                            metalink_name="disk.qcow2", checksum="sha256:" + sha256(image)))
+    args = args_for(server.url("set.meta4"), pool, name="disk.qcow2", metalink_name="disk.qcow2",
+                    checksum="sha256:" + sha256(image))
+    record = run_module(MODULE, args)[0]
     assert record["status"] == "changed", record["result"]
     assert sha256(pool / "disk.qcow2") == sha256(image)
 
@@ -163,7 +164,7 @@ def test_several_files_need_metalink_name(run_module, mirrors, pool, www, image)
 def test_metalink_hash_rejects_a_corrupt_mirror_without_a_user_checksum(run_module, mirrors, pool, www, image):
     corrupt, good = mirrors(corrupt_at=5 * MiB), mirrors()
     write_metalink(www / "disk.qcow2.meta4", [corrupt.url("disk.qcow2"), good.url("disk.qcow2")], image.read_bytes())
-    record, _ = run_module(MODULE, args_for(good.url("disk.qcow2.meta4"), pool))
+    record = run_module(MODULE, args_for(good.url("disk.qcow2.meta4"), pool))[0]
     result = record["result"]
     assert record["status"] == "changed", result
     assert result["checksum"] == "{SHA-256}" + sha256(image) and result["url"] == good.url("disk.qcow2")
@@ -178,7 +179,7 @@ def test_segmented_download_from_two_mirrors_refetches_only_the_corrupt_piece(ru
     corrupt, good = mirrors(corrupt_at=PIECE + 99, rate=rate), mirrors(rate=rate)
     write_metalink(www / "disk.qcow2.meta4", [corrupt.url("disk.qcow2"), good.url("disk.qcow2")], image.read_bytes(),
                    pieces=True)
-    record, _ = run_module(MODULE, args_for(good.url("disk.qcow2.meta4"), pool, connections=2))
+    record = run_module(MODULE, args_for(good.url("disk.qcow2.meta4"), pool, connections=2))[0]
     result = record["result"]
     assert record["status"] == "changed", result
     assert sha256(pool / "disk.qcow2") == sha256(image)
@@ -195,7 +196,7 @@ def test_metalink_recognised_by_content_type(run_module, mirrors, pool, www, ima
     server = mirrors()
     write_metalink(www / "get", [server.url("disk.qcow2")], image.read_bytes())
     server.set_fault("/get", content_type="application/metalink4+xml")
-    record, _ = run_module(MODULE, args_for(server.url("get"), pool, name="disk.qcow2"))
+    record = run_module(MODULE, args_for(server.url("get"), pool, name="disk.qcow2"))[0]
     assert record["status"] == "changed", record["result"]
     assert record["result"]["url"] == server.url("disk.qcow2")
     assert sha256(pool / "disk.qcow2") == sha256(image)
