@@ -416,9 +416,10 @@ class Keytool:
     the password redacted from it.
     """
 
-    def __init__(self, executable, password):
+    def __init__(self, executable, password, requested=None):
         if not executable:
-            raise KeystoreError("keytool was not found: %s" % JAVA_HINT)
+            where = "%s is not an executable" % requested if requested else "not on PATH, in $JAVA_HOME/bin or /usr/lib/jvm"
+            raise KeystoreError("keytool was not found (%s): %s" % (where, JAVA_HINT))
         if not password:
             raise KeystoreError(
                 "no keystore password: set keystore_password, or keystore.passphrase in the CloudStack agent.properties"
@@ -580,6 +581,7 @@ class KeystoreTarget:
         self.create = create
         # None when keytool is missing: only an operation that needs it fails, with the hint to install Java.
         self.keytool = find_keytool(keytool)
+        self.keytool_requested = keytool
 
     def existing_type(self):
         """The type of the keystore on disk (None when absent); refuses one that contradicts ``store_type``."""
@@ -644,7 +646,7 @@ def _keystore_change(target, alias, cert, state, check_mode):
                 "the keystore %s does not exist: set create_keystore=true to create it, or point keystore at the "
                 "agent's keystore" % target.path, path=target.path,
             )
-    keytool = Keytool(target.keytool, target.password)
+    keytool = Keytool(target.keytool, target.password, target.keytool_requested)
     entries = keytool.list(target.path) if store_type else []
     current = _find_entry(entries, alias)
     if current is not None and current.entry_type != "trusted_certificate":
@@ -773,7 +775,7 @@ def inventory(keystore=None, trust_dir=None, now=None, warning_days=30, aliases=
     by_alias = {}
     if keystore is not None:
         store_type = keystore.existing_type()
-        entries = Keytool(keystore.keytool, keystore.password).list(keystore.path) if store_type else []
+        entries = Keytool(keystore.keytool, keystore.password, keystore.keytool_requested).list(keystore.path) if store_type else []
         listed = []
         for entry in entries:
             if wanted is not None and entry.alias.lower() not in wanted:

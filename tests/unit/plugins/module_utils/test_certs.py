@@ -390,7 +390,7 @@ def test_create_keystore(tmp_path, ca_pems, name, expected_type):
 def test_missing_keytool_says_what_to_install(tmp_path, ca_pems):
     target = _certs.KeystoreTarget(str(tmp_path / "cloud.jks"), PASSWORD, create=True, keytool=str(tmp_path / "no-keytool"))
     assert target.keytool is None
-    with pytest.raises(_certs.KeystoreError, match="keytool was not found: install a Java runtime .*openjdk-17-jre-headless"):
+    with pytest.raises(_certs.KeystoreError, match="keytool was not found .*no-keytool is not an executable.*openjdk-17-jre-headless"):
         _certs.ensure_certificate("mirror", _certs.load_certificate(ca_pems["one"]), keystore=target)
     # Only the trust directory managed: no Java needed.
     done = _certs.ensure_certificate("mirror", _certs.load_certificate(ca_pems["one"]), trust_dir=str(tmp_path / "trust"))
