@@ -15,6 +15,8 @@ are shared state that parallel workers must not start twice.
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -24,9 +26,8 @@ from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageS
 from ansible_collections.directdownload.kvm.tests.unit.lib.tls import TestCA
 
 HOST_COUNT = 3
-# Used by no other test or benchmark (benchmarks/bench_scale.py uses "ddbs" and 10.213.78).
-PREFIX = "ddmh"
-SUBNET = "10.213.77"
+# A hung playbook fails the test (and the fixtures still tear the hosts down) instead of blocking the run.
+PLAYBOOK_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def kvm_hosts(tmp_path_factory):
         pytest.skip(reason)
     if reason:
         pytest.fail(f"the namespaced KVM hosts cannot start: {reason} (see bindep.txt)")
-    hosts = KvmHosts(tmp_path_factory.mktemp("kvmhosts"), count=HOST_COUNT, prefix=PREFIX, subnet=SUBNET)
+    hosts = KvmHosts(tmp_path_factory.mktemp("kvmhosts"), count=HOST_COUNT)
     hosts.start()
     yield hosts
     hosts.stop()
@@ -53,7 +54,12 @@ def mirror(kvm_hosts, tmp_path_factory):
         server.ca = ca
         server.ca_file = ca.ca_pem_path(root.parent)
         server.image_sha256 = images.sha256_file(root / "tiny.qcow2")
+        # Same bytes under another name: a second template for the host-down part of the story.
+        shutil.copyfile(root / "tiny.qcow2", root / "tiny-b.qcow2")
         yield server
+
+
+PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 
 
 def _changed_hosts(run, task):
@@ -65,27 +71,58 @@ def _vol_list(hosts, name, pool):
     return sorted(line.split()[0] for line in out.splitlines() if line.strip())
 
 
+def _image_gets(server, path):
+    """Full-body GETs of ``path`` the mirror answered (probes read a range: 206)."""
+    return [r for r in server.requests if r.method == "GET" and r.path == path and r.status == 200]
+
+
+def _registry(run_playbook, registry, name):
+    run = run_playbook([{"hosts": "localhost", "gather_facts": False, "tasks": [{
+        "name": "Read the registry",
+        "directdownload.kvm.template_info": {"registry": str(registry), "name": name}}]}])
+    return run.task("Read the registry")["result"]
+
+
 def test_story_across_three_hosts(kvm_hosts, mirror, run_playbook, tmp_path):
     hosts = kvm_hosts
     env = hosts.ansible_env(forks=HOST_COUNT)
+    registry = tmp_path / "registry" / "registry.json"
     shared_pool = tmp_path / "shared-pool"
+    shared = {"libvirt_pool": "shared", "name": "shared", "shared": True, "cluster": "kvm_hosts"}
+    # Claim waits bounded well below the test's time limit.
+    common = {"directdownload_registry": str(registry), "deploy_claim_delay": 1, "deploy_claim_retries": 60}
+
+    def play(playbook, extra_vars=None, **kwargs):
+        return run_playbook(playbook, inventory=hosts.inventory, env=env, extra_vars={**common, **(extra_vars or {})},
+                            timeout=PLAYBOOK_TIMEOUT, **kwargs)
+
     agent_play = [{
         "name": "Prepare the KVM hosts",
         "hosts": "kvm_hosts",
         "gather_facts": False,
         "roles": [{
             "role": "directdownload.kvm.agent",
-            "vars": {
-                "agent_libvirt_pools": [
-                    {"name": "primary", "path": "/var/lib/libvirt/images"},
-                    {"name": "shared", "path": str(shared_pool)},
-                ],
-            },
+            "vars": {"agent_libvirt_pools": [{"name": "primary", "path": "/var/lib/libvirt/images"},
+                                             {"name": "shared", "path": str(shared_pool)}]},
         }],
     }]
+    certificate_vars = {
+        "certificate_alias": "mirror-ca",
+        "certificate_src": str(mirror.ca_file),
+        "certificates_registry": str(registry),
+        "certificates_create_keystore": True,
+    }
+    template_a = {"template_name": "tiny", "template_format": "qcow2",
+                  "template_url": mirror.url("tiny.qcow2", host=hosts.bridge_address),
+                  "template_checksum": f"sha256:{mirror.image_sha256}"}
+    # Every host's own pool. (Several hosts of one play deploying to one shared pool at once is not part of this
+    # story: under the linear strategy the claim waiters hold the claim holder at the task barrier.)
+    deploy_a = {"template_name": "tiny", "directdownload_pools": [{"libvirt_pool": "primary", "name": "primary"}]}
 
-    def play(playbook, **kwargs):
-        return run_playbook(playbook, inventory=hosts.inventory, env=env, **kwargs)
+    # A CloudStack agent is installed on each host: its keystore password lives in agent.properties.
+    for name in hosts.names:
+        hosts.ssh(name, "mkdir -p /etc/cloudstack/agent && echo keystore.passphrase=test-keystore-secret"
+                        " > /etc/cloudstack/agent/agent.properties")
 
     # 1. The agent role over SSH: packages already present (ok), settings, trust directory, both pools.
     run = play(agent_play)
@@ -98,33 +135,54 @@ def test_story_across_three_hosts(kvm_hosts, mirror, run_playbook, tmp_path):
         # Each host has its own libvirtd and its own /etc: the pools are defined on every host separately.
         assert hosts.ssh(name, "hostname").stdout.strip() == name
 
-    # 2. The template's image lands in every host's own pool, three hosts in parallel.
-    url = mirror.url("tiny.qcow2", host=hosts.bridge_address)
-    download_play = [{
-        "name": "Download into every host's pool",
-        "hosts": "kvm_hosts",
-        "gather_facts": False,
-        "tasks": [{
-            "name": "Download",
-            "directdownload.kvm.download": {
-                "url": url,
-                "checksum": f"sha256:{mirror.image_sha256}",
-                "pool": "primary",
-                "name": "tiny.qcow2",
-                "ca_path": str(mirror.ca_file),
-            },
-        }],
-    }]
-    run = play(download_play)
-    assert _changed_hosts(run, "Download") == hosts.names
+    # 2. The mirror's CA goes to every host (keystore and trust directory); the status is recorded per host.
+    run = play(PLAYBOOKS / "upload_certificate.yml", extra_vars=certificate_vars)
+    for name in hosts.names:
+        assert hosts.ssh(name, "ls /etc/directdownload/trust.d").stdout.split() != []
+
+    # 3. Register: the URL is probed over HTTPS from a random KVM host, which trusts the uploaded CA.
+    run = play(PLAYBOOKS / "register_template.yml", extra_vars=template_a)
+    view = _registry(run_playbook, registry, "tiny")
+    assert view["template"]["state"] == "Ready"
+    assert view["template"]["download_state"] == "BYPASSED"
+    assert view["template"]["checked_on"] in hosts.names
+
+    # 4. Deploy to the three hosts' pools in parallel (forks=3): one download per host, one copy recorded per host.
+    gets_before = len(_image_gets(mirror, "/tiny.qcow2"))
+    run = play(PLAYBOOKS / "deploy_template.yml", extra_vars=deploy_a)
+    assert len(_image_gets(mirror, "/tiny.qcow2")) - gets_before == HOST_COUNT
+    view = _registry(run_playbook, registry, "tiny")
+    assert sorted((c["host"], c["pool"]) for c in view["copies"]) == [(name, "primary") for name in hosts.names]
+    install_name = view["template"]["id"]
     for name in hosts.names:
         # The pool was refreshed by the download module: libvirt lists the image at once, and no partial file.
         volumes = _vol_list(hosts, name, "primary")
-        assert "tiny.qcow2" in volumes
+        assert install_name in volumes, volumes
         assert not [v for v in volumes if v.endswith(".part")]
-        assert run.task("Download", host=name)["result"]["format"] == "qcow2"
 
-    # 3. Everything again: nothing changes anywhere.
-    for playbook in (agent_play, download_play):
-        run = play(playbook)
+    # 5. Everything again: nothing changes anywhere, nothing is downloaded.
+    gets_before = len(_image_gets(mirror, "/tiny.qcow2"))
+    for playbook, extra in ((agent_play, None), (PLAYBOOKS / "upload_certificate.yml", certificate_vars),
+                            (PLAYBOOKS / "register_template.yml", template_a),
+                            (PLAYBOOKS / "deploy_template.yml", deploy_a)):
+        run = play(playbook, extra_vars=extra)
         assert run.changed_tasks() == [], [(r["host"], r["task"]) for r in run.changed_tasks()]
+    assert len(_image_gets(mirror, "/tiny.qcow2")) == gets_before
+
+    # 6. kvmhost2 drops off the network. Registration still succeeds through another host, and a deployment from
+    #    kvmhost2 onto the shared pool rotates to a live host of the cluster.
+    hosts.link_down("kvmhost2")
+    template_b = {**template_a, "template_name": "tiny-b", "template_url": mirror.url("tiny-b.qcow2", host=hosts.bridge_address),
+                  "probe_hosts": ["kvmhost2", "kvmhost1", "kvmhost3"]}
+    run = play(PLAYBOOKS / "register_template.yml", extra_vars=template_b)
+    view = _registry(run_playbook, registry, "tiny-b")
+    assert view["template"]["checked_on"] in ("kvmhost1", "kvmhost3")
+    run = play(PLAYBOOKS / "deploy_template.yml",
+               extra_vars={"template_name": "tiny-b", "deploy_hosts": "kvmhost2", "directdownload_pools": [shared]})
+    view = _registry(run_playbook, registry, "tiny-b")
+    assert [c["pool"] for c in view["copies"]] == ["shared"]
+    downloaded_on = view["copies"][0]["host"]
+    assert downloaded_on in ("kvmhost1", "kvmhost3")
+    assert Path(view["copies"][0]["install_path"]).parent == shared_pool
+    assert Path(view["copies"][0]["install_path"]).name in _vol_list(hosts, downloaded_on, "shared")
+    hosts.link_up("kvmhost2")

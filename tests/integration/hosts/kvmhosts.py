@@ -6,7 +6,7 @@
 ::
 
     from ansible_collections.directdownload.kvm.tests.integration.hosts.kvmhosts import KvmHosts
-    with KvmHosts(tmp_dir, count=3, prefix="ddmh", subnet="10.213.77") as hosts:
+    with KvmHosts(tmp_dir, count=3) as hosts:
         hosts.inventory             # path of an INI inventory: group kvm_hosts = kvmhost1..N, python /usr/bin/python3
         hosts.ansible_env()         # environment for ansible-playbook: pipelining, control sockets under tmp_dir
         hosts.ssh("kvmhost2", "virsh -q vol-list primary")
@@ -17,16 +17,26 @@ Each host is a network namespace with its own sshd and libvirtd in a private vie
 (``sysview.sh``); /tmp, /usr and /root are shared. The controller reaches the hosts through a bridge that only
 exists on this machine (``hosts.bridge_address``). ``stop()`` (also at interpreter exit, and safe to call twice)
 kills every process of the namespaces by PID and removes namespaces, veths and bridge, even after a crash.
+
+Several harnesses may run at once (a test run and a benchmark, two developers' ``make test``): each takes a free
+*slot* - an exclusive ``flock`` on /tmp/directdownload-kvmhosts/slot-N.lock, held until ``stop()`` or until the
+process dies - and slot N owns the interface prefix ``ddN`` and the subnet ``10.213.(100+N).0/24``. Whatever a
+crashed run left in a slot is removed when the slot is taken again; a live run's hosts are never touched.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
+import signal
 import subprocess
+import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SLOT_DIR = Path("/tmp/directdownload-kvmhosts")
+SLOTS = 16
 SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3"]
 
@@ -34,18 +44,45 @@ SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "U
 class KvmHosts:
     """``count`` namespaced KVM hosts named kvmhost1..N; see the module docstring."""
 
-    def __init__(self, base_dir, count=3, prefix="ddh", subnet="10.213.77", libvirt=True):
+    def __init__(self, base_dir, count=3, libvirt=True):
         self.base_dir = Path(base_dir).resolve()
         self.count = count
-        self.prefix = prefix
-        self.subnet = subnet
         self.libvirt = libvirt
         self.names = [f"kvmhost{i}" for i in range(1, count + 1)]
         self.inventory = self.base_dir / "inventory.ini"
-        self.bridge_address = f"{subnet}.1"
-        self.mirror_address = f"{subnet}.5"
-        self.mirror_namespace = f"{prefix}m"
+        # Known once start() took a slot.
+        self.slot = None
+        self.prefix = None
+        self.subnet = None
+        self.bridge_address = None
+        self.mirror_address = None
+        self.mirror_namespace = None
+        self._slot_lock = None
         self._started = False
+
+    def _take_slot(self):
+        SLOT_DIR.mkdir(mode=0o755, exist_ok=True)
+        for slot in range(SLOTS):
+            handle = open(SLOT_DIR / f"slot-{slot}.lock", "a+", encoding="ascii")  # pylint: disable=consider-using-with
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            self._slot_lock = handle
+            self.slot = slot
+            self.prefix = f"dd{slot}"
+            self.subnet = f"10.213.{100 + slot}"
+            self.bridge_address = f"{self.subnet}.1"
+            self.mirror_address = f"{self.subnet}.5"
+            self.mirror_namespace = f"{self.prefix}m"
+            return
+        raise RuntimeError(f"all {SLOTS} KVM host slots are in use (locks in {SLOT_DIR})")
+
+    def _release_slot(self):
+        if self._slot_lock is not None:
+            self._slot_lock.close()
+            self._slot_lock = None
 
     def address(self, name):
         return f"{self.subnet}.{10 + self._index(name)}"
@@ -56,12 +93,14 @@ class KvmHosts:
         return self.names.index(name) + 1
 
     def start(self):
+        self._take_slot()
         argv = [str(HERE / "start.sh"), "-b", str(self.base_dir), "-n", str(self.count), "-p", self.prefix,
                 "-s", self.subnet]
         if not self.libvirt:
             argv.append("--no-libvirt")
         # Registered before starting: a start that fails half-way is cleaned up too.
         atexit.register(self.stop)
+        _exit_on_sigterm()
         self._started = True
         proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
         if proc.returncode != 0:
@@ -75,6 +114,7 @@ class KvmHosts:
         subprocess.run([str(HERE / "stop.sh"), "-b", str(self.base_dir), "-p", self.prefix],
                        capture_output=True, text=True, check=False, timeout=60)
         self._started = False
+        self._release_slot()
         atexit.unregister(self.stop)
 
     def __enter__(self):
@@ -116,6 +156,23 @@ class KvmHosts:
     def mirror_popen(self, argv, **kwargs):
         """Start ``argv`` in the mirror namespace (address ``mirror_address``); stop() kills it with the rest."""
         return subprocess.Popen(["ip", "netns", "exec", self.mirror_namespace, *argv], **kwargs)
+
+
+def _exit_on_sigterm():
+    """Make SIGTERM (``timeout``, a CI runner cancelling) stop the run like Ctrl-C: fixture finalizers and atexit
+    handlers run, so the hosts are torn down.
+
+    Python's default SIGTERM action ends the process at once, without atexit handlers or fixture finalizers.
+    Only installed over the default action, and only from the main thread (where signal handlers live).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def can_run():

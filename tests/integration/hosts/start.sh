@@ -11,7 +11,8 @@
 # overlays, own /run, own hostname), its own libvirtd (qemu:///system) and an sshd that accepts BASE_DIR/client_key.
 # /usr, /tmp and /root are shared between the hosts, as a shared primary storage would be.
 # Writes BASE_DIR/inventory.ini (group kvm_hosts, python /usr/bin/python3) and BASE_DIR/harness.env (for stop.sh).
-# Stop with stop.sh -b BASE_DIR (or -p PREFIX after a crash); start.sh stops a previous harness of that prefix first.
+# Stop with stop.sh -b BASE_DIR (or -p PREFIX after a crash); start.sh stops a previous harness of that prefix first,
+# so concurrent users must not share a prefix: kvmhosts.py hands out prefixes and subnets under a lock (slots).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
