@@ -236,7 +236,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
-from ansible_collections.directdownload.kvm.plugins.module_utils._template import build_template, changed_fields
+from ansible_collections.directdownload.kvm.plugins.module_utils._template import build_template, changed_fields, url_secret_values
 
 
 def present(doc, params, stamp):
@@ -286,6 +286,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    module.no_log_values.update(url_secret_values(params["url"]))
     registry = reg.Registry(params["registry"])
     result = {"changed": False, "registry": registry.path}
     stamp = reg.timestamp()

@@ -255,3 +255,10 @@ def test_new_url_without_size_needs_a_probe():
     moved = tpl.build_template(dict(PARAMS, url="https://m.example/debian-13.qcow2", size=2000, virtual_size=None,
                                     checked_on="kvm2"), first, "t2")
     assert tpl.changed_fields(first, moved) == ["checked_at", "checked_on", "size", "url", "virtual_size"]
+
+
+def test_url_secret_values():
+    assert tpl.url_secret_values("https://user:p%40ss@m.example/x.qcow2?sig=0123456789abcdef&v=4") == \
+        {"p%40ss", "p@ss", "0123456789abcdef"}
+    assert tpl.url_secret_values("https://m.example/x.qcow2") == set()
+    assert tpl.url_secret_values(None) == set()
