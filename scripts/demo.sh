@@ -8,7 +8,8 @@
 #
 # What the demo playbook receives as extra vars (all absolute paths / loopback URLs):
 #   demo_dir            .build/demo: the demo's own directory (kept between runs, `make clean` removes it)
-#   demo_pool_path      .build/demo/pool: a directory used as the primary storage pool
+#   demo_pool_path      .build/demo/pool: a pool directory for a playbook that wants one (not created here;
+#                       playbooks/demo.yml makes .build/demo/pool-<host> per demo host)
 #   demo_registry       .build/demo/registry.json: where the demo keeps its template registry
 #   demo_mirror_url     http://127.0.0.1:<port>/ serving .build/demo/mirror
 #   demo_image_url      <mirror>/demo-template.qcow2      (a qcow2 made with qemu-img, 64 MiB virtual)
@@ -17,7 +18,7 @@
 #   demo_image_gz_checksum sha256:<hex> of the .gz (the checksum covers the bytes as downloaded)
 #   demo_iso_url        <mirror>/demo.iso (a small raw file standing in for an ISO)
 # The images are made once and reused, so a second `make demo` shows an idempotent run (changed=0).
-# DEMO_CLEAN=1 make demo   starts from an empty pool and registry.
+# DEMO_CLEAN=1 make demo   starts from empty pools (.build/demo/pool*) and an empty registry.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,9 +34,9 @@ say() { printf '==> demo: %s\n' "$*"; }
 
 if [ "${DEMO_CLEAN:-0}" = 1 ]; then
     say "DEMO_CLEAN=1: emptying the pool and the registry"
-    rm -rf "$POOL" "$DEMO/registry.json"
+    rm -rf "$DEMO"/pool* "$DEMO/registry.json"
 fi
-mkdir -p "$MIRROR" "$POOL"
+mkdir -p "$MIRROR"
 
 # ---------------------------------------------------------------- images on the mirror (made once)
 if [ ! -f "$MIRROR/demo-template.qcow2" ]; then
@@ -114,5 +115,7 @@ fi
 say "running playbooks/demo.yml on localhost"
 ANSIBLE_COLLECTIONS_PATH="$REPO/.build/collections" \
     "$VENV/bin/ansible-playbook" -i localhost, -c local -e "@$extra_vars" "$PLAYBOOK"
-say "pool ${POOL#"$REPO"/} now holds:"
-ls -lhs "$POOL"
+for pool in "$DEMO"/pool*/; do
+    say "${pool#"$REPO"/} holds:"
+    ls -lhs "$pool"
+done

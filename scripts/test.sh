@@ -15,10 +15,16 @@ cd "$REPO" || exit 2
 VENV="$REPO/.venv"
 BUILD="$REPO/.build"
 COLLECTIONS="$BUILD/collections"
+# Several people may run tests in one checkout at once: each run works in its own directory, removed at the end.
+RUNS="$BUILD/test-runs"
+RUN_DIR="$RUNS/$$"
 # ansible-test needs the collection at a real .../ansible_collections/<namespace>/<name> path (a symlinked
 # working directory resolves back to the checkout), so it runs on a copy.
-TEST_ROOT="$BUILD/ansible-test"
+TEST_ROOT="$RUN_DIR/ansible-test"
 TEST_COPY="$TEST_ROOT/ansible_collections/directdownload/kvm"
+# Every stage leaves JUnit XML in $JUNIT/<stage>/; the summary adds them up into one closing line. The last
+# finished run's files are kept in .build/junit.
+JUNIT="$RUN_DIR/junit"
 PYTHON_VERSION=3.11
 export PATH="$VENV/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$COLLECTIONS"
@@ -74,8 +80,10 @@ without_pip_noise() {
 
 # A fresh copy of what git would commit (tracked files plus untracked files that are not ignored), with the
 # dependency collections beside it so unit tests can import them, and its own git repository: ansible-test lists
-# content with git, and without one it would walk up to the checkout's repository.
+# content with git, and without one it would walk up to the checkout's repository. Made once per run.
+copy_ready=0
 prepare_test_copy() {
+    [ "$copy_ready" -eq 0 ] || return 0
     rm -rf "$TEST_ROOT"
     mkdir -p "$TEST_COPY"
     git ls-files -z -co --exclude-standard \
@@ -90,25 +98,46 @@ prepare_test_copy() {
         cp -a "$COLLECTIONS/ansible_collections/$ns" "$TEST_ROOT/ansible_collections/"
     done
     git -C "$TEST_COPY" init -q
+    copy_ready=1
+}
+
+# A one-case JUnit file for checks that write none themselves (a molecule scenario, ansible-lint).
+write_junit_case() {
+    local file="$1" name="$2" outcome="$3" failure=""
+    mkdir -p "$(dirname "$file")"
+    [ "$outcome" = passed ] || failure='<failure message="failed"/>'
+    printf '<testsuite name="%s" tests="1"><testcase classname="%s" name="%s">%s</testcase></testsuite>\n' \
+        "$name" "$name" "$name" "$failure" > "$file"
+}
+
+collect_ansible_test_junit() {
+    mkdir -p "$JUNIT/$1"
+    find "$TEST_COPY/tests/output/junit" -maxdepth 1 -name "$2" -exec cp {} "$JUNIT/$1/" \; 2>/dev/null
+    rm -f "$TEST_COPY"/tests/output/junit/*.xml
 }
 
 run_sanity() {
     banner "sanity: ansible-test sanity --python $PYTHON_VERSION (on a copy in ${TEST_COPY#"$REPO"/})"
     prepare_test_copy
     write_get_pip_shim
-    (cd "$TEST_COPY" && without_pip_noise ansible-test sanity --python "$PYTHON_VERSION" --color no)
+    local rc=0
+    (cd "$TEST_COPY" && without_pip_noise ansible-test sanity --python "$PYTHON_VERSION" --color no --junit) || rc=$?
+    collect_ansible_test_junit sanity 'ansible-test-sanity-*.xml'
+    return "$rc"
 }
 
 run_unit() {
     banner "unit: ansible-test units --python $PYTHON_VERSION --requirements (tests/unit)"
     if ! find tests/unit -name 'test_*.py' -print -quit 2>/dev/null | grep -q .; then
         echo "unit: no test files under tests/unit yet: nothing to run"
-        echo "unit: 0 passed, 0 failed"
         return 0
     fi
     prepare_test_copy
     write_get_pip_shim
-    (cd "$TEST_COPY" && without_pip_noise ansible-test units --python "$PYTHON_VERSION" --requirements --color no --num-workers 2)
+    local rc=0
+    (cd "$TEST_COPY" && without_pip_noise ansible-test units --python "$PYTHON_VERSION" --requirements --color no --num-workers 2) || rc=$?
+    collect_ansible_test_junit unit '*-units.xml'
+    return "$rc"
 }
 
 # pytest exits 5 when it collected nothing: not a failure while a suite is still empty.
@@ -124,7 +153,8 @@ pytest_allow_empty() {
 
 run_integration() {
     banner "integration: pytest -n 2 tests/integration (real ansible-playbook runs)"
-    pytest_allow_empty -n 2 -p no:cacheprovider -o console_output_style=classic -rfEs tests/integration
+    pytest_allow_empty -n 2 -p no:cacheprovider -o console_output_style=classic -rfEs \
+        --junit-xml "$JUNIT/integration/pytest.xml" tests/integration
 }
 
 run_molecule() {
@@ -137,22 +167,22 @@ run_molecule() {
         echo "molecule: no scenarios yet (extensions/molecule/<name>/molecule.yml): nothing to run"
         return 0
     fi
-    local passed=0 failed=0 scenario
+    local scenario
     for scenario in "${scenarios[@]}"; do
         echo "--- molecule test -s $scenario"
         if (cd extensions && molecule test -s "$scenario"); then
-            passed=$((passed + 1))
+            write_junit_case "$JUNIT/molecule/$scenario.xml" "molecule-$scenario" passed
         else
-            failed=$((failed + 1)); rc=1
+            write_junit_case "$JUNIT/molecule/$scenario.xml" "molecule-$scenario" failed
+            rc=1
         fi
     done
-    echo "molecule: $passed passed, $failed failed"
     return "$rc"
 }
 
 run_lint() {
     banner "lint: ansible-lint (profile from .ansible-lint) on roles/ and playbooks/"
-    local targets=() dir
+    local targets=() dir rc=0
     for dir in roles playbooks; do
         if [ -d "$dir" ] && find "$dir" -type f \( -name '*.yml' -o -name '*.yaml' \) -print -quit | grep -q .; then
             targets+=("$dir")
@@ -162,7 +192,38 @@ run_lint() {
         echo "lint: roles/ and playbooks/ hold no YAML yet: nothing to lint"
         return 0
     fi
-    ansible-lint --offline "${targets[@]}"
+    ansible-lint --offline "${targets[@]}" || rc=$?
+    write_junit_case "$JUNIT/lint/ansible-lint.xml" ansible-lint "$([ "$rc" -eq 0 ] && echo passed || echo failed)"
+    return "$rc"
+}
+
+# "sanity: 24 passed, 0 failed, 1 skipped" per stage, then the total as the run's closing line.
+junit_totals() {
+    "$VENV/bin/python" - "$JUNIT" "$@" <<'PY'
+import os
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+root, stages = Path(sys.argv[1]), sys.argv[2:]
+failed_stages = os.environ.get("FAILED_STAGES", "").split()
+total = [0, 0, 0]
+for stage in stages:
+    counts = [0, 0, 0]
+    for path in sorted((root / stage).glob("*.xml")):
+        for case in ET.parse(path).iter("testcase"):
+            if case.find("failure") is not None or case.find("error") is not None:
+                counts[1] += 1
+            elif case.find("skipped") is not None:
+                counts[2] += 1
+            else:
+                counts[0] += 1
+    if stage in failed_stages and counts[1] == 0:
+        counts[1] = 1  # the stage failed before or outside its test cases (a crash, a set-up error): count it
+    total = [a + b for a, b in zip(total, counts)]
+    print(f"  {stage + ':':13}{counts[0]} passed, {counts[1]} failed, {counts[2]} skipped")
+print(f"total: {total[0]} passed, {total[1]} failed, {total[2]} skipped")
+PY
 }
 
 stages=("$@")
@@ -170,6 +231,22 @@ stages=("$@")
 if [ "${stages[0]}" = all ]; then
     stages=(sanity unit integration molecule lint)
 fi
+
+# Remove what earlier runs left behind when their process is gone (killed runs), then claim our directory.
+for stale in "$RUNS"/*/; do
+    [ -d "$stale" ] || continue
+    pid="$(basename "$stale")"
+    kill -0 "$pid" 2>/dev/null || rm -rf "$stale"
+done
+mkdir -p "$RUN_DIR"
+finish_run() {
+    if [ -d "$JUNIT" ]; then
+        rm -rf "$BUILD/junit"
+        mv "$JUNIT" "$BUILD/junit"
+    fi
+    rm -rf "$RUN_DIR"
+}
+trap finish_run EXIT
 
 declare -A outcome
 failed_stages=()
@@ -194,6 +271,9 @@ for stage in "${stages[@]}"; do
 done
 if [ "${#failed_stages[@]}" -gt 0 ]; then
     echo "FAILED stages: ${failed_stages[*]}"
-    exit 1
+else
+    echo "all stages passed"
 fi
-echo "all stages passed"
+echo "test cases (from the JUnit XML files, kept in .build/junit):"
+FAILED_STAGES="${failed_stages[*]}" junit_totals "${stages[@]}"
+[ "${#failed_stages[@]}" -eq 0 ] || exit 1
