@@ -10,6 +10,7 @@
 
 Rows:
   nfs-cp        nfs-cp URL DEST                          (the floor: libnfs copy, no checksum, no fsync)
+  nfs-cp+sync   nfs-cp URL DEST && sync DEST             (the same made durable, as ours is: what fsync costs)
   ours/module   python download.py args.json             (the module process alone: nfs-cat stream, SHA-256 in
                                                           the same pass, sparse write, fsync, qemu-img inspect,
                                                           atomic rename)
@@ -38,6 +39,8 @@ from ansible_collections.directdownload.kvm.tests.unit.lib.nfs import SharedGane
 def commands(tool, url, dest, hexdigest, workdir):
     if tool == "nfs-cp":
         return [shutil.which("nfs-cp") or "nfs-cp", url, dest]
+    if tool == "nfs-cp+sync":
+        return ["sh", "-c", 'nfs-cp "$1" "$2" >/dev/null && sync "$2"', "sh", url, dest]
     args = {"url": url, "pool_path": os.path.dirname(dest), "name": os.path.basename(dest),
             "checksum": "sha256:" + hexdigest, "retries": 0, "format": "raw"}
     if tool == "ours/ansible":
@@ -79,7 +82,7 @@ def main():
     parser.add_argument("--size", default="2G", help="image size (default 2G; smaller when the disk is tight)")
     parser.add_argument("--runs", type=int, default=5, help="interleaved rounds after one warm-up (default 5)")
     parser.add_argument("--version", type=int, choices=(3, 4), default=3, help="NFS version (default 3)")
-    parser.add_argument("--tools", default="nfs-cp,ours/module", help="comma-separated rows (nfs-cp is always run)")
+    parser.add_argument("--tools", default="nfs-cp,nfs-cp+sync,ours/module", help="comma-separated rows (nfs-cp is always run)")
     parser.add_argument("--workdir", default=os.path.join(HERE, "output", "nfs"))
     args = parser.parse_args()
 

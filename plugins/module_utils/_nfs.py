@@ -38,6 +38,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 from urllib.parse import unquote, urlsplit
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput, SourceError
@@ -397,8 +398,12 @@ class KernelMount:
         return max(30, 3 * self.options.connect_timeout)
 
     def mount(self):
-        self.mountpoint = tempfile.mkdtemp(prefix="directdownload-nfs-", dir=self.options.mount_dir)
         shown = redact_url(self.location.url)
+        try:
+            self.mountpoint = tempfile.mkdtemp(prefix="directdownload-nfs-", dir=self.options.mount_dir)
+        except OSError as exc:
+            raise _nfs_error("cannot make a private mount point in %s: %s"
+                             % (self.options.mount_dir or tempfile.gettempdir(), exc.strerror), "no_transport") from exc
         try:
             rc, out, err, timed_out = _run(self.mount_argv(), self._mount_timeout())
         except OSError as exc:
@@ -477,13 +482,62 @@ def _file_error(location, exc, doing):
     return _nfs_error("%s: error while %s: %s" % (shown, doing, exc.strerror or exc), "nfs_error")
 
 
-class MountedFileBody:
+class _GuardedBody:
+    """``close()`` may come from another thread while ``readinto`` runs (the engine's writer failed). Closing a
+    file descriptor under a running read could hand its number to a new file, so a close during a read only
+    interrupts it (``_interrupt``); the reader then releases the resources (``_release``) on its way out."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._reading = False
+        self._closed = False
+
+    def readinto(self, buf):
+        with self._guard:
+            if self._closed:
+                raise self._closed_error()
+            self._reading = True
+        try:
+            return self._readinto(buf)
+        finally:
+            with self._guard:
+                self._reading = False
+                release = self._closed
+            if release:
+                self._release()
+
+    def close(self):
+        """Idempotent; the resources are released now, or by a reader still running when it returns."""
+        with self._guard:
+            if self._closed:
+                return
+            self._closed = True
+            reading = self._reading
+        self._interrupt()
+        if not reading:
+            self._release()
+
+    def _closed_error(self):
+        return _nfs_error("%s: the transfer was closed" % redact_url(self.url), "closed")
+
+    def _readinto(self, buf):
+        raise NotImplementedError
+
+    def _interrupt(self):
+        """Make a running read return soon."""
+
+    def _release(self):
+        raise NotImplementedError
+
+
+class MountedFileBody(_GuardedBody):
     """A body read from the mounted file. Closing it closes the file and unmounts."""
 
     content_type = None
     accept_ranges = True
 
     def __init__(self, location, mount, handle, st, offset, end):
+        super().__init__()
         self.url = location.url
         self._location = location
         self._mount = mount
@@ -493,10 +547,8 @@ class MountedFileBody:
         self.offset = offset
         self._position = offset
         self._end = st.st_size if end is None else end
-        self._closed = False
-        self._failure = None
 
-    def readinto(self, buf):
+    def _readinto(self, buf):
         view = memoryview(buf)
         want = min(len(buf), self._end - self._position)
         got = 0
@@ -507,20 +559,15 @@ class MountedFileBody:
                     break
                 got += count
         except OSError as exc:
-            self._failure = _file_error(self._location, exc, "reading")
-            raise self._failure from exc
+            raise _file_error(self._location, exc, "reading") from exc
         self._position += got
         if got < want:
-            self._failure = _nfs_error(
-                "%s: the file ended at byte %d, %d expected (it shrank on the server)"
-                % (redact_url(self.url), self._position, self._end), "short_read", received=self._position)
-            raise self._failure
+            raise _nfs_error("%s: the file ended at byte %d, %d expected (it shrank on the server)"
+                             % (redact_url(self.url), self._position, self._end), "short_read",
+                             received=self._position)
         return got
 
-    def close(self):
-        if self._closed:
-            return
-        self._closed = True
+    def _release(self):
         try:
             self._handle.close()
         finally:
@@ -541,13 +588,14 @@ def parse_nfs_ls(text):
     return entries
 
 
-class PipeBody:
+class PipeBody(_GuardedBody):
     """The stdout of ``nfs-cat``. Stalls longer than ``read_timeout`` and short streams raise SourceError."""
 
     content_type = None
     accept_ranges = False
 
     def __init__(self, location, proc, stderr_file, size, read_timeout, first_byte_timeout):
+        super().__init__()
         self.url = location.url
         self.offset = 0
         self.size = size
@@ -560,7 +608,6 @@ class PipeBody:
         self._read_timeout = read_timeout
         self._next_timeout = first_byte_timeout
         self._eof = False
-        self._closed = False
         os.set_blocking(self._fd, False)
         try:
             fcntl.fcntl(self._fd, _F_SETPIPE_SZ, _PIPE_SIZE)
@@ -569,7 +616,7 @@ class PipeBody:
         self._poller = select.poll()
         self._poller.register(self._fd, select.POLLIN)
 
-    def readinto(self, buf):
+    def _readinto(self, buf):
         if self._eof:
             return 0
         view = memoryview(buf)
@@ -582,6 +629,9 @@ class PipeBody:
                 if not self._poller.poll(self._next_timeout * 1000):
                     self._fail_stalled()
                 continue
+            except OSError as exc:
+                raise _nfs_error("%s: reading from nfs-cat failed: %s" % (redact_url(self.url), exc.strerror),
+                                 "interrupted") from exc
             if not count:
                 self._eof = True
                 self.received += got
@@ -602,6 +652,8 @@ class PipeBody:
                          % (redact_url(self.url), self._next_timeout, self.received), "timeout", received=self.received)
 
     def _check_end(self):
+        if self._closed:  # close() killed nfs-cat under us
+            raise self._closed_error()
         try:
             rc = self._proc.wait(timeout=self._read_timeout)
         except subprocess.TimeoutExpired:
@@ -628,15 +680,11 @@ class PipeBody:
         except subprocess.TimeoutExpired:
             pass
 
-    def close(self):
-        """Kill nfs-cat if it still runs, reap it, close the pipe: no zombie, no stray reader."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._poller.unregister(self._fd)
-        except (KeyError, ValueError):
-            pass
+    def _interrupt(self):
+        """Kill nfs-cat if it still runs and reap it (no zombie); a blocked read then sees the end of the pipe."""
+        self._stop()
+
+    def _release(self):
         self._stop()
         self._proc.stdout.close()
         self._stderr.close()

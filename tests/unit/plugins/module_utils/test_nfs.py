@@ -21,10 +21,13 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -369,6 +372,31 @@ def test_close_mid_stream_kills_and_reaps_nfs_cat(nfs_export):
         os.kill(proc.pid, 0)
 
 
+def test_close_from_another_thread_stops_a_blocked_read(nfs_export):
+    """The engine's writer fails and the main thread closes the body while the receiver waits for bytes."""
+    nfs_export.write("big.img", os.urandom(64 * MiB))
+    body = NfsSource(nfs_export.url("big.img", 4), NfsOptions(transport="libnfs", read_timeout=60)).open()
+    os.kill(body._proc.pid, signal.SIGSTOP)  # nfs-cat sends nothing more: the reader blocks once the pipe is empty
+    errors = []
+
+    def receive():
+        buf = bytearray(BLOCK)
+        try:
+            while body.readinto(buf):
+                pass
+        except SourceError as exc:
+            errors.append(exc)
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    time.sleep(0.5)  # let it drain the pipe and block (if not yet blocked, it sees the close at its next read)
+    body.close()
+    receiver.join(30)
+    assert not receiver.is_alive()
+    assert [e.details["reason"] for e in errors] == ["closed"]
+    assert body._proc.returncode is not None and body._proc.stdout.closed
+
+
 @pytest.mark.parametrize("version", [3, 4])
 def test_server_stopped_mid_transfer(tmp_path, version):
     """A private ganesha (own network namespace) stopped by PID while we stream: SourceError, nfs-cat reaped.
@@ -606,6 +634,13 @@ def test_missing_file_after_mount_unmounts(fake_mount, served):
         assert info.value.details["reason"] == "file_missing" and info.value.retryable is False
     assert len(fake_mount.calls("umount")) == 2
     assert fake_mount.leftovers() == ([], [])
+
+
+def test_missing_mount_dir_is_a_clear_error(tmp_path):
+    source = NfsSource("nfs://127.0.0.1/e/x.img", NfsOptions(transport="mount", mount_dir=str(tmp_path / "nope")))
+    with pytest.raises(SourceError) as info:
+        source.probe()
+    assert "cannot make a private mount point" in info.value.msg
 
 
 def test_mount_timeout_kills_helper_and_cleans_up(fake_mount, served, monkeypatch):
