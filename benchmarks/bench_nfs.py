@@ -91,8 +91,8 @@ def main():
     os.makedirs(pool, exist_ok=True)
     free = min(shutil.disk_usage(pool).free, shutil.disk_usage("/tmp").free)
     if free < 2 * size + (512 << 20):
-        sys.exit("not enough free space for a %s benchmark (%s free): use --size" % (bench.human(size),
-                                                                                      bench.human(free)))
+        sys.exit("not enough free space for a %s benchmark (%s free): use --size"
+                 % (bench.human(size), bench.human(free)))
     tools = ["nfs-cp"] + [t for t in args.tools.split(",") if t and t != "nfs-cp"]
     server = SharedGanesha().acquire()
     export = server.make_dir()

@@ -154,7 +154,7 @@ def test_server_stopped_mid_transfer_installs_nothing(tmp_path, pool):
                 time.sleep(0.005)
             server.freeze()
             server.stop_ganesha()
-            output, _ = proc.communicate(timeout=300)
+            output = proc.communicate(timeout=300)[0]
         finally:
             if proc.poll() is None:
                 proc.kill()
