@@ -22,7 +22,8 @@ connection and this venv's Python as interpreter (never rely on interpreter disc
 ``run_module(module, args, ...)`` wraps one module call into a one-task play and returns its result record.
 
 Every task result is captured as JSON by ``callback_plugins/directdownload_test_results.py``; each record is
-``{"host", "task", "action", "status" (ok|changed|failed|skipped|unreachable), "ignored", "result"}``.
+``{"host", "task" (full name: "<role fqcn> : <name>" inside a role), "name" (bare name), "role", "action",
+"status" (ok|changed|failed|skipped|unreachable), "ignored", "result"}``.
 """
 
 from __future__ import annotations
@@ -73,8 +74,13 @@ class PlaybookRun:
         self.results = results
 
     def tasks(self, name, host=None):
-        """Every result record of the task called ``name`` (optionally only for ``host``), in run order."""
-        return [r for r in self.results if r["task"] == name and (host is None or r["host"] == host)]
+        """Every result record of the task called ``name`` (optionally only for ``host``), in run order.
+
+        ``name`` matches the task's bare name or its full name: a role's task "Record the copy" is found by
+        ``"Record the copy"`` and by ``"directdownload.kvm.deploy : Record the copy"``.
+        """
+        return [r for r in self.results
+                if name in (r["task"], r.get("name")) and (host is None or r["host"] == host)]
 
     def task(self, name, host=None):
         """The result record of the task called ``name``; fails the test when it did not run exactly once."""

@@ -65,3 +65,17 @@ def test_run_module_uses_venv_python(run_module, venv_python):
     assert run.rc == 0
     assert record["status"] == "ok"
     assert record["result"]["ansible_facts"]["ansible_python"]["executable"] == venv_python
+
+
+def test_role_tasks_are_found_by_bare_and_full_name(run_playbook, tmp_path):
+    tasks_dir = tmp_path / "roles" / "harness_role" / "tasks"
+    tasks_dir.mkdir(parents=True)
+    (tasks_dir / "main.yml").write_text("- name: Inside the role\n  ansible.builtin.debug:\n    msg: hi\n")
+    playbook = tmp_path / "roles_play.yml"
+    playbook.write_text("- hosts: all\n  gather_facts: false\n  roles:\n    - harness_role\n")
+
+    run = run_playbook(str(playbook))
+
+    record = run.task("Inside the role")
+    assert record is run.task("harness_role : Inside the role")
+    assert record["role"] == "harness_role" and record["name"] == "Inside the role"

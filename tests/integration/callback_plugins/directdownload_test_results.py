@@ -42,9 +42,13 @@ class CallbackModule(CallbackBase):
             return
         task = result.task
         payload = dict(result.result)
+        role = getattr(task, "_role", None)
         record = {
             "host": result.host.get_name(),
+            # "<role fqcn> : <name>" for a role's task, as ansible-playbook prints it; "name" is the bare name.
             "task": task.get_name(),
+            "name": task.name or task.action,
+            "role": role.get_name() if role else None,
             "action": task.action,
             "status": status,
             "ignored": ignored,
