@@ -2,11 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The ``download`` module with a Metalink URL, through real ``ansible-playbook`` runs against several real
-loopback mirrors (one refusing connections, one answering 404, one corrupt, good ones rate-limited).
-
-Some behaviours need the engine (``_download.py``) to call the metalink API described in docs/metalink.md
-("Engine wiring"); those tests check for the call and are skipped, saying so, until it is there.
-"""
+loopback mirrors (one refusing connections, one answering 404, one corrupt, good ones rate-limited)."""
 
 from __future__ import annotations
 
@@ -16,7 +12,6 @@ import socket
 
 import pytest
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _download
 from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import NS_V4
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
@@ -24,22 +19,6 @@ from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageS
 MiB = 1024 * 1024
 PIECE = 256 * 1024
 MODULE = "directdownload.kvm.download"
-
-
-def _engine_calls(name):
-    with open(_download.__file__, encoding="utf-8") as handle:
-        return name in handle.read()
-
-
-needs_metalink_hash = pytest.mark.skipif(
-    not _engine_calls("expected_checksums"),
-    reason="the engine does not verify the metalink's own hash yet (docs/metalink.md, Engine wiring 1)")
-needs_segmented = pytest.mark.skipif(
-    not _engine_calls("download_segmented"),
-    reason="the engine does not call MetalinkSource.download_segmented yet (docs/metalink.md, Engine wiring 2)")
-needs_content_type = pytest.mark.skipif(
-    not _engine_calls("open_metalink_body"),
-    reason="the engine does not switch to a metalink on its Content-Type yet (docs/metalink.md, Engine wiring 3)")
 
 
 @pytest.fixture
@@ -160,7 +139,6 @@ def test_several_files_need_metalink_name(run_module, mirrors, pool, www, image)
     assert sha256(pool / "disk.qcow2") == sha256(image)
 
 
-@needs_metalink_hash
 def test_metalink_hash_rejects_a_corrupt_mirror_without_a_user_checksum(run_module, mirrors, pool, www, image):
     corrupt, good = mirrors(corrupt_at=5 * MiB), mirrors()
     write_metalink(www / "disk.qcow2.meta4", [corrupt.url("disk.qcow2"), good.url("disk.qcow2")], image.read_bytes())
@@ -172,7 +150,6 @@ def test_metalink_hash_rejects_a_corrupt_mirror_without_a_user_checksum(run_modu
     assert sha256(pool / "disk.qcow2") == sha256(image)
 
 
-@needs_segmented
 def test_segmented_download_from_two_mirrors_refetches_only_the_corrupt_piece(run_module, mirrors, pool, www,
                                                                               image):
     rate = 8 * MiB
@@ -191,7 +168,6 @@ def test_segmented_download_from_two_mirrors_refetches_only_the_corrupt_piece(ru
     assert [name for name in os.listdir(pool) if name.endswith((".part", ".json")) and "ddinfo" not in name] == []
 
 
-@needs_content_type
 def test_metalink_recognised_by_content_type(run_module, mirrors, pool, www, image):
     server = mirrors()
     write_metalink(www / "get", [server.url("disk.qcow2")], image.read_bytes())
