@@ -815,15 +815,10 @@ class _MetalinkBody:
 def plain_source_factory(request):
     """``open_source(url)`` for mirror and document URLs: the http/https or nfs Source with the request's options,
     never a metalink (a metalink inside a metalink is not followed)."""
+    from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_plain_source  # pylint: disable=import-outside-toplevel
+
     def open_plain(url):
-        scheme = url_scheme(url)
-        if scheme in ("http", "https"):
-            from ansible_collections.directdownload.kvm.plugins.module_utils import _http  # pylint: disable=import-outside-toplevel
-            return _http.HttpSource(url, request.source_options)
-        if scheme == "nfs":
-            from ansible_collections.directdownload.kvm.plugins.module_utils import _nfs  # pylint: disable=import-outside-toplevel
-            return _nfs.NfsSource(url, transport=request.nfs_transport)
-        raise InvalidInput("unsupported URL scheme %r in %s" % (scheme, redact_url(url)))
+        return open_plain_source(url, request)
     return open_plain
 
 

@@ -13,10 +13,16 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is
 
 def open_source(url, request):
     """Return a Source (see docs/architecture.md) for ``url`` with the request's transport options."""
-    scheme = url_scheme(url)
     if is_metalink_url(url):
         from ansible_collections.directdownload.kvm.plugins.module_utils import _metalink  # pylint: disable=import-outside-toplevel
         return _metalink.open_metalink_source(url, request, open_source)
+    return open_plain_source(url, request)
+
+
+def open_plain_source(url, request):
+    """The http(s) or nfs Source for ``url``, never a metalink (a metalink's mirrors and its own document are
+    always read as plain files)."""
+    scheme = url_scheme(url)
     if scheme in ("http", "https"):
         from ansible_collections.directdownload.kvm.plugins.module_utils import _http  # pylint: disable=import-outside-toplevel
         return _http.HttpSource(url, request.source_options)
