@@ -28,5 +28,5 @@ def open_plain_source(url, request):
         return _http.HttpSource(url, request.source_options)
     if scheme == "nfs":
         from ansible_collections.directdownload.kvm.plugins.module_utils import _nfs  # pylint: disable=import-outside-toplevel
-        return _nfs.NfsSource(url, transport=request.nfs_transport)
+        return _nfs.NfsSource(url, request.source_options, transport=request.nfs_transport)
     raise InvalidInput("unsupported URL scheme %r in %s" % (scheme, redact_url(url)))

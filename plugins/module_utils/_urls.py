@@ -34,7 +34,8 @@ def redact_url(url):
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
     query = parts.query
-    if query:
+    # nfs:// URLs carry no secrets in their query (only ?version=3|4 is accepted): keep it readable.
+    if query and parts.scheme.lower() != "nfs":
         query = "&".join(
             (item.split("=", 1)[0] + "=***") if "=" in item else item for item in query.split("&")
         )

@@ -355,7 +355,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_source
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_scheme
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
 
 
 def build_request(module, settings):
@@ -364,11 +364,10 @@ def build_request(module, settings):
     if params["pool"]:
         from ansible_collections.directdownload.kvm.plugins.module_utils import _libvirt  # pylint: disable=import-outside-toplevel
         pool_path = _libvirt.pool_target_path(params["pool"], params["libvirt_uri"])
-    source_options = None
-    if url_scheme(params["url"]) in ("http", "https"):
-        # use_proxy=false means "no proxy", even when the environment names one.
-        source_options = SourceOptions.from_params(dict(params, proxy=params["proxy"] if params["use_proxy"] else ""),
-                                                   settings)
+    # Built for every scheme: NFS reads its timeouts from it, a metalink passes it to its mirrors. use_proxy=false
+    # means "no proxy", even when the environment names one.
+    source_options = SourceOptions.from_params(dict(params, proxy=params["proxy"] if params["use_proxy"] else ""),
+                                               settings)
     return _download.DownloadRequest(
         url=params["url"],
         pool_path=pool_path,

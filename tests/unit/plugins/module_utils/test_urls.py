@@ -45,3 +45,7 @@ def test_names_from_urls():
     assert strip_compression_suffix("plain.raw") == "plain.raw"
     with pytest.raises(ValueError):
         file_name_from_url("http://h/")
+
+
+def test_nfs_version_stays_readable():
+    assert redact_url("nfs://h/export/x.qcow2?version=4") == "nfs://h/export/x.qcow2?version=4"
