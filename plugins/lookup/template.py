@@ -15,7 +15,7 @@ description:
     with C(delegate_to) instead.
   - HTTP header values are masked unless O(reveal_secrets=true).
 author:
-  - directdownload.kvm maintainers
+  - directdownload.kvm maintainers (@directdownload)
 options:
   _terms:
     description: Template names.

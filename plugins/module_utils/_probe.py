@@ -36,7 +36,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._install import
     _MAGICS as COMPRESSION_MAGICS,
     _QCOW2_MAGIC as QCOW2_MAGIC,
 )
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_url, redact_url, url_scheme
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_url, redact_url
 
 try:
     import zstandard
@@ -194,11 +194,7 @@ def format_matches(expected, detected):
 def probe_plain(url, open_plain, image_format=None, read_header=True):
     """Probe one http(s) or nfs URL. Returns the result dict (``reachable`` False with ``error`` on failure)."""
     try:
-        source = open_plain(url)
-        if not hasattr(source, "probe"):
-            # Hook for sources without probing (the NFS source, until it has probe()/read_head()): say so plainly.
-            return _unreachable(url, "probing %s URLs is not supported by this source yet" % url_scheme(url),
-                                reachable=None)
+        source = open_plain(url)  # http(s): _http.HttpSource; nfs: _nfs.NfsSource (status None, size from stat)
         info = source.probe()
     except InvalidInput:
         raise

@@ -80,7 +80,7 @@ def url_secret_values(url):
         return secrets
     if password:
         secrets.update((password, unquote(password)))
-    for _, value in parse_qsl(parts.query, keep_blank_values=False):
+    for _name, value in parse_qsl(parts.query, keep_blank_values=False):
         if len(value) >= MIN_SECRET_QUERY_VALUE:
             secrets.add(value)
     return secrets

@@ -11,7 +11,7 @@ short_description: Register or unregister a direct-download template or ISO in t
 version_added: 0.1.0
 description:
   - Records a template or ISO that KVM hosts download straight from its URL into primary storage, as Apache
-    CloudStack's C(registerTemplate) and C(registerIso) with C(directdownload=true) do. Nothing is downloaded here:
+    CloudStack's C(registerTemplate) and C(registerIso) with C(directdownload=true) do. Nothing is downloaded here;
     M(directdownload.kvm.download) does that on each host, and M(directdownload.kvm.template_copy) records the copies.
   - The registry is a JSON file (see O(registry)) written under a lock with an atomic rename. Run this module where
     the registry lives, by default on the controller (C(delegate_to) a registry host for AWX job templates).
@@ -27,7 +27,7 @@ description:
   - HTTP header values are stored in the registry file (mode 0600) because downloads need them, and are shown as
     C(********) in every result and diff.
 author:
-  - directdownload.kvm maintainers
+  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
 attributes:

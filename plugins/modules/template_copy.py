@@ -16,12 +16,12 @@ description:
   - A copy on a host-local pool is identified by template, O(host) and O(pool). A copy on a shared pool
     (O(shared=true)) is identified by template and O(pool) only, whichever host downloaded it (recorded in
     C(host)), so every host of the cluster sees it.
-  - O(state=claimed) and O(state=released) coordinate concurrent deployments: a claim marks a download of the
+  - O(state=claimed) and O(state=released) coordinate concurrent deployments. A claim marks a download of the
     template onto the pool in progress, so that a second deployment waits (retrying the claim) instead of
     downloading the same image again. CloudStack has no such lock for non-managed pools.
   - Runs where the registry lives, like M(directdownload.kvm.template).
 author:
-  - directdownload.kvm maintainers
+  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
 attributes:
@@ -60,7 +60,7 @@ options:
     required: true
   pool:
     description:
-      - The pool: a libvirt pool name or a pool directory, as the deployment names it. For a shared pool the name must
+      - The pool, a libvirt pool name or a pool directory, as the deployment names it. For a shared pool the name must
         be the same on every host.
     type: str
     required: true
@@ -103,7 +103,6 @@ options:
       - With O(state=claimed), retry the claim held with this token (it is granted again). With O(state=present),
         release this claim at the same time as recording the copy. Required with O(state=released).
     type: str
-    no_log: false
   claim_ttl:
     description:
       - Seconds after which a claim counts as abandoned (its holder died) and can be taken over.
@@ -174,7 +173,7 @@ template_copy:
     downloaded_at: "2025-01-31T12:03:00Z"
 claim_status:
   description:
-    - With O(state=claimed) V(granted) (the caller downloads, then records the copy with RV(claim.token) as
+    - With O(state=claimed) V(granted) (the caller downloads, then records the copy with the C(token) of RV(claim) as
       O(claim_token)), V(busy) (another deployment is downloading it; retry later) or V(exists) (a copy is already
       recorded; nothing to download).
   returned: when O(state=claimed)

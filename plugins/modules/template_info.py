@@ -11,13 +11,13 @@ short_description: Read templates, their copies on pools and certificates from t
 version_added: 0.1.0
 description:
   - Lists what the registry holds, as CloudStack's C(listTemplates), C(listIsos) and
-    C(listTemplateDirectDownloadCertificates) do: templates, copies on primary storage pools, certificates with
+    C(listTemplateDirectDownloadCertificates) do, that is templates, copies on primary storage pools, certificates with
     their status per host, and the claims of downloads in progress.
   - Runs where the registry lives, like M(directdownload.kvm.template). A registry file that does not exist yet
     reads as empty.
   - HTTP header values are masked unless O(reveal_secrets=true).
 author:
-  - directdownload.kvm maintainers
+  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.info_module

@@ -21,10 +21,10 @@ description:
     (gzip, bzip2, xz, zip, zstd; detected by content) is decompressed from those first KiBs only.
   - A Metalink URL (C(.metalink), C(.meta4), or a Metalink content type) is parsed and its mirrors probed in order;
     the sizes come from the image a mirror serves, never from the XML.
-  - An unreachable URL is not a failure: RV(reachable) is V(false) and RV(error) says why, so that a playbook can
+  - An unreachable URL is not a failure. RV(reachable) is V(false) and RV(error) says why, so that a playbook can
     try another host. Set O(fail_on_unreachable=true) to fail instead.
 author:
-  - directdownload.kvm maintainers
+  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.info_module
@@ -145,8 +145,7 @@ EXAMPLES = r"""
 RETURN = r"""
 reachable:
   description:
-    - Whether the host reached the URL (for a Metalink, one of its mirrors). V(null) when this kind of URL cannot be
-      probed by this host's sources.
+    - Whether the host reached the URL (for a Metalink, one of its mirrors).
   returned: always
   type: bool
   sample: true
@@ -156,7 +155,7 @@ error:
   type: str
   sample: "connection refused by mirror.example.com:443 (https://mirror.example.com/debian-12.qcow2)"
 status:
-  description: The HTTP status of the probe.
+  description: The HTTP status of the probe (null for C(nfs://) URLs, which have none).
   returned: always
   type: int
   sample: 200

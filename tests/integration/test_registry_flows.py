@@ -36,6 +36,7 @@ PLAYBOOKS = REPO_ROOT / "playbooks"
 # fixtures
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(name="mirror_root", scope="module")
 def mirror_root_fixture(tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror")
@@ -63,6 +64,7 @@ def dead_proxy_fixture():
 def inventory(tmp_path, hosts, groups=None):
     """A YAML inventory: ``hosts`` maps host name -> host vars, all in the group kvm_hosts; ``groups`` maps more
     group names -> member host names."""
+
     def host_vars(name):
         return dict(hosts[name], ansible_connection="local", ansible_python_interpreter=VENV_PYTHON)
 
@@ -95,15 +97,22 @@ def image_gets(server, name):
 
 def task_records(run, name, host=None):
     """Result records of the task ``name``, with or without its role prefix (``directdownload.kvm.deploy : ``)."""
-    return [r for r in run.results if (r["task"] == name or r["task"].split(" : ", 1)[-1] == name)
-            and (host is None or r["host"] == host)]
+    return [
+        r
+        for r in run.results
+        if (r["task"] == name or r["task"].split(" : ", 1)[-1] == name) and (host is None or r["host"] == host)
+    ]
 
 
 def task(run, name, host=None):
     """The one result record of the task ``name`` (see :func:`task_records`)."""
     found = task_records(run, name, host)
-    assert len(found) == 1, "expected one result for %r (host=%s), got %d\n%s" % (name, host, len(found),
-                                                                                 run.output_tail())
+    assert len(found) == 1, "expected one result for %r (host=%s), got %d\n%s" % (
+        name,
+        host,
+        len(found),
+        run.output_tail(),
+    )
     return found[0]
 
 
@@ -113,15 +122,23 @@ def tasks_starting(run, prefix):
 
 
 def register(run_playbook, inv, registry, url, expect_rc=0, **extra):
-    extra_vars = {"directdownload_registry": str(registry), "template_name": extra.pop("name", "disk"),
-                  "template_url": url, "template_format": extra.pop("format", "qcow2")}
+    extra_vars = {
+        "directdownload_registry": str(registry),
+        "template_name": extra.pop("name", "disk"),
+        "template_url": url,
+        "template_format": extra.pop("format", "qcow2"),
+    }
     extra_vars.update(extra)
     return run_playbook(PLAYBOOKS / "register_template.yml", inventory=inv, extra_vars=extra_vars, expect_rc=expect_rc)
 
 
 def deploy(run_playbook, inv, registry, expect_rc=0, **extra):
-    extra_vars = {"directdownload_registry": str(registry), "template_name": extra.pop("name", "disk"),
-                  "deploy_claim_delay": 1, "deploy_download_retries": 0}
+    extra_vars = {
+        "directdownload_registry": str(registry),
+        "template_name": extra.pop("name", "disk"),
+        "deploy_claim_delay": 1,
+        "deploy_download_retries": 0,
+    }
     extra_vars.update(extra)
     return run_playbook(PLAYBOOKS / "deploy_template.yml", inventory=inv, extra_vars=extra_vars, expect_rc=expect_rc)
 
@@ -130,13 +147,22 @@ def deploy(run_playbook, inv, registry, expect_rc=0, **extra):
 # modules: check-mode triple, idempotence, diff
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_template_module_check_real_check_idempotence_and_diff(run_module, tmp_path):
     registry = tmp_path / "state" / "registry.json"
-    args = {"registry": str(registry), "name": "debian", "url": "https://user:pa55w0rd@m.example/debian.qcow2?sig=abcdef0123456789",
-            "format": "qcow2", "checksum": "sha256:" + "ab" * 32, "http_headers": {"Authorization": SECRET},
-            "size": 1000, "virtual_size": VIRTUAL, "checked_on": "kvm1"}
+    args = {
+        "registry": str(registry),
+        "name": "debian",
+        "url": "https://user:pa55w0rd@m.example/debian.qcow2?sig=abcdef0123456789",
+        "format": "qcow2",
+        "checksum": "sha256:" + "ab" * 32,
+        "http_headers": {"Authorization": SECRET},
+        "size": 1000,
+        "virtual_size": VIRTUAL,
+        "checked_on": "kvm1",
+    }
 
-    pre, _ = run_module("directdownload.kvm.template", args, check=True, diff=True)
+    pre, _unused = run_module("directdownload.kvm.template", args, check=True, diff=True)
     assert pre["status"] == "changed" and not registry.exists(), "check mode must not write"
     real, run = run_module("directdownload.kvm.template", args, diff=True)
     assert real["status"] == "changed"
@@ -146,10 +172,12 @@ def test_template_module_check_real_check_idempotence_and_diff(run_module, tmp_p
     assert template["http_headers"] == {"Authorization": "********"}
     assert real["result"]["diff"]["before"] == {} and real["result"]["diff"]["after"]["name"] == "debian"
     for output in (run.stdout, json.dumps(real)):
-        assert "integration-secret-token" not in output and "pa55w0rd" not in output and "abcdef0123456789" not in output
-    post, _ = run_module("directdownload.kvm.template", args, check=True)
+        assert (
+            "integration-secret-token" not in output and "pa55w0rd" not in output and "abcdef0123456789" not in output
+        )
+    post, _unused = run_module("directdownload.kvm.template", args, check=True)
     assert post["status"] == "ok"
-    again, _ = run_module("directdownload.kvm.template", args)
+    again, _unused = run_module("directdownload.kvm.template", args)
     assert again["status"] == "ok" and again["result"]["template"]["id"] == template["id"]
 
     # private file, secret stored for the downloads
@@ -158,15 +186,19 @@ def test_template_module_check_real_check_idempotence_and_diff(run_module, tmp_p
 
     # other content: changed, shown in the diff, secret still masked; probing from another host with the same
     # size changes nothing
-    changed, run = run_module("directdownload.kvm.template", dict(args, http_headers={"Authorization": SECRET + "x"},
-                                                                  checked_on="kvm3"), diff=True)
+    changed, run = run_module(
+        "directdownload.kvm.template",
+        dict(args, http_headers={"Authorization": SECRET + "x"}, checked_on="kvm3"),
+        diff=True,
+    )
     # headers are probe-relevant: the probe facts that came with them are recorded too
     assert changed["status"] == "changed"
     assert changed["result"]["changed_fields"] == ["checked_at", "checked_on", "http_headers"]
     assert changed["result"]["diff"]["after"]["http_headers"] == {"Authorization": "******** (changed)"}
     assert "integration-secret-token" not in run.stdout
-    same, _ = run_module("directdownload.kvm.template", dict(args, http_headers={"Authorization": SECRET + "x"},
-                                                             checked_on="kvm2"))
+    same, _unused = run_module(
+        "directdownload.kvm.template", dict(args, http_headers={"Authorization": SECRET + "x"}, checked_on="kvm2")
+    )
     assert same["status"] == "ok"
 
     # absent: check, real, check
@@ -178,18 +210,26 @@ def test_template_module_check_real_check_idempotence_and_diff(run_module, tmp_p
     assert read_registry(registry)["templates"] == {}
 
 
-@pytest.mark.parametrize("args, message", [
-    ({"url": "https://m.example/debian.vhd"}, "please specify a valid qcow2 URL"),
-    ({"checksum": "{SHA-256}abc"}, "a SHA-256 checksum has 64 hex characters, got 3"),
-    ({"size": 0}, "size is 0 or unknown"),
-    ({"direct_download": False}, "only direct download templates are supported"),
-    ({"hypervisor": "vmware"}, "only allowed for KVM templates"),
-    ({"format": "iso"}, "invalid for the format iso"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"url": "https://m.example/debian.vhd"}, "please specify a valid qcow2 URL"),
+        ({"checksum": "{SHA-256}abc"}, "a SHA-256 checksum has 64 hex characters, got 3"),
+        ({"size": 0}, "size is 0 or unknown"),
+        ({"direct_download": False}, "only direct download templates are supported"),
+        ({"hypervisor": "vmware"}, "only allowed for KVM templates"),
+        ({"format": "iso"}, "invalid for the format iso"),
+    ],
+)
 def test_template_module_refuses_bad_input(run_module, tmp_path, args, message):
-    base = {"registry": str(tmp_path / "registry.json"), "name": "t", "url": "https://m.example/t.qcow2",
-            "format": "qcow2", "size": 10}
-    record, _ = run_module("directdownload.kvm.template", dict(base, **args))
+    base = {
+        "registry": str(tmp_path / "registry.json"),
+        "name": "t",
+        "url": "https://m.example/t.qcow2",
+        "format": "qcow2",
+        "size": 10,
+    }
+    record, _unused = run_module("directdownload.kvm.template", dict(base, **args))
     assert record["status"] == "failed"
     assert message in record["result"]["msg"]
     assert not (tmp_path / "registry.json").exists()
@@ -198,27 +238,44 @@ def test_template_module_refuses_bad_input(run_module, tmp_path, args, message):
 def test_registry_errors_reach_the_operator(run_module, tmp_path):
     registry = tmp_path / "registry.json"
     registry.write_text('{"schema_version": 1, "templates": {')
-    record, _ = run_module("directdownload.kvm.template", {"registry": str(registry), "name": "t",
-                                                           "url": "https://m.example/t.qcow2", "format": "qcow2",
-                                                           "size": 1})
+    record, _unused = run_module(
+        "directdownload.kvm.template",
+        {"registry": str(registry), "name": "t", "url": "https://m.example/t.qcow2", "format": "qcow2", "size": 1},
+    )
     assert record["status"] == "failed" and "is not valid JSON" in record["result"]["msg"]
     assert registry.read_text() == '{"schema_version": 1, "templates": {'
     registry.write_text('{"schema_version": 99}')
-    record, _ = run_module("directdownload.kvm.template_info", {"registry": str(registry)})
+    record, _unused = run_module("directdownload.kvm.template_info", {"registry": str(registry)})
     assert record["status"] == "failed" and "newer than this collection understands" in record["result"]["msg"]
 
 
 def test_template_copy_and_info_check_real_check(run_module, tmp_path):
     registry = str(tmp_path / "registry.json")
-    template, _ = run_module("directdownload.kvm.template", {"registry": registry, "name": "t", "size": 10,
-                                                             "url": "https://m.example/t.qcow2", "format": "qcow2",
-                                                             "http_headers": {"X-Token": SECRET}})
+    template, _unused = run_module(
+        "directdownload.kvm.template",
+        {
+            "registry": registry,
+            "name": "t",
+            "size": 10,
+            "url": "https://m.example/t.qcow2",
+            "format": "qcow2",
+            "http_headers": {"X-Token": SECRET},
+        },
+    )
     template_id = template["result"]["template"]["id"]
-    args = {"registry": registry, "template": "t", "host": "kvm1", "pool": "/pool", "install_path": "/pool/" + template_id,
-            "size": 100, "virtual_size": VIRTUAL, "checksum": "{SHA-256}" + "a" * 64}
+    args = {
+        "registry": registry,
+        "template": "t",
+        "host": "kvm1",
+        "pool": "/pool",
+        "install_path": "/pool/" + template_id,
+        "size": 100,
+        "virtual_size": VIRTUAL,
+        "checksum": "{SHA-256}" + "a" * 64,
+    }
     assert run_module("directdownload.kvm.template_copy", args, check=True)[0]["status"] == "changed"
     assert read_registry(registry)["copies"] == []
-    real, _ = run_module("directdownload.kvm.template_copy", args, diff=True)
+    real, _unused = run_module("directdownload.kvm.template_copy", args, diff=True)
     assert real["status"] == "changed"
     copy = real["result"]["template_copy"]
     assert (copy["template_id"], copy["state"], copy["download_state"]) == (template_id, "Ready", "DOWNLOADED")
@@ -228,37 +285,68 @@ def test_template_copy_and_info_check_real_check(run_module, tmp_path):
 
     # info: never changes anything, in or out of check mode; filters; secrets masked unless asked
     info_args = {"registry": registry, "host": "kvm1"}
-    results = [run_module("directdownload.kvm.template_info", info_args, check=check)[0] for check in (True, False, True)]
+    results = [
+        run_module("directdownload.kvm.template_info", info_args, check=check)[0] for check in (True, False, True)
+    ]
     assert [r["status"] for r in results] == ["ok", "ok", "ok"]
     info = results[1]["result"]
     assert [c["host"] for c in info["copies"]] == ["kvm1"] and info["exists"] is True
     assert info["templates"][0]["http_headers"] == {"X-Token": "********"}
-    assert run_module("directdownload.kvm.template_info", {"registry": registry, "host": "kvm9"})[0]["result"]["copies"] == []
-    revealed, run = run_module("directdownload.kvm.template_info", {"registry": registry, "name": "t",
-                                                                    "reveal_secrets": True})
+    assert (
+        run_module("directdownload.kvm.template_info", {"registry": registry, "host": "kvm9"})[0]["result"]["copies"]
+        == []
+    )
+    revealed, run = run_module(
+        "directdownload.kvm.template_info", {"registry": registry, "name": "t", "reveal_secrets": True}
+    )
     assert revealed["result"]["template"]["http_headers"] == {"X-Token": SECRET}
 
     # absent by id, check-mode triple
     gone = {"registry": registry, "template_id": template_id, "host": "kvm1", "pool": "/pool", "state": "absent"}
-    assert [run_module("directdownload.kvm.template_copy", gone, check=c)[0]["status"] for c in (True, False, True)] \
-        == ["changed", "changed", "ok"]
+    assert [
+        run_module("directdownload.kvm.template_copy", gone, check=c)[0]["status"] for c in (True, False, True)
+    ] == ["changed", "changed", "ok"]
 
 
 def test_template_copy_needs_a_registered_template(run_module, tmp_path):
-    record, _ = run_module("directdownload.kvm.template_copy", {"registry": str(tmp_path / "r.json"), "template": "nope",
-                                                                "host": "h", "pool": "p", "install_path": "/p/x"})
+    record, _unused = run_module(
+        "directdownload.kvm.template_copy",
+        {"registry": str(tmp_path / "r.json"), "template": "nope", "host": "h", "pool": "p", "install_path": "/p/x"},
+    )
     assert record["status"] == "failed" and "no template nope in the registry" in record["result"]["msg"]
 
 
 def test_lookup_returns_the_record_masked(run_playbook, tmp_path, run_module):
     registry = str(tmp_path / "registry.json")
-    run_module("directdownload.kvm.template", {"registry": registry, "name": "t", "size": 10, "format": "qcow2",
-                                               "url": "https://m.example/t.qcow2", "http_headers": {"X-Token": SECRET}})
-    run = run_playbook([{"hosts": "localhost", "gather_facts": False, "tasks": [
-        {"name": "Look up", "ansible.builtin.set_fact": {
-            "found": "{{ lookup('directdownload.kvm.template', 't', registry='%s') }}" % registry,
-            "missing": "{{ lookup('directdownload.kvm.template', 'nope', registry='%s', missing='empty') }}" % registry}},
-    ]}])
+    run_module(
+        "directdownload.kvm.template",
+        {
+            "registry": registry,
+            "name": "t",
+            "size": 10,
+            "format": "qcow2",
+            "url": "https://m.example/t.qcow2",
+            "http_headers": {"X-Token": SECRET},
+        },
+    )
+    run = run_playbook(
+        [
+            {
+                "hosts": "localhost",
+                "gather_facts": False,
+                "tasks": [
+                    {
+                        "name": "Look up",
+                        "ansible.builtin.set_fact": {
+                            "found": "{{ lookup('directdownload.kvm.template', 't', registry='%s') }}" % registry,
+                            "missing": "{{ lookup('directdownload.kvm.template', 'nope', registry='%s', missing='empty') }}"
+                            % registry,
+                        },
+                    },
+                ],
+            }
+        ]
+    )
     facts = task(run, "Look up")["result"]["ansible_facts"]
     assert facts["found"]["name"] == "t" and facts["found"]["http_headers"] == {"X-Token": "********"}
     assert facts["missing"] == {}
@@ -271,18 +359,20 @@ def test_url_check_module_is_read_only_and_reports(run_module, mirror, mirror_ro
     result = results[1]["result"]
     assert result["reachable"] is True and result["virtual_size"] == VIRTUAL
     assert result["size"] == os.path.getsize(mirror_root / "disk.qcow2.gz") and result["compression"] == "gzip"
-    unreachable, _ = run_module("directdownload.kvm.url_check", {"url": mirror.url("missing.qcow2"), "format": "qcow2"})
+    unreachable, _unused = run_module(
+        "directdownload.kvm.url_check", {"url": mirror.url("missing.qcow2"), "format": "qcow2"}
+    )
     assert unreachable["status"] == "ok" and unreachable["result"]["reachable"] is False
     assert "HTTP 404" in unreachable["result"]["error"]
-    failing, _ = run_module("directdownload.kvm.url_check", {"url": mirror.url("missing.qcow2"),
-                                                             "fail_on_unreachable": True})
+    failing, _unused = run_module(
+        "directdownload.kvm.url_check", {"url": mirror.url("missing.qcow2"), "fail_on_unreachable": True}
+    )
     assert failing["status"] == "failed" and "cannot reach" in failing["result"]["msg"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # registration flow
 # ---------------------------------------------------------------------------------------------------------------
-
 
 
 def probe_records(run):
@@ -320,12 +410,21 @@ def test_register_reachable_only_from_the_third_host(run_playbook, tmp_path, mir
     inv = inventory(tmp_path, hosts)
     registry = tmp_path / "registry.json"
     with ImageServer(mirror_root, ssl_context=ca.server_context()) as server:
-        run = register(run_playbook, inv, registry, server.url("disk.qcow2"), probe_hosts=["kvm1", "kvm2", "kvm3"],
-                       template_http_headers={"Authorization": SECRET})
+        run = register(
+            run_playbook,
+            inv,
+            registry,
+            server.url("disk.qcow2"),
+            probe_hosts=["kvm1", "kvm2", "kvm3"],
+            template_http_headers={"Authorization": SECRET},
+        )
         requests = list(server.requests)
     probes = probe_records(run)
-    assert [(r["task"][-4:], r["result"]["reachable"]) for r in probes] == [("kvm1", False), ("kvm2", False),
-                                                                             ("kvm3", True)]
+    assert [(r["task"][-4:], r["result"]["reachable"]) for r in probes] == [
+        ("kvm1", False),
+        ("kvm2", False),
+        ("kvm3", True),
+    ]
     assert "certificate" in probes[0]["result"]["error"].lower()
     template = task(run, "Register the template")["result"]["template"]
     assert template["checked_on"] == "kvm3" and template["virtual_size"] == VIRTUAL
@@ -350,11 +449,14 @@ def test_register_reachable_from_none_names_every_host(run_playbook, tmp_path, m
     assert not registry.exists() or read_registry(registry)["templates"] == {}
 
 
-@pytest.mark.parametrize("name, extra, message", [
-    ("disk.vhd", {}, "please specify a valid qcow2 URL"),
-    ("disk.qcow2", {"template_checksum": "{SHA-256}0123"}, "a SHA-256 checksum has 64 hex characters, got 4"),
-    ("disk.qcow2", {"template_checksum": "{SHA-256}" + "g" * 64}, "must be hexadecimal"),
-])
+@pytest.mark.parametrize(
+    "name, extra, message",
+    [
+        ("disk.vhd", {}, "please specify a valid qcow2 URL"),
+        ("disk.qcow2", {"template_checksum": "{SHA-256}0123"}, "a SHA-256 checksum has 64 hex characters, got 4"),
+        ("disk.qcow2", {"template_checksum": "{SHA-256}" + "g" * 64}, "must be hexadecimal"),
+    ],
+)
 def test_register_refuses_bad_input_before_probing(run_playbook, tmp_path, mirror, name, extra, message):
     inv = inventory(tmp_path, local_pools(tmp_path, ["kvm1"]))
     run = register(run_playbook, inv, tmp_path / "registry.json", mirror.url(name), expect_rc=2, **extra)
@@ -368,8 +470,9 @@ def test_register_refuses_size_zero(run_playbook, tmp_path, mirror):
     run = register(run_playbook, inv, registry, mirror.url("empty.raw"), expect_rc=2, format="raw")
     assert "size is 0 or unknown" in task(run, "Register the template")["result"]["msg"]
     assert not registry.exists() or read_registry(registry)["templates"] == {}
-    allowed = register(run_playbook, inv, registry, mirror.url("empty.raw"), format="raw",
-                       template_allow_unknown_size=True)
+    allowed = register(
+        run_playbook, inv, registry, mirror.url("empty.raw"), format="raw", template_allow_unknown_size=True
+    )
     assert task(allowed, "Register the template")["status"] == "changed"
 
 
@@ -377,8 +480,10 @@ def test_register_refuses_a_url_that_serves_another_format(run_playbook, tmp_pat
     inv = inventory(tmp_path, local_pools(tmp_path, ["kvm1"]))
     registry = tmp_path / "registry.json"
     run = register(run_playbook, inv, registry, mirror.url("disk.img"), expect_rc=2, format="raw")
-    assert "serves a qcow2 image (kvm1 read its first bytes), not raw" in \
-        task(run, "Refuse a URL that serves another format")["result"]["msg"]
+    assert (
+        "serves a qcow2 image (kvm1 read its first bytes), not raw"
+        in task(run, "Refuse a URL that serves another format")["result"]["msg"]
+    )
     assert not registry.exists() or read_registry(registry)["templates"] == {}
 
 
@@ -386,13 +491,15 @@ def test_register_refuses_a_url_that_serves_another_format(run_playbook, tmp_pat
 # deploy flow
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def registered(run_playbook, tmp_path, mirror, hosts, groups=None, probe_host=None, **extra):
     """Inventory with ``hosts``, and the template ``disk`` (the gzip qcow2) registered, probed from ``probe_host``
     (default the first host). The mirror's request log is cleared afterwards."""
     inv = inventory(tmp_path, hosts, groups)
     registry = tmp_path / "registry.json"
-    register(run_playbook, inv, registry, mirror.url("disk.qcow2.gz"), probe_hosts=[probe_host or next(iter(hosts))],
-             **extra)
+    register(
+        run_playbook, inv, registry, mirror.url("disk.qcow2.gz"), probe_hosts=[probe_host or next(iter(hosts))], **extra
+    )
     template = read_registry(registry)["templates"]["disk"]
     mirror.clear_requests()
     return inv, registry, template
@@ -403,8 +510,8 @@ def test_deploy_two_hosts_local_pools_then_nothing_to_do(run_playbook, tmp_path,
     run = deploy(run_playbook, inv, registry)
     assert len(image_gets(mirror, "disk.qcow2.gz")) == 2
     copies = read_registry(registry)["copies"]
-    assert sorted((c["host"], c["pool"]) for c in copies) == [("kvm1", str(tmp_path / "pool-kvm1")),
-                                                               ("kvm2", str(tmp_path / "pool-kvm2"))]
+    expected = [("kvm1", str(tmp_path / "pool-kvm1")), ("kvm2", str(tmp_path / "pool-kvm2"))]
+    assert sorted((c["host"], c["pool"]) for c in copies) == expected
     for copy in copies:
         assert copy["install_path"] == str(tmp_path / ("pool-" + copy["host"]) / template["id"])
         assert Path(copy["install_path"]).is_file()
@@ -442,15 +549,17 @@ def test_deploy_check_real_check(run_playbook, tmp_path, mirror):
     assert len(read_registry(registry)["copies"]) == 1 and len(image_gets(mirror, "disk.qcow2.gz")) == 1
 
 
-def test_deploy_shared_pool_rotates_when_the_first_host_cannot_reach_the_mirror(run_playbook, tmp_path, mirror,
-                                                                                  dead_proxy):
+def test_deploy_shared_pool_rotates_when_the_first_host_cannot_reach_the_mirror(
+    run_playbook, tmp_path, mirror, dead_proxy
+):
     shared = tmp_path / "shared-pool"
     shared.mkdir()
     pools = [{"path": str(shared), "name": "nfs-primary", "shared": True, "cluster": "cluster1"}]
     hosts = {name: {"directdownload_pools": pools} for name in ("kvm1", "kvm2", "kvm3")}
     hosts["kvm1"]["directdownload_proxy"] = dead_proxy  # kvm1's network path to the mirror is broken
-    inv, registry, _ = registered(run_playbook, tmp_path, mirror, hosts, groups={"cluster1": ["kvm1", "kvm2", "kvm3"]},
-                                  probe_host="kvm2")
+    inv, registry, _unused = registered(
+        run_playbook, tmp_path, mirror, hosts, groups={"cluster1": ["kvm1", "kvm2", "kvm3"]}, probe_host="kvm2"
+    )
     run = deploy(run_playbook, inv, registry, deploy_hosts="kvm1")
     attempts = tasks_starting(run, "Download the template into the pool on")
     assert attempts[0]["task"].endswith("kvm1") and attempts[0]["status"] == "failed"
@@ -467,7 +576,9 @@ def test_deploy_shared_pool_rotates_when_the_first_host_cannot_reach_the_mirror(
     everyone = deploy(run_playbook, inv, registry)
     assert everyone.changed_tasks() == [] and len(image_gets(mirror, "disk.qcow2.gz")) == 1
     for host in ("kvm1", "kvm2", "kvm3"):
-        assert task(everyone, "Show what was done", host=host)["result"]["msg"] == ["nfs-primary | present | " + downloader]
+        assert task(everyone, "Show what was done", host=host)["result"]["msg"] == [
+            "nfs-primary | present | " + downloader
+        ]
 
 
 def test_deploy_checksum_mismatch_stops_without_rotation(run_playbook, tmp_path, mirror):
@@ -475,8 +586,14 @@ def test_deploy_checksum_mismatch_stops_without_rotation(run_playbook, tmp_path,
     shared.mkdir()
     pools = [{"path": str(shared), "name": "nfs-primary", "shared": True, "cluster": "cluster1"}]
     hosts = {name: {"directdownload_pools": pools} for name in ("kvm1", "kvm2", "kvm3")}
-    inv, registry, _ = registered(run_playbook, tmp_path, mirror, hosts, groups={"cluster1": ["kvm1", "kvm2", "kvm3"]},
-                                  template_checksum="sha256:" + "0" * 64)
+    inv, registry, _unused = registered(
+        run_playbook,
+        tmp_path,
+        mirror,
+        hosts,
+        groups={"cluster1": ["kvm1", "kvm2", "kvm3"]},
+        template_checksum="sha256:" + "0" * 64,
+    )
     run = deploy(run_playbook, inv, registry, deploy_hosts="kvm1", expect_rc=2)
     attempts = tasks_starting(run, "Download the template into the pool on")
     assert [a["task"][-4:] for a in attempts] == ["kvm1"], "a checksum mismatch is not retried on other hosts"
@@ -502,15 +619,16 @@ def test_deploy_vanished_copy_is_downloaded_again(run_playbook, tmp_path, mirror
 
 
 def test_two_concurrent_deploys_of_one_template_to_one_pool_download_once(run_playbook, tmp_path, mirror):
-    inv, registry, _ = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1"]))
+    inv, registry, _unused = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1"]))
     # slow the image down so that both runs overlap: the second must wait for the first one's claim
     mirror.set_fault("/disk.qcow2.gz", rate=1 * MiB)
     extra = {"directdownload_registry": str(registry), "template_name": "disk", "deploy_claim_delay": 1}
     runs = {}
 
     def run_in(name):
-        runs[name] = run_playbook_in(tmp_path / name, PLAYBOOKS / "deploy_template.yml", inventory=inv,
-                                     extra_vars=extra, expect_rc=None)
+        runs[name] = run_playbook_in(
+            tmp_path / name, PLAYBOOKS / "deploy_template.yml", inventory=inv, extra_vars=extra, expect_rc=None
+        )
 
     threads = [threading.Thread(target=run_in, args=(name,)) for name in ("first", "second")]
     for thread in threads:
@@ -530,24 +648,32 @@ def test_two_concurrent_deploys_of_one_template_to_one_pool_download_once(run_pl
 # unregister flow
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_unregister_keeps_copies_then_purge_by_id_deletes_them(run_playbook, tmp_path, mirror):
     inv, registry, template = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1", "kvm2"]))
     deploy(run_playbook, inv, registry)
     files = [tmp_path / ("pool-" + h) / template["id"] for h in ("kvm1", "kvm2")]
     assert all(f.is_file() for f in files)
 
-    run = run_playbook(PLAYBOOKS / "unregister_template.yml", inventory=inv,
-                       extra_vars={"directdownload_registry": str(registry), "template_name": "disk"})
+    run = run_playbook(
+        PLAYBOOKS / "unregister_template.yml",
+        inventory=inv,
+        extra_vars={"directdownload_registry": str(registry), "template_name": "disk"},
+    )
     assert task(run, "Unregister the template")["status"] == "changed"
     doc = read_registry(registry)
     assert doc["templates"] == {} and len(doc["copies"]) == 2 and all(f.is_file() for f in files)
 
-    purge = run_playbook(PLAYBOOKS / "unregister_template.yml", inventory=inv,
-                         extra_vars={"directdownload_registry": str(registry), "template_id": template["id"],
-                                     "purge": True})
+    purge = run_playbook(
+        PLAYBOOKS / "unregister_template.yml",
+        inventory=inv,
+        extra_vars={"directdownload_registry": str(registry), "template_id": template["id"], "purge": True},
+    )
     assert len(task_records(purge, "Delete the copies from their pools")) == 1
     assert read_registry(registry)["copies"] == [] and not any(f.exists() for f in files)
-    assert not any(p.name.endswith(".ddinfo.json") for h in ("kvm1", "kvm2") for p in (tmp_path / ("pool-" + h)).iterdir())
+    assert not any(
+        p.name.endswith(".ddinfo.json") for h in ("kvm1", "kvm2") for p in (tmp_path / ("pool-" + h)).iterdir()
+    )
 
 
 def test_unregister_with_purge_deletes_files_and_records(run_playbook, tmp_path, mirror):

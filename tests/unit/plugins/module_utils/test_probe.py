@@ -18,11 +18,16 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import plain_source_factory
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
+from ansible_collections.directdownload.kvm.tests.unit.lib import nfs as nfs_lib
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 from ansible_collections.directdownload.kvm.tests.unit.lib.tls import TestCA
 
 MiB = images.MiB
 VIRTUAL = 96 * MiB
+
+# The shared loopback nfs-ganesha server of tests/unit/lib/nfs.py and a fresh export directory per test.
+nfs_server = nfs_lib.nfs_server
+nfs_export = nfs_lib.nfs_export
 
 
 def opener(**options):
@@ -234,6 +239,21 @@ def test_metalink_with_no_reachable_mirror(server, root):
     assert result["reachable"] is False
     assert "no mirror of the metalink answered" in result["error"]
     assert len(result["mirror_errors"]) == 2
+
+
+def test_nfs_url_is_probed_through_the_nfs_source(nfs_export, root):
+    """CloudStack's NFS checker only parses the URL and reports no size; here the host really reads it."""
+    nfs_export.write("disk.qcow2.xz", (root / "disk.qcow2.xz").read_bytes())
+    nfs_export.write("netinst.iso", (root / "netinst.iso").read_bytes())
+    open_nfs = plain_source_factory(_probe.PlainSourceOptions(SourceOptions(trust_dir=None), nfs_transport="libnfs"))
+    result = _probe.probe_url(nfs_export.url("disk.qcow2.xz"), open_nfs, image_format="qcow2")
+    assert result["reachable"] is True and result["status"] is None
+    assert result["size"] == os.path.getsize(root / "disk.qcow2.xz")
+    assert (result["compression"], result["format_detected"], result["virtual_size"]) == ("xz", "qcow2", VIRTUAL)
+    iso = _probe.probe_url(nfs_export.url("netinst.iso"), open_nfs, image_format="iso")
+    assert iso["format_detected"] == "iso" and iso["format_matches"] is True
+    missing = _probe.probe_url(nfs_export.url("missing.qcow2"), open_nfs, image_format="qcow2")
+    assert missing["reachable"] is False and missing["error"]
 
 
 def test_bad_url_raises():

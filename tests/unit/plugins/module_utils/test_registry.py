@@ -233,7 +233,7 @@ def test_templates_upsert_get_remove():
 
 def test_public_template_masks_secrets():
     doc = reg.empty_document()
-    _, record = reg.upsert_template(doc, TEMPLATE)
+    _before, record = reg.upsert_template(doc, TEMPLATE)
     shown = reg.public_template(record)
     assert shown["http_headers"] == {"Authorization": reg.MASK}
     assert "pw" not in shown["url"] and "abc" not in shown["url"]
@@ -310,9 +310,9 @@ def test_certificates_and_host_status():
     assert reg.list_certificates(doc, host="kvm2")[0]["hosts"] == {"kvm2": doc["certificates"]["mirror-ca"]["hosts"]["kvm2"]}
     assert reg.list_certificates(doc, host="kvm9") == []
     # same PEM with other metadata keeps host statuses; a new PEM resets them
-    _, after = reg.upsert_certificate(doc, "mirror-ca", "PEM1", subject="CN=ca", zone="z2")
+    _before, after = reg.upsert_certificate(doc, "mirror-ca", "PEM1", subject="CN=ca", zone="z2")
     assert set(after["hosts"]) == {"kvm1", "kvm2"}
-    _, after = reg.upsert_certificate(doc, "mirror-ca", "PEM2", subject="CN=ca2")
+    _before, after = reg.upsert_certificate(doc, "mirror-ca", "PEM2", subject="CN=ca2")
     assert after["hosts"] == {}
     with pytest.raises(ValueError, match="must be one of"):
         reg.set_certificate_host_status(doc, "mirror-ca", "kvm1", "DONE")
@@ -372,7 +372,7 @@ def test_64_concurrent_writer_processes_lose_no_update(tmp_path):
                 proc.wait()
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err
-    latencies = sorted(lat for out, _ in outputs for lat in json.loads(out))
+    latencies = sorted(lat for out, _err in outputs for lat in json.loads(out))
     doc = Registry(path).read()
     expected = {"w%02d-%03d" % (n, i) for n in range(writers) for i in range(per_writer)}
     assert set(doc["templates"]) == expected, "lost updates: %s" % sorted(expected - set(doc["templates"]))[:10]
@@ -418,10 +418,10 @@ def test_kill_9_during_writes_leaves_valid_file_with_every_committed_record(tmp_
         try:
             time.sleep(0.4 + 0.05 * round_number)  # kill at varying points
         finally:
-            for _, proc in writers:
+            for _name, proc in writers:
                 os.kill(proc.pid, signal.SIGKILL)
             for name, proc in writers:
-                out, _ = proc.communicate()
+                out, _err = proc.communicate()
                 lines = [int(line) for line in out.split()]
                 committed[name] = lines[-1] if lines else -1
         # after every round the file is valid JSON and holds every committed record
