@@ -28,6 +28,7 @@ from ansible_collections.directdownload.kvm.tests.unit.lib.tls import TestCA
 HOST_COUNT = 3
 # A hung playbook fails the test (and the fixtures still tear the hosts down) instead of blocking the run.
 PLAYBOOK_TIMEOUT = 300
+KEYSTORE_SECRET = "test-keystore-secret"
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_story_across_three_hosts(kvm_hosts, mirror, run_playbook, tmp_path):
 
     # A CloudStack agent is installed on each host: its keystore password lives in agent.properties.
     for name in hosts.names:
-        hosts.ssh(name, "mkdir -p /etc/cloudstack/agent && echo keystore.passphrase=test-keystore-secret"
+        hosts.ssh(name, f"mkdir -p /etc/cloudstack/agent && echo keystore.passphrase={KEYSTORE_SECRET}"
                         " > /etc/cloudstack/agent/agent.properties")
 
     # 1. The agent role over SSH: packages already present (ok), settings, trust directory, both pools.
@@ -137,8 +138,13 @@ def test_story_across_three_hosts(kvm_hosts, mirror, run_playbook, tmp_path):
 
     # 2. The mirror's CA goes to every host (keystore and trust directory); the status is recorded per host.
     run = play(PLAYBOOKS / "upload_certificate.yml", extra_vars=certificate_vars)
+    statuses = json.loads(registry.read_text())["certificates"]["mirror-ca"]["hosts"]
+    assert {name: statuses[name]["status"] for name in hosts.names} == {name: "UPLOADED" for name in hosts.names}
+    assert KEYSTORE_SECRET not in run.stdout + run.stderr
     for name in hosts.names:
         assert hosts.ssh(name, "ls /etc/directdownload/trust.d").stdout.split() != []
+        assert "mirror-ca" in hosts.ssh(name, f"keytool -list -storepass {KEYSTORE_SECRET} "
+                                              "-keystore /etc/cloudstack/agent/cloud.jks").stdout
 
     # 3. Register: the URL is probed over HTTPS from a random KVM host, which trusts the uploaded CA.
     run = play(PLAYBOOKS / "register_template.yml", extra_vars=template_a)
