@@ -68,8 +68,8 @@ _MAGICS = (
 )
 # ISO 9660 volume descriptors start at sector 16; "CD001" follows the type byte. Sectors 17 and 18 are checked
 # too, in case the first descriptor was damaged or the image only carries later ones.
-_ISO_OFFSETS = (32769, 34817, 36865)
-_QCOW2_MAGIC = b"QFI\xfb"
+ISO_OFFSETS = _ISO_OFFSETS = (32769, 34817, 36865)
+QCOW2_MAGIC = _QCOW2_MAGIC = b"QFI\xfb"
 _QCOW2_EXT_DATA_FILE = 0x44415441
 _QCOW2_INCOMPAT_DATA_FILE = 1 << 2
 # Formats we refuse anyway, recognised here so that qemu-img never opens them: a VMDK descriptor can name other
@@ -145,16 +145,28 @@ def is_iso(path):
     return False
 
 
+def compression_from_head(head):
+    """``gzip|bzip2|xz|zip|zstd`` from the first bytes of a stream, or None. ``url_check`` uses it on the head of a
+    remote file; :func:`detect_compression` on a file."""
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[3:4] != b"0":
+        return "bzip2"
+    return next((name for magic, name in _MAGICS if head.startswith(magic)), None)
+
+
+def foreign_format_from_head(head):
+    """The name of a disk format we refuse (vmdk, vhdx, vpc, qed, luks, vdi) from the first 72 bytes, or None."""
+    for offset, magic, name in _FOREIGN_MAGICS:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    return None
+
+
 def detect_compression(path):
     """``gzip|bzip2|xz|zip|zstd`` from the magic bytes, never from the name; None when not compressed.
 
     An ISO answers None whatever its first bytes are (its first 32 KiB are a free system area).
     """
-    head = _read_at(path, 0, 8)
-    if head[:3] == b"BZh" and head[3:4].isdigit() and head[3:4] != b"0":
-        kind = "bzip2"
-    else:
-        kind = next((name for magic, name in _MAGICS if head.startswith(magic)), None)
+    kind = compression_from_head(_read_at(path, 0, 8))
     if kind is not None and is_iso(path):
         return None
     return kind
@@ -456,11 +468,7 @@ def _qcow2_header_facts(path):
 
 
 def _sniff_foreign_format(path):
-    head = _read_at(path, 0, 72)
-    for offset, magic, name in _FOREIGN_MAGICS:
-        if head[offset:offset + len(magic)] == magic:
-            return name
-    return None
+    return foreign_format_from_head(_read_at(path, 0, 72))
 
 
 def _run_qemu_img_info(path, fmt, qemu_img, timeout):

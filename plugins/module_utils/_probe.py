@@ -31,10 +31,10 @@ import zlib
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
 # The magic tables of the installer: one definition of "what is this file" for probe and install.
 from ansible_collections.directdownload.kvm.plugins.module_utils._install import (
-    _FOREIGN_MAGICS as FOREIGN_MAGICS,
-    _ISO_OFFSETS as ISO_OFFSETS,
-    _MAGICS as COMPRESSION_MAGICS,
-    _QCOW2_MAGIC as QCOW2_MAGIC,
+    ISO_OFFSETS,
+    QCOW2_MAGIC,
+    compression_from_head,
+    foreign_format_from_head,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_url, redact_url
 
@@ -63,13 +63,6 @@ class PlainSourceOptions:
 # --------------------------------------------------------------------------------------------------------------
 # Reading image heads (pure functions on bytes)
 # --------------------------------------------------------------------------------------------------------------
-
-def compression_of(head):
-    """``gzip|bzip2|xz|zip|zstd`` from the first bytes, or None (the same magic table as ``_install``)."""
-    if head[:3] == b"BZh" and head[3:4].isdigit() and head[3:4] != b"0":
-        return "bzip2"
-    return next((name for magic, name in COMPRESSION_MAGICS if head.startswith(magic)), None)
-
 
 def _zip_member_data(head):
     """The compressed data of the first member of a zip archive and its method, from the local file header."""
@@ -123,9 +116,9 @@ def detect_format(plain, complete=False):
     ``None`` when the bytes are too few to tell an ISO from raw (unless ``complete``: the whole file was read)."""
     if plain[:4] == QCOW2_MAGIC:
         return "qcow2"
-    for offset, magic, name in FOREIGN_MAGICS:
-        if plain[offset:offset + len(magic)] == magic:
-            return name
+    foreign = foreign_format_from_head(plain)
+    if foreign:
+        return foreign
     start = plain[:1024].lstrip().lower()
     if start.startswith((b"<!doctype html", b"<html")):
         return "html"
@@ -143,7 +136,7 @@ def inspect_head(read_head, size=None):
     uncompressed: ``size``), and ``notes`` (list of str)."""
     notes = []
     head = read_head(HEAD_BYTES)
-    kind = compression_of(head)
+    kind = compression_from_head(head)
     plain = head
     if kind is not None:
         plain = decompress_head(head, kind)

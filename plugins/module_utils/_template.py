@@ -23,7 +23,7 @@ where users were hurt:
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
@@ -60,30 +60,6 @@ PROBE_FIELDS = ("size", "virtual_size", "checked_on", "checked_at")
 PROBED_BY = ("url", "format", "http_headers")
 
 _CLOUDSTACK_HEADER_PREFIX = "HTTP_HEADER:"
-
-
-# Query string values shorter than this are not treated as secrets (``?version=4``); signatures and tokens are long.
-MIN_SECRET_QUERY_VALUE = 8
-
-
-def url_secret_values(url):
-    """The parts of ``url`` that are secrets: the password of its user info, and long query string values
-    (pre-signed URLs carry signatures there). Modules add them to ``no_log_values`` so that Ansible masks them
-    everywhere, including the echoed module arguments."""
-    secrets = set()
-    if not isinstance(url, str):
-        return secrets
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return secrets
-    if password:
-        secrets.update((password, unquote(password)))
-    for _name, value in parse_qsl(parts.query, keep_blank_values=False):
-        if len(value) >= MIN_SECRET_QUERY_VALUE:
-            secrets.add(value)
-    return secrets
 
 
 def validate_name(name):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 SUPPORTED_SCHEMES = ("http", "https", "nfs")
 METALINK_SUFFIXES = (".metalink", ".meta4")
@@ -40,6 +40,30 @@ def redact_url(url):
             (item.split("=", 1)[0] + "=***") if "=" in item else item for item in query.split("&")
         )
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+# Query string values shorter than this are not treated as secrets (``?version=4``); signatures and tokens are long.
+MIN_SECRET_QUERY_VALUE = 8
+
+
+def url_secret_values(url):
+    """The parts of ``url`` that are secrets: the password of its user info, and long query string values
+    (pre-signed URLs carry signatures there). Modules add them to ``no_log_values`` so that Ansible masks them
+    everywhere, including the echoed module arguments."""
+    secrets = set()
+    if not isinstance(url, str):
+        return secrets
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return secrets
+    if password:
+        secrets.update((password, unquote(password)))
+    for _name, value in parse_qsl(parts.query, keep_blank_values=False):
+        if len(value) >= MIN_SECRET_QUERY_VALUE:
+            secrets.add(value)
+    return secrets
 
 
 def url_scheme(url):

@@ -355,7 +355,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_source
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_secret_values
 
 
 def build_request(module, settings):
@@ -401,6 +401,12 @@ def diff_for(decision, request):
     return {"before": before, "after": after}
 
 
+def retryable_elsewhere(exc):
+    """Could another host succeed? Transport errors yes; a TLS verification failure too (that host may lack the
+    uploaded CA), though it is not retried on this host. Checksum mismatches and refused images no."""
+    return exc.retryable or exc.details.get("reason") == "tls"
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -441,6 +447,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    # URL passwords and signed query strings: masked everywhere, the echoed module arguments included.
+    module.no_log_values.update(url_secret_values(params["url"]))
     try:
         settings = load_settings()
         request = build_request(module, settings)
@@ -463,7 +471,7 @@ def main():
     except DirectDownloadError as exc:
         failure = {key: value for key, value in exc.details.items() if key not in ("msg", "changed", "retryable")}
         failure.setdefault("url", redact_url(params["url"]))
-        module.fail_json(msg=exc.msg, retryable=exc.retryable, **failure)
+        module.fail_json(msg=exc.msg, retryable=retryable_elsewhere(exc), **failure)
     except ValueError as exc:  # settings file, or a name/path rule
         module.fail_json(msg=str(exc), retryable=False, url=redact_url(params["url"]))
     except OSError as exc:

@@ -236,7 +236,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
-from ansible_collections.directdownload.kvm.plugins.module_utils._template import build_template, changed_fields, url_secret_values
+from ansible_collections.directdownload.kvm.plugins.module_utils._template import build_template, changed_fields
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import url_secret_values
 
 
 def present(doc, params, stamp):

@@ -234,7 +234,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.directdownload.kvm.plugins.module_utils import _probe
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
-from ansible_collections.directdownload.kvm.plugins.module_utils._template import url_secret_values
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import url_secret_values
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
 
 HTTP_IMP_ERR = None

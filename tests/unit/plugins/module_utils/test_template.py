@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _template as tpl
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import url_secret_values
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 
 SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -258,7 +259,7 @@ def test_new_url_without_size_needs_a_probe():
 
 
 def test_url_secret_values():
-    assert tpl.url_secret_values("https://user:p%40ss@m.example/x.qcow2?sig=0123456789abcdef&v=4") == \
+    assert url_secret_values("https://user:p%40ss@m.example/x.qcow2?sig=0123456789abcdef&v=4") == \
         {"p%40ss", "p@ss", "0123456789abcdef"}
-    assert tpl.url_secret_values("https://m.example/x.qcow2") == set()
-    assert tpl.url_secret_values(None) == set()
+    assert url_secret_values("https://m.example/x.qcow2") == set()
+    assert url_secret_values(None) == set()
