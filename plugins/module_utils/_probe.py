@@ -53,7 +53,7 @@ ISO_NEEDS = max(ISO_OFFSETS) + 5
 
 
 class PlainSourceOptions:
-    """What ``_metalink.plain_source_factory`` reads from a request: the http(s) options and the NFS transport."""
+    """What ``_sources.open_plain_source`` reads from a request: the http(s) options and the NFS transport."""
 
     def __init__(self, source_options, nfs_transport="auto"):
         self.source_options = source_options

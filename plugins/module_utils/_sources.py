@@ -8,7 +8,34 @@
 from __future__ import annotations
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_url, redact_url, url_scheme
+
+
+# The options of the modules that reach image URLs (download, url_check); documented by the doc fragment
+# directdownload.kvm._transport.
+TRANSPORT_ARGUMENT_SPEC = dict(
+    headers=dict(type="dict", default={}, no_log=True),
+    ca_path=dict(type="path"),
+    trust_dir=dict(type="path"),
+    validate_certs=dict(type="bool", default=True),
+    client_cert=dict(type="path"),
+    client_key=dict(type="path", no_log=False),
+    connect_timeout=dict(type="float"),
+    read_timeout=dict(type="float"),
+    follow_redirects=dict(type="bool", default=True),
+    use_proxy=dict(type="bool", default=True),
+    proxy=dict(type="str"),
+    nfs_transport=dict(type="str", default="auto", choices=["auto", "mount", "libnfs"]),
+    metalink_name=dict(type="str"),
+    metalink_locations=dict(type="list", elements="str", default=[]),
+)
+
+
+def source_options_from_params(params, settings):
+    """SourceOptions from the transport options of a module; agent settings fill what the user left out.
+    ``use_proxy: false`` means "no proxy", even when the environment names one."""
+    return SourceOptions.from_params(dict(params, proxy=params["proxy"] if params["use_proxy"] else ""), settings)
 
 
 def open_source(url, request):

@@ -28,6 +28,7 @@ author:
   - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
+  - directdownload.kvm._transport
 attributes:
   check_mode:
     support: full
@@ -105,45 +106,6 @@ options:
       - Extract a compressed image (detected by content, not by suffix). ISOs are never extracted.
     type: bool
     default: true
-  headers:
-    description:
-      - HTTP headers to send, as CloudStack's C(HTTP_HEADER:<name>) template details do. Values are secrets and never
-        shown.
-    type: dict
-    default: {}
-  ca_path:
-    description:
-      - A PEM file, or a directory of PEM files, with CA certificates to trust in addition to the system CAs and
-        O(trust_dir).
-    type: path
-  trust_dir:
-    description:
-      - The directory of CA certificates uploaded with M(directdownload.kvm.certificate). Trusted in addition to
-        the system CAs.
-      - Default from the agent settings file C(/etc/directdownload/agent.json), else C(/etc/directdownload/trust.d).
-    type: path
-  validate_certs:
-    description:
-      - Verify the server certificate and host name. Only turn this off for tests.
-    type: bool
-    default: true
-  client_cert:
-    description:
-      - A PEM client certificate (with the key in it, or in O(client_key)) for servers that require one.
-    type: path
-  client_key:
-    description:
-      - The PEM private key of O(client_cert).
-    type: path
-  connect_timeout:
-    description:
-      - Seconds to wait for a connection. Default from the agent settings file, else 10.
-    type: float
-  read_timeout:
-    description:
-      - Seconds without receiving a byte before the transfer counts as stalled (an idle timeout, not a total one).
-        Default from the agent settings file, else 60.
-    type: float
   retries:
     description:
       - How many more attempts after a failed transfer (connection error, 5xx, truncated body, stall). Each attempt
@@ -154,21 +116,6 @@ options:
       - Seconds before the first retry; doubled for each further one, at most 30.
     type: float
     default: 1.0
-  follow_redirects:
-    description:
-      - Follow HTTP redirects (at most 10). A redirect from https to http is always refused. Credentials
-        (C(Authorization), C(Cookie)) are not sent on to another host.
-    type: bool
-    default: true
-  use_proxy:
-    description:
-      - Use the proxy from the environment (C(https_proxy), C(http_proxy), C(no_proxy)) or O(proxy).
-    type: bool
-    default: true
-  proxy:
-    description:
-      - A proxy URL to use instead of the environment's, for example C(http://proxy.example.com:3128).
-    type: str
   resume:
     description:
       - Resume an interrupted transfer from its C(.part) file. When false a leftover C(.part) is discarded.
@@ -185,25 +132,6 @@ options:
         (several mirrors at once). V(1) downloads from one mirror at a time with failover.
     type: int
     default: 1
-  metalink_name:
-    description:
-      - Which C(<file>) of a Metalink document with several files to download.
-    type: str
-  metalink_locations:
-    description:
-      - Preferred mirror locations (ISO 3166-1 country codes as in the Metalink C(location) attribute), after
-        priority.
-    type: list
-    elements: str
-    default: []
-  nfs_transport:
-    description:
-      - How to read C(nfs://) URLs. V(mount) mounts the export read-only on a private temporary directory (root and a
-        kernel NFS client needed); V(libnfs) reads in userspace with C(libnfs-utils); V(auto) picks C(mount) when it
-        can, else C(libnfs).
-    type: str
-    default: auto
-    choices: [auto, mount, libnfs]
   block_size:
     description:
       - The I/O block size in bytes. All-zero blocks of this size are skipped (left as holes). 64 KiB was measured
@@ -352,9 +280,12 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.directdownload.kvm.plugins.module_utils import _download
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
-from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
-from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_source
+from ansible_collections.directdownload.kvm.plugins.module_utils._sources import (
+    TRANSPORT_ARGUMENT_SPEC,
+    open_source,
+    source_options_from_params,
+)
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_secret_values
 
 
@@ -364,10 +295,8 @@ def build_request(module, settings):
     if params["pool"]:
         from ansible_collections.directdownload.kvm.plugins.module_utils import _libvirt  # pylint: disable=import-outside-toplevel
         pool_path = _libvirt.pool_target_path(params["pool"], params["libvirt_uri"])
-    # Built for every scheme: NFS reads its timeouts from it, a metalink passes it to its mirrors. use_proxy=false
-    # means "no proxy", even when the environment names one.
-    source_options = SourceOptions.from_params(dict(params, proxy=params["proxy"] if params["use_proxy"] else ""),
-                                               settings)
+    # Built for every scheme: NFS reads its timeouts from it, a metalink passes it to its mirrors.
+    source_options = source_options_from_params(params, settings)
     return _download.DownloadRequest(
         url=params["url"],
         pool_path=pool_path,
@@ -420,27 +349,14 @@ def main():
             name=dict(type="str"),
             format=dict(type="str", choices=["qcow2", "raw", "iso"]),
             extract=dict(type="bool", default=True),
-            headers=dict(type="dict", default={}, no_log=True),
-            ca_path=dict(type="path"),
-            trust_dir=dict(type="path"),
-            validate_certs=dict(type="bool", default=True),
-            client_cert=dict(type="path"),
-            client_key=dict(type="path", no_log=False),
-            connect_timeout=dict(type="float"),
-            read_timeout=dict(type="float"),
             retries=dict(type="int"),
             retry_delay=dict(type="float", default=1.0),
-            follow_redirects=dict(type="bool", default=True),
-            use_proxy=dict(type="bool", default=True),
-            proxy=dict(type="str"),
             resume=dict(type="bool", default=True),
             force=dict(type="bool", default=False),
             connections=dict(type="int", default=1),
-            metalink_name=dict(type="str"),
-            metalink_locations=dict(type="list", elements="str", default=[]),
-            nfs_transport=dict(type="str", default="auto", choices=["auto", "mount", "libnfs"]),
             block_size=dict(type="int"),
             progress_interval=dict(type="float", default=2.0),
+            **TRANSPORT_ARGUMENT_SPEC
         ),
         required_one_of=[("pool_path", "pool")],
         mutually_exclusive=[("pool_path", "pool")],

@@ -27,6 +27,7 @@ author:
   - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
+  - directdownload.kvm._transport
   - directdownload.kvm._attributes.info_module
   - directdownload.kvm._attributes.idempotent_not_modify_state
 requirements:
@@ -44,11 +45,6 @@ options:
       - The format the template is registered with. When given, RV(format_matches) tells whether the image is one.
     type: str
     choices: [qcow2, raw, iso]
-  headers:
-    description:
-      - HTTP headers to send (the template's C(http_headers)). Values are secrets and never shown.
-    type: dict
-    default: {}
   read_header:
     description:
       - Read the first KiBs of the image to detect its format and virtual size. When false only C(HEAD) is sent.
@@ -59,67 +55,6 @@ options:
       - Fail the task when the URL cannot be reached, instead of returning RV(reachable=false).
     type: bool
     default: false
-  ca_path:
-    description:
-      - A PEM file, or a directory of PEM files, with CA certificates to trust in addition to the system CAs and
-        O(trust_dir).
-    type: path
-  trust_dir:
-    description:
-      - The directory of CA certificates uploaded with M(directdownload.kvm.certificate).
-      - Default from the agent settings file C(/etc/directdownload/agent.json), else C(/etc/directdownload/trust.d).
-    type: path
-  validate_certs:
-    description:
-      - Verify the server certificate and host name. Only turn this off for tests.
-    type: bool
-    default: true
-  client_cert:
-    description:
-      - A PEM client certificate (with its key, or the key in O(client_key)).
-    type: path
-  client_key:
-    description:
-      - The PEM private key of O(client_cert).
-    type: path
-  connect_timeout:
-    description:
-      - Seconds to wait for a connection. Default from the agent settings file, else 10.
-    type: float
-  read_timeout:
-    description:
-      - Seconds to wait for data. Default from the agent settings file, else 60.
-    type: float
-  follow_redirects:
-    description:
-      - Follow HTTP redirects (at most 10, never from https to http), as the download does.
-    type: bool
-    default: true
-  use_proxy:
-    description:
-      - Use the proxy from the environment or O(proxy).
-    type: bool
-    default: true
-  proxy:
-    description:
-      - A proxy URL to use instead of the environment's.
-    type: str
-  nfs_transport:
-    description:
-      - How to read C(nfs://) URLs; see M(directdownload.kvm.download).
-    type: str
-    default: auto
-    choices: [auto, mount, libnfs]
-  metalink_name:
-    description:
-      - Which C(<file>) of a Metalink document with several files to probe.
-    type: str
-  metalink_locations:
-    description:
-      - Preferred mirror locations (country codes), after priority.
-    type: list
-    elements: str
-    default: []
 seealso:
   - module: directdownload.kvm.template
   - module: directdownload.kvm.download
@@ -227,25 +162,17 @@ notes:
   elements: str
 """
 
-import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _probe
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
-from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import url_secret_values
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
-
-HTTP_IMP_ERR = None
-try:
-    from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
-    from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import plain_source_factory
-    HAS_SOURCES = True
-except ImportError:
-    SourceOptions = plain_source_factory = None
-    HAS_SOURCES = False
-    HTTP_IMP_ERR = traceback.format_exc()
+from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings
+from ansible_collections.directdownload.kvm.plugins.module_utils._sources import (
+    TRANSPORT_ARGUMENT_SPEC,
+    open_plain_source,
+    source_options_from_params,
+)
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_secret_values
 
 
 def main():
@@ -253,44 +180,22 @@ def main():
         argument_spec=dict(
             url=dict(type="str", required=True),
             format=dict(type="str", choices=["qcow2", "raw", "iso"]),
-            headers=dict(type="dict", default={}, no_log=True),
             read_header=dict(type="bool", default=True),
             fail_on_unreachable=dict(type="bool", default=False),
-            ca_path=dict(type="path"),
-            trust_dir=dict(type="path"),
-            validate_certs=dict(type="bool", default=True),
-            client_cert=dict(type="path"),
-            client_key=dict(type="path", no_log=False),
-            connect_timeout=dict(type="float"),
-            read_timeout=dict(type="float"),
-            follow_redirects=dict(type="bool", default=True),
-            use_proxy=dict(type="bool", default=True),
-            proxy=dict(type="str"),
-            nfs_transport=dict(type="str", default="auto", choices=["auto", "mount", "libnfs"]),
-            metalink_name=dict(type="str"),
-            metalink_locations=dict(type="list", elements="str", default=[]),
+            **TRANSPORT_ARGUMENT_SPEC
         ),
         supports_check_mode=True,
     )
     params = module.params
     module.no_log_values.update(url_secret_values(params["url"]))
-    if not HAS_SOURCES:
-        module.fail_json(msg=missing_required_lib("the directdownload.kvm HTTP source"), exception=HTTP_IMP_ERR)
     try:
         settings = load_settings()
-        options = SourceOptions(
-            headers=params["headers"],
-            ca_path=params["ca_path"],
-            trust_dir=option_or_setting(params, "trust_dir", settings),
-            validate_certs=params["validate_certs"],
-            client_cert=params["client_cert"],
-            client_key=params["client_key"],
-            connect_timeout=option_or_setting(params, "connect_timeout", settings),
-            read_timeout=option_or_setting(params, "read_timeout", settings),
-            follow_redirects=params["follow_redirects"],
-            proxy=params["proxy"] if params["use_proxy"] else "",
-        )
-        open_plain = plain_source_factory(_probe.PlainSourceOptions(options, params["nfs_transport"]))
+        options = source_options_from_params(params, settings)
+        request = _probe.PlainSourceOptions(options, params["nfs_transport"])
+
+        def open_plain(url):
+            return open_plain_source(url, request)
+
         result = _probe.probe_url(params["url"], open_plain, image_format=params["format"],
                                   read_header=params["read_header"], metalink_name=params["metalink_name"],
                                   locations=params["metalink_locations"])

@@ -1,0 +1,92 @@
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Note that this doc fragment is PRIVATE to the collection. It can have breaking changes at any time.
+# Do not use this from other collections or standalone plugins/modules!
+"""How a module on the KVM host reaches an image URL: the options that ``download`` and ``url_check`` share.
+
+Their argument spec is ``_sources.TRANSPORT_ARGUMENT_SPEC``; keep both in step.
+"""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+
+    DOCUMENTATION = r"""
+options:
+  headers:
+    description:
+      - HTTP headers to send, as CloudStack's C(HTTP_HEADER:<name>) template details do. Values are secrets and never
+        shown.
+    type: dict
+    default: {}
+  ca_path:
+    description:
+      - A PEM file, or a directory of PEM files, with CA certificates to trust in addition to the system CAs and
+        O(trust_dir).
+    type: path
+  trust_dir:
+    description:
+      - The directory of CA certificates uploaded with M(directdownload.kvm.certificate). Trusted in addition to
+        the system CAs.
+      - Default from the agent settings file C(/etc/directdownload/agent.json), else C(/etc/directdownload/trust.d).
+    type: path
+  validate_certs:
+    description:
+      - Verify the server certificate and host name. Only turn this off for tests.
+    type: bool
+    default: true
+  client_cert:
+    description:
+      - A PEM client certificate (with the key in it, or in O(client_key)) for servers that require one.
+    type: path
+  client_key:
+    description:
+      - The PEM private key of O(client_cert).
+    type: path
+  connect_timeout:
+    description:
+      - Seconds to wait for a connection. Default from the agent settings file, else 10.
+    type: float
+  read_timeout:
+    description:
+      - Seconds without receiving a byte before the transfer counts as stalled (an idle timeout, not a total one).
+        Default from the agent settings file, else 60.
+    type: float
+  follow_redirects:
+    description:
+      - Follow HTTP redirects (at most 10). A redirect from https to http is always refused. Credentials
+        (C(Authorization), C(Cookie)) are not sent on to another host.
+    type: bool
+    default: true
+  use_proxy:
+    description:
+      - Use the proxy from the environment (C(https_proxy), C(http_proxy), C(no_proxy)) or O(proxy).
+    type: bool
+    default: true
+  proxy:
+    description:
+      - A proxy URL to use instead of the environment's, for example C(http://proxy.example.com:3128).
+    type: str
+  nfs_transport:
+    description:
+      - How to read C(nfs://) URLs. V(mount) mounts the export read-only on a private temporary directory (root and a
+        kernel NFS client needed); V(libnfs) reads in userspace with C(libnfs-utils); V(auto) picks C(mount) when it
+        can, else C(libnfs).
+    type: str
+    default: auto
+    choices: [auto, mount, libnfs]
+  metalink_name:
+    description:
+      - Which C(<file>) of a Metalink document with several files to use.
+    type: str
+  metalink_locations:
+    description:
+      - Preferred mirror locations (ISO 3166-1 country codes as in the Metalink C(location) attribute), after
+        priority.
+    type: list
+    elements: str
+    default: []
+"""
