@@ -106,7 +106,8 @@ make_venv() {
     local want have=""
     want="$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)"
     [ -f "$VENV/.requirements.sha256" ] && have="$(cat "$VENV/.requirements.sha256")"
-    if [ "$want" = "$have" ]; then
+    # The stamp alone could hide a pip run that was interrupted: the key imports must work too.
+    if [ "$want" = "$have" ] && "$VENV/bin/python" -c 'import ansible, ansible_test, pytest, molecule' 2>/dev/null; then
         say "venv: requirements unchanged ($("$VENV/bin/python" -c 'import ansible; print("ansible-core", ansible.__version__)'))"
         return 0
     fi
