@@ -170,6 +170,9 @@ run_molecule() {
     local scenario
     for scenario in "${scenarios[@]}"; do
         echo "--- molecule test -s $scenario"
+        # Molecule keeps per-scenario state (e.g. "prepared") under ~/.ansible/tmp across runs and checkouts; a
+        # stale "prepared" would skip prepare.yml. Every run starts from a reset state.
+        (cd extensions && molecule reset -s "$scenario" >/dev/null 2>&1) || true
         if (cd extensions && molecule test -s "$scenario"); then
             write_junit_case "$JUNIT/molecule/$scenario.xml" "molecule-$scenario" passed
         else
