@@ -67,12 +67,15 @@ trap 'exit 130' INT TERM
 
 port_file="$DEMO/mirror.port"
 rm -f "$port_file"
-# Port 0: the kernel picks a free port; the server writes it down once it listens.
+# Port DEMO_PORT (default 8765), or any free port when it is taken; the server writes it down once it listens.
 "$VENV/bin/python" - "$MIRROR" "$port_file" > "$DEMO/mirror.log" 2>&1 <<'PY' &
 import functools, http.server, os, sys
 directory, port_file = sys.argv[1], sys.argv[2]
 handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+try:  # a fixed port keeps the template URL, so a second `make demo` re-registers nothing
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("DEMO_PORT", "8765"))), handler)
+except OSError:  # taken: any free port (the template is then registered again with the new URL)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 with open(port_file + ".tmp", "w") as f:
     f.write(str(server.server_address[1]))
 os.rename(port_file + ".tmp", port_file)
@@ -113,7 +116,7 @@ if [ ! -f "$PLAYBOOK" ]; then
 fi
 
 say "running playbooks/demo.yml on localhost"
-ANSIBLE_COLLECTIONS_PATH="$REPO/.build/collections" \
+ANSIBLE_COLLECTIONS_PATH="$REPO/.build/collections" DIRECTDOWNLOAD_SETTINGS="$DEMO/etc/agent.json" \
     "$VENV/bin/ansible-playbook" -i localhost, -c local -e "@$extra_vars" "$PLAYBOOK"
 for pool in "$DEMO"/pool*/; do
     say "${pool#"$REPO"/} holds:"
