@@ -625,7 +625,10 @@ class _Transfer:
 
 
 class _Progress:
-    """Writes the part's sidecar: resume state and progress figures for operators (bytes, total, rate, ETA)."""
+    """Writes the part's sidecar: resume state and progress figures for operators (bytes, total, rate, ETA), and
+    logs a progress line every LOG_INTERVAL seconds (module.log: syslog or the journal on the host)."""
+
+    LOG_INTERVAL = 30.0
 
     def __init__(self, transfer, start_offset, total, body):
         self.transfer = transfer
@@ -633,7 +636,11 @@ class _Progress:
         self.total = total
         self.body = body
         self.started = time.monotonic()
+        self.last_log = self.started
         self.started_at = int(transfer.now())
+        transfer.log("downloading %s into %s from byte %d of %s" % (
+            redact_url(getattr(body, "url", None) or transfer.request.url), transfer.part.path, start_offset,
+            total if total is not None else "an unknown size"))
 
     def save(self, copied):
         self.save_absolute(self.start_offset + copied)
@@ -644,6 +651,10 @@ class _Progress:
         eta = None
         if self.total and rate > 0:
             eta = round((self.total - done) / rate, 1)
+        if time.monotonic() - self.last_log >= self.LOG_INTERVAL:
+            self.last_log = time.monotonic()
+            self.transfer.log("%d of %s bytes, %.1f MB/s, ETA %s s" % (
+                done, self.total if self.total is not None else "?", rate / 1e6, eta if eta is not None else "?"))
         self.transfer.part.save_state({
             "identity": self.transfer.identity,
             "validators": getattr(self.body, "validators", None),
