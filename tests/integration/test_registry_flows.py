@@ -132,7 +132,7 @@ def register(run_playbook, inv, registry, url, expect_rc=0, **extra):
     return run_playbook(PLAYBOOKS / "register_template.yml", inventory=inv, extra_vars=extra_vars, expect_rc=expect_rc)
 
 
-def deploy(run_playbook, inv, registry, expect_rc=0, **extra):
+def deploy(run_playbook, inv, registry, expect_rc=0, timeout=900, extra_args=(), **extra):
     extra_vars = {
         "directdownload_registry": str(registry),
         "template_name": extra.pop("name", "disk"),
@@ -140,7 +140,14 @@ def deploy(run_playbook, inv, registry, expect_rc=0, **extra):
         "deploy_download_retries": 0,
     }
     extra_vars.update(extra)
-    return run_playbook(PLAYBOOKS / "deploy_template.yml", inventory=inv, extra_vars=extra_vars, expect_rc=expect_rc)
+    return run_playbook(
+        PLAYBOOKS / "deploy_template.yml",
+        inventory=inv,
+        extra_vars=extra_vars,
+        expect_rc=expect_rc,
+        timeout=timeout,
+        extra_args=extra_args,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -618,6 +625,141 @@ def test_deploy_vanished_copy_is_downloaded_again(run_playbook, tmp_path, mirror
     assert len(read_registry(registry)["copies"]) == 2
 
 
+def shared_pool_hosts(tmp_path, names):
+    """Hosts that all mount one shared pool directory ``nfs-primary``, their cluster group being ``cluster1``."""
+    shared = tmp_path / "shared-pool"
+    shared.mkdir()
+    pools = [{"path": str(shared), "name": "nfs-primary", "shared": True, "cluster": "cluster1"}]
+    return shared, {name: {"directdownload_pools": pools} for name in names}
+
+
+# A deployment that waited for its neighbour in the same play used to hang the play (the linear strategy keeps the
+# claim holder from its download while the other host retries): a run that does not finish well within this fails.
+NO_HANG_TIMEOUT = 120
+
+
+def test_hosts_of_one_play_sharing_a_pool_download_once(run_playbook, tmp_path, mirror):
+    names = ["kvm1", "kvm2", "kvm3"]
+    shared, hosts = shared_pool_hosts(tmp_path, names)
+    inv, registry, template = registered(run_playbook, tmp_path, mirror, hosts, groups={"cluster1": names})
+    run = deploy(run_playbook, inv, registry, timeout=NO_HANG_TIMEOUT)
+    assert len(image_gets(mirror, "disk.qcow2.gz")) == 1, "one download for the three hosts"
+    copies = read_registry(registry)["copies"]
+    assert len(copies) == 1 and read_registry(registry)["claims"] == []
+    downloader = copies[0]["host"]
+    assert copies[0]["install_path"] == str(shared / template["id"]) and Path(copies[0]["install_path"]).is_file()
+    assert [r["host"] for r in task_records(run, "Record the copy")] == [downloader]
+    for host in names:
+        status = "downloaded" if host == downloader else "present"
+        report = task(run, "Show what was done", host=host)["result"]["msg"]
+        assert report == ["nfs-primary | %s | %s" % (status, downloader)]
+
+
+def test_host_of_one_play_downloads_when_its_neighbour_holding_the_claim_fails(
+    run_playbook, tmp_path, mirror, dead_proxy
+):
+    """kvm1 cannot reach the mirror and may not rotate to another host (deploy_other_hosts=0). With one fork the
+    hosts run each task in inventory order, so kvm1 takes the claim first; kvm2 finds it busy, and once kvm1 failed
+    and released it, kvm2 downloads the template itself."""
+    names = ["kvm1", "kvm2"]
+    _shared, hosts = shared_pool_hosts(tmp_path, names)
+    hosts["kvm1"]["directdownload_proxy"] = dead_proxy
+    inv, registry, _unused = registered(
+        run_playbook, tmp_path, mirror, hosts, groups={"cluster1": names}, probe_host="kvm2"
+    )
+    run = deploy(
+        run_playbook,
+        inv,
+        registry,
+        expect_rc=2,
+        timeout=NO_HANG_TIMEOUT,
+        extra_args=["--forks", "1"],
+        deploy_other_hosts=0,
+    )
+    assert task(run, "Claim the download onto the pool", host="kvm1")["result"]["claim_status"] == "granted"
+    assert task(run, "Claim the download onto the pool", host="kvm2")["result"]["claim_status"] == "busy"
+    assert task(run, "Release the claim so that another deployment can try", host="kvm1")["status"] == "changed"
+    waited = task(run, "Wait while a deployment of another run downloads the template onto the pool", host="kvm2")
+    assert waited["result"]["claim_status"] == "granted"
+    assert task(run, "Record the copy", host="kvm2")["status"] == "changed"
+    assert task(run, "Show what was done", host="kvm2")["result"]["msg"] == ["nfs-primary | downloaded | kvm2"]
+    assert len(image_gets(mirror, "disk.qcow2.gz")) == 1
+    copies = read_registry(registry)["copies"]
+    assert [c["host"] for c in copies] == ["kvm2"] and read_registry(registry)["claims"] == []
+
+
+def claim_for_a_dead_deployment(run_module, registry, template):
+    """A claim of the download of ``template`` onto nfs-primary by another run that crashed: it expires soon."""
+    stale = {
+        "registry": str(registry),
+        "template_id": template["id"],
+        "host": "kvm9",
+        "pool": "nfs-primary",
+        "shared": True,
+        "state": "claimed",
+        "holder": "deploy_template run of a controller that crashed",
+        # still held when the play claims (ansible-playbook takes seconds to start, more on a busy machine)
+        "claim_ttl": 20,
+    }
+    assert run_module("directdownload.kvm.template_copy", stale)[0]["result"]["claim_status"] == "granted"
+
+
+def test_hosts_of_one_play_take_over_the_expired_claim_of_a_dead_deployment_once(
+    run_playbook, run_module, tmp_path, mirror
+):
+    """Another run claimed the download and died: both hosts of this play wait for its claim to expire, then one of
+    them downloads and the other finds its copy (it does not wait for its neighbour)."""
+    names = ["kvm1", "kvm2"]
+    _shared, hosts = shared_pool_hosts(tmp_path, names)
+    inv, registry, template = registered(run_playbook, tmp_path, mirror, hosts, groups={"cluster1": names})
+    claim_for_a_dead_deployment(run_module, registry, template)
+    run = deploy(run_playbook, inv, registry, timeout=NO_HANG_TIMEOUT)
+    for host in names:
+        assert task(run, "Claim the download onto the pool", host=host)["result"]["claim_status"] == "busy"
+    assert len(image_gets(mirror, "disk.qcow2.gz")) == 1
+    copies = read_registry(registry)["copies"]
+    assert len(copies) == 1 and read_registry(registry)["claims"] == []
+    downloader = copies[0]["host"]
+    other = "kvm2" if downloader == "kvm1" else "kvm1"
+    waits = "Wait while a deployment of another run downloads the template onto the pool"
+    assert task(run, waits, host=downloader)["result"]["claim_status"] == "granted"
+    assert task(run, waits, host=other)["result"]["claim_status"] == "busy", "not waiting for its neighbour"
+    found = task(run, "Find the copy that another host of this play downloaded after waiting", host=other)
+    assert found["status"] == "ok" and found["result"]["copies"][0]["host"] == downloader
+    for host, status in ((downloader, "downloaded"), (other, "present")):
+        report = task(run, "Show what was done", host=host)["result"]["msg"]
+        assert report == ["nfs-primary | %s | %s" % (status, downloader)]
+
+
+def test_host_of_one_play_fails_clearly_when_its_neighbour_took_over_the_claim_and_failed(
+    run_playbook, run_module, tmp_path, mirror, dead_proxy
+):
+    """Neither host can reach the mirror. Both wait for the dead deployment's claim; with one fork kvm1 takes it over
+    and fails; kvm2, which did not wait for kvm1, finds no copy and says who held the claim."""
+    names = ["kvm1", "kvm2"]
+    _shared, hosts = shared_pool_hosts(tmp_path, names)
+    inv, registry, template = registered(run_playbook, tmp_path, mirror, hosts, groups={"cluster1": names})
+    for host in names:
+        hosts[host]["directdownload_proxy"] = dead_proxy
+    inv = inventory(tmp_path, hosts, {"cluster1": names})
+    claim_for_a_dead_deployment(run_module, registry, template)
+    run = deploy(
+        run_playbook,
+        inv,
+        registry,
+        expect_rc=2,
+        timeout=NO_HANG_TIMEOUT,
+        extra_args=["--forks", "1"],
+        deploy_other_hosts=0,
+    )
+    assert "could not be downloaded" in task(run, "Fail with the reason", host="kvm1")["result"]["msg"]
+    failure = task(run, "Fail when the host of this play that claimed the download recorded no copy", host="kvm2")
+    assert "claimed its download and did not record a copy" in failure["result"]["msg"]
+    assert " for kvm1 " in failure["result"]["msg"]
+    assert image_gets(mirror, "disk.qcow2.gz") == []
+    assert read_registry(registry)["copies"] == [] and read_registry(registry)["claims"] == []
+
+
 def test_two_concurrent_deploys_of_one_template_to_one_pool_download_once(run_playbook, tmp_path, mirror):
     inv, registry, _unused = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1"]))
     # slow the image down so that both runs overlap: the second must wait for the first one's claim
@@ -637,10 +779,12 @@ def test_two_concurrent_deploys_of_one_template_to_one_pool_download_once(run_pl
         thread.join(600)
     assert all(run.rc == 0 for run in runs.values()), [run.output_tail() for run in runs.values()]
     assert len(image_gets(mirror, "disk.qcow2.gz")) == 1, "exactly one download"
-    downloads = [name for name, run in runs.items() if task(run, "Record the copy", host="kvm1")["status"] == "changed"]
+    downloads = [name for name, run in runs.items() if task_records(run, "Record the copy", host="kvm1")]
     assert len(downloads) == 1
+    assert task(runs[downloads[0]], "Record the copy", host="kvm1")["status"] == "changed"
     waiter = runs["second" if downloads == ["first"] else "first"]
-    assert task(waiter, "Record the copy", host="kvm1")["status"] == "skipped"
+    report = task(waiter, "Show what was done", host="kvm1")["result"]["msg"]
+    assert report == [str(tmp_path / "pool-kvm1") + " | present | kvm1"]
     assert len(read_registry(registry)["copies"]) == 1 and read_registry(registry)["claims"] == []
 
 
