@@ -130,6 +130,9 @@ EXAMPLES = r"""
     checksum: "{{ dl.checksum }}"
     format: "{{ dl.format }}"
 
+# Waiting in a loop like this is for one host at a time: when several hosts of ONE play may claim the same pool,
+# claim once per host and wait only after the downloads (see the deploy role's tasks/pool.yml), or the holder
+# cannot reach its download while the others are still looping.
 - name: Wait for and take the claim of a download onto a shared pool
   directdownload.kvm.template_copy:
     template: debian-12

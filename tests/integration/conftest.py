@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -170,13 +171,48 @@ def run_playbook_in(workdir, playbook, inventory=None, extra_vars=None, check=Fa
         argv.append("--diff")
     argv += list(extra_args)
     argv.append(str(_write_playbook(playbook, workdir)))
-    proc = subprocess.run(argv, cwd=workdir, env=playbook_env(workdir, results_file, env), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    with subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir, results_file, env), stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc)  # its workers too: a timed-out run must not leave processes behind
+            raise
+    proc = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
     run = PlaybookRun(argv, proc.returncode, proc.stdout, proc.stderr, results)
     if expect_rc is not None and run.rc != expect_rc:
         pytest.fail(f"ansible-playbook exited {run.rc}, expected {expect_rc}\n{run.output_tail()}")
     return run
+
+
+def descendants(pid):
+    """Every process below ``pid``: Ansible's workers call setsid(), so a process-group kill would miss them."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry, encoding="ascii", errors="replace") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(proc):
+    """SIGKILL ``proc`` (a Popen) and everything it started, the module processes included, at once."""
+    for pid in [proc.pid] + descendants(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 @pytest.fixture

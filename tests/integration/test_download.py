@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from ansible_collections.directdownload.kvm.tests.integration.conftest import (
     _venv_tool,
     _write_inventory,
     _write_playbook,
+    kill_tree,
     playbook_env,
     run_playbook_in,
 )
@@ -68,35 +68,6 @@ def start_playbook(workdir, play):
             str(_write_playbook(play, workdir))]
     return subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir), stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def descendants(pid):
-    """Every process below ``pid``: Ansible's workers call setsid(), so a process-group kill would miss them."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry, encoding="ascii", errors="replace") as handle:
-                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def kill_tree(proc):
-    """SIGKILL ansible-playbook and everything it started (the module process included), at once."""
-    for pid in [proc.pid] + descendants(proc.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
 
 
 def sha256(path):
