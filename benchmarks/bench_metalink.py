@@ -38,20 +38,12 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-COLLECTIONS = os.path.join(REPO, ".build", "collections")
-VENV_PY = os.path.join(REPO, ".venv", "bin", "python")
-PYTHON = VENV_PY if os.path.exists(VENV_PY) else sys.executable
+sys.path.insert(0, HERE)
+import bench_download as bench  # noqa: E402  pylint: disable=wrong-import-position
+
+REPO, COLLECTIONS, PYTHON = bench.REPO, bench.COLLECTIONS, bench.PYTHON
 NAME = "image.raw"
 PIECE = 1024 * 1024
-
-
-def parse_size(text):
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().rstrip("B").rstrip("I")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def env():
@@ -219,7 +211,7 @@ def main():
     if not shutil.which("aria2c"):
         sys.exit("aria2c is not installed (apt-get install aria2)")
 
-    size = parse_size(args.size)
+    size = bench.parse_size(args.size)
     rate = int(args.rate * 1000 * 1000)
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-metalink-")
     root, out_dir = os.path.join(workdir, "www"), os.path.join(workdir, "out")

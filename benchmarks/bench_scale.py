@@ -41,22 +41,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / ".build" / "collections"))
+sys.path.insert(0, str(HERE))
 
 # pylint: disable=wrong-import-position
+import bench_download as bench  # noqa: E402
 from ansible_collections.directdownload.kvm.tests.integration.conftest import run_playbook_in  # noqa: E402
 from ansible_collections.directdownload.kvm.tests.integration.hosts.kvmhosts import KvmHosts, can_run  # noqa: E402
 from ansible_collections.directdownload.kvm.tests.unit.lib import images  # noqa: E402
 
 PLAYBOOKS = REPO / "playbooks"
 MIRROR_PORT = 8080
-
-
-def parse_size(text):
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().rstrip("B").rstrip("I")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def start_mirror(hosts, root):
@@ -153,7 +147,7 @@ def main():
         workdir = Path(tmp)
         mirror_root = workdir / "www"
         mirror_root.mkdir()
-        image = images.random_raw(mirror_root / "scale.raw", parse_size(args.size), seed=7)
+        image = images.random_raw(mirror_root / "scale.raw", bench.parse_size(args.size), seed=7)
         checksum = "sha256:" + images.sha256_file(image)
         with KvmHosts(workdir / "hosts", count=max(counts)) as hosts:
             mirror, base_url = start_mirror(hosts, mirror_root)
