@@ -18,6 +18,25 @@ import time
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import NotEnoughSpace
 
 DEFAULT_BLOCK_SIZE = 64 * 1024
+# Start writing dirty pages back every this many bytes, so that the fsync before the rename finds little left to
+# write: on a 2 GiB download that fsync took ~1 s when all the writeback waited for it, ~0 s with this.
+DEFAULT_WRITEBACK_EVERY = 32 * 1024 * 1024
+
+
+def _sync_file_range_function():
+    """``sync_file_range(2)`` from libc (Linux), or None. It only *starts* writeback (SYNC_FILE_RANGE_WRITE): no
+    durability promise, which is why the final fsync stays."""
+    try:
+        import ctypes  # pylint: disable=import-outside-toplevel
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (ImportError, OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    return function
+
+
+_SYNC_FILE_RANGE = _sync_file_range_function()
+_SYNC_FILE_RANGE_WRITE = 2
 
 
 class SparseWriter:
@@ -28,13 +47,15 @@ class SparseWriter:
     ``bytearray == bytes`` is a memcmp while comparing a memoryview is element by element (50x slower).
     """
 
-    def __init__(self, fd, offset=0, block_size=DEFAULT_BLOCK_SIZE, sparse=True):
+    def __init__(self, fd, offset=0, block_size=DEFAULT_BLOCK_SIZE, sparse=True, writeback_every=DEFAULT_WRITEBACK_EVERY):
         self.fd = fd
         self.offset = offset
         self.block_size = block_size
         self.sparse = sparse
         self.skipped = 0
         self._zeros = bytes(block_size)
+        self._writeback_every = writeback_every if _SYNC_FILE_RANGE is not None else 0
+        self._written_back = offset
 
     def write(self, buf, count=None):
         """Write ``buf[:count]`` in blocks aligned to file offsets (so holes line up with the image's clusters
@@ -47,6 +68,10 @@ class SparseWriter:
             whole = buf if start == 0 and length == len(buf) else None
             self._write_block(whole, view, start, length)
             start += length
+        if self._writeback_every and self.offset - self._written_back >= self._writeback_every:
+            # Best effort: a failure here only means the final fsync does the work.
+            _SYNC_FILE_RANGE(self.fd, self._written_back, self.offset - self._written_back, _SYNC_FILE_RANGE_WRITE)
+            self._written_back = self.offset
 
     def _write_block(self, whole, view, start, count):
         if self.sparse and count:
