@@ -304,8 +304,8 @@ def report(results, size):
         print("%-14s %10.3f %10s %12s %14s %12s" % (tool, median, rate, ratio, spread, human(rss * 1024)))
     if "ours/module" in results:
         rchar = statistics.median(m["rchar"] for _wall, _rss, m in results["ours/module"])
-        print("\nours/module read(2) %.3fx the image size from files (socket receives not counted: 0 = no re-read of"
-              " the image)" % (rchar / size))
+        print("\nours/module read(2) %.3fx the image size (recv() on plain sockets is not counted, TLS reads are:"
+              " ~0 over HTTP and ~1 over HTTPS mean no re-read of the image)" % (rchar / size))
     if "get_url" in results and "ours/ansible" in results:
         ours = statistics.median(w for w, _rss, _measured in results["ours/ansible"])
         get_url = statistics.median(w for w, _rss, _measured in results["get_url"])

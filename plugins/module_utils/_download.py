@@ -499,11 +499,13 @@ class _Transfer:
         }
 
     def _algorithms(self):
-        algorithms = [DEFAULT_COMPUTED_ALGORITHM]
+        """What to hash while streaming: the expected algorithms only (a second digest on the same core costs
+        ~0.7 s per GiB), or SHA-256 when nothing is expected so the record still gets a digest."""
+        algorithms = []
         for checksum in self.expected:
             if checksum.algorithm not in algorithms:
                 algorithms.append(checksum.algorithm)
-        return algorithms
+        return algorithms or [DEFAULT_COMPUTED_ALGORITHM]
 
     def run(self):
         request = self.request
