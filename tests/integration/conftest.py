@@ -216,6 +216,22 @@ def kill_tree(proc):
 
 
 @pytest.fixture
+def www(tmp_path):
+    """An empty directory for a test's loopback server to serve."""
+    root = tmp_path / "www"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def pool(tmp_path):
+    """An empty pool directory."""
+    path = tmp_path / "pool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
 def venv_python():
     """Path of the Python interpreter to use as ansible_python_interpreter."""
     return VENV_PYTHON

@@ -34,20 +34,6 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def www(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def pool(tmp_path):
-    path = tmp_path / "pool"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def server(www):
     with ImageServer(www) as srv:
         yield srv

@@ -22,20 +22,6 @@ MODULE = "directdownload.kvm.download"
 
 
 @pytest.fixture
-def www(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def pool(tmp_path):
-    path = tmp_path / "pool"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def image(www):
     path = www / "disk.qcow2"
     images.qcow2(str(path), size=32 * MiB, writes=[(0, 3 * MiB, 0x11), (16 * MiB, 2 * MiB, 0x22)])
