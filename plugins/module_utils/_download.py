@@ -309,11 +309,10 @@ class _IsMetalink(Exception):
 class _Fetched:
     """What a verified fetch produced: digests of the bytes in the ``.part`` and where they came from."""
 
-    def __init__(self, digests, served_url, resumed_from, size):
+    def __init__(self, digests, served_url, resumed_from):
         self.digests = digests
         self.served_url = served_url
         self.resumed_from = resumed_from
-        self.size = size
 
 
 def _expected_checksums(source, request):
@@ -419,7 +418,7 @@ def _fetch_once(request, part, source, expected, log, now, totals):
             log("the mirrors do not serve ranges: downloading in one stream")
     transfer = _Transfer(request, part, source, expected, log, now, totals)
     transfer.run()
-    return _Fetched(transfer.digests, transfer.served_url, transfer.resumed_from, transfer.size_on_disk)
+    return _Fetched(transfer.digests, transfer.served_url, transfer.resumed_from)
 
 
 def _fetch_segmented(request, part, source, expected, log, totals):
@@ -431,7 +430,7 @@ def _fetch_segmented(request, part, source, expected, log, totals):
     totals["attempts"] += 1
     totals["bytes"] += result["bytes_downloaded"]
     served = getattr(result, "served_urls", None) or [request.url]
-    return _Fetched(result["digests"], served[0], result.get("resumed_bytes", 0), result["size"])
+    return _Fetched(result["digests"], served[0], result.get("resumed_bytes", 0))
 
 
 def _keep_only_resumable(part, exc):
@@ -491,7 +490,6 @@ class _Transfer:
         self.attempts = 0
         self.resumed_from = 0
         self.served_url = request.url
-        self.size_on_disk = 0
         self.digests = {}
         self.identity = {
             "url_id": request.url_id,
@@ -546,7 +544,6 @@ class _Transfer:
                         self._hash_prefix(hashers, offset)
         else:  # pragma: no cover - the loop always breaks or raises
             raise last_error
-        self.size_on_disk = offset
         self.digests = {name: hasher.hexdigest() for name, hasher in hashers.items()}
 
     _hashed = 0
