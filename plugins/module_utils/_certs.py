@@ -26,6 +26,7 @@ import glob
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -662,62 +663,155 @@ def _keystore_change(target, alias, cert, state, check_mode):
         word = "imported" if current is None else ("unchanged" if before == after else "replaced")
     if check_mode or word in ("absent", "unchanged"):
         return word, before, after
-    _apply_keystore(keytool, target, alias, cert, word, store_type)
+    _apply_keystore(keytool, target, alias, cert, word, store_type, entries)
     return word, before, after
 
 
-def _apply_keystore(keytool, target, alias, cert, word, store_type):
-    directory = os.path.dirname(os.path.abspath(target.path))
+def _apply_keystore(keytool, target, alias, cert, word, store_type, entries):
+    """Change a copy of the keystore, verify the copy, then rename it over the original.
+
+    keytool rewrites a keystore in place (truncate, then write): a crash or a kill in between would leave an empty
+    file and the agent's own key pair (alias ``cloud``) gone. So keytool only ever works on a copy, in a private
+    directory (mode 0700, random name, created exclusively) next to the keystore, on the same file system. The copy
+    counts only when a new listing shows every entry of ``entries`` (the listing the change was planned from), each
+    with its type and fingerprint, and the alias as intended; it is fsynced, renamed over the original, and the
+    directory is fsynced. Until that rename the original is never written, so any failure or kill leaves it
+    byte-identical; after it, the new keystore is complete on disk. A symbolic link at the keystore path is
+    written through (its target is replaced), never replaced by a file.
+    """
+    path = os.path.realpath(target.path)
+    directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         os.makedirs(directory, mode=0o755, exist_ok=True)
+    new_type = store_type or store_type_for_new(path, target.store_type)
     with _DirectoryLock(directory):
-        backup = _backup(target.path) if store_type else None
+        _remove_stale_workspaces(path)
+        workspace = tempfile.mkdtemp(dir=directory, prefix=_workspace_prefix(path))
+        work = os.path.join(workspace, os.path.basename(path))
         try:
+            if store_type:
+                _copy_keystore(path, work)
             if word in ("replaced", "removed"):
-                keytool.delete(target.path, alias)
+                keytool.delete(work, alias)
             if word in ("imported", "replaced"):
                 fd, pem_path = tempfile.mkstemp(prefix="directdownload-cert-", suffix=".pem")
                 try:
                     with os.fdopen(fd, "wb") as handle:
                         handle.write(to_pem(cert))
-                    keytool.import_certificate(target.path, alias, pem_path, None if store_type else store_type_for_new(target.path, target.store_type))
+                    keytool.import_certificate(work, alias, pem_path, None if store_type else new_type)
                 finally:
                     _unlink_quietly(pem_path)
-                _confirm_import(keytool, target.path, alias, cert)
-        except BaseException:
-            _restore(target.path, backup)
-            raise
+            _verify_copy(keytool, work, path, new_type, entries, alias, None if word == "removed" else cert)
+            _fsync_file(work)
+            os.rename(work, path)
+            _fsync_dir(directory)
+        finally:
+            shutil.rmtree(workspace, ignore_errors=True)
 
 
-def _confirm_import(keytool, path, alias, cert):
-    """List the keystore again: an import counts only when it really holds this certificate under the alias."""
-    listed = _find_entry(keytool.list(path), alias)
-    if listed is None or listed.fingerprint != fingerprint(cert):
-        raise KeystoreError(
-            "keytool reported success but %s does not hold the certificate under %r (found %s)"
-            % (path, alias, listed.fingerprint if listed else "nothing"), path=path,
-        )
+def _workspace_prefix(path):
+    return ".%s.directdownload-" % os.path.basename(path)
 
 
-def _backup(path):
-    with open(path, "rb") as handle:
-        return handle.read()
+def _remove_stale_workspaces(path):
+    """Under the directory lock no other run of ours works there: a workspace left behind was a killed run's."""
+    directory = os.path.dirname(path)
+    prefix = _workspace_prefix(path)
+    for name in os.listdir(directory):
+        leftover = os.path.join(directory, name)
+        if name.startswith(prefix) and os.path.isdir(leftover) and not os.path.islink(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _restore(path, backup):
-    """Put the keystore bytes back in place (same inode, owner and mode) after a failed change."""
-    if backup is None:
-        if os.path.exists(path):
-            _unlink_quietly(path)  # a keystore we were creating: no half-made file left behind
+def _copy_keystore(source, copy):
+    """Copy the keystore bytes, mode, owner and extended attributes (SELinux label, ACLs) into a new file, fsynced.
+
+    The copy is created with O_EXCL|O_NOFOLLOW inside our private workspace, so nothing else can be there.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    src = os.open(source, flags)
+    try:
+        info = os.fstat(src)
+        dst = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                      | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            while True:
+                chunk = os.read(src, 1 << 20)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(dst, view):]
+            mine = os.fstat(dst)
+            if (mine.st_uid, mine.st_gid) != (info.st_uid, info.st_gid):
+                try:
+                    os.fchown(dst, info.st_uid, info.st_gid)
+                except OSError as exc:
+                    raise KeystoreError(
+                        "cannot give the new keystore the owner of %s (uid %d, gid %d): %s; run as root"
+                        % (source, info.st_uid, info.st_gid, exc.strerror or exc), path=source) from exc
+            os.fchmod(dst, stat.S_IMODE(info.st_mode))
+            _copy_xattrs(src, dst)
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _copy_xattrs(src, dst):
+    """Best effort: a file system without extended attributes, or a label we may not set, keeps the defaults."""
+    if not hasattr(os, "listxattr"):
         return
     try:
-        with open(path, "r+b") as handle:
-            handle.truncate(0)
-            handle.write(backup)
-            handle.flush()
-            os.fsync(handle.fileno())
+        names = os.listxattr(src)
     except OSError:
-        pass
+        return
+    for name in names:
+        try:
+            os.setxattr(dst, name, os.getxattr(src, name))
+        except OSError:
+            pass
+
+
+def _verify_copy(keytool, work, path, store_type, entries, alias, cert):
+    """List the changed copy: every earlier entry kept (same type and fingerprint), ``alias`` as intended.
+
+    keytool's exit code alone is not trusted (CloudStack reported success when the import had failed, #2995,
+    #11112), and a copy that lost an entry (the agent's own key pair) must never replace the original.
+    """
+    found = detect_store_type(work)
+    if found != store_type:
+        raise KeystoreError("keytool left a %s keystore instead of %s: %s was left untouched"
+                            % (found, store_type, path), path=path)
+    listed = {entry.alias.lower(): entry for entry in keytool.list(work)}
+    for entry in entries:
+        key = entry.alias.lower()
+        if key == alias.lower():
+            continue
+        now = listed.get(key)
+        if now is None or now.entry_type != entry.entry_type or now.fingerprint != entry.fingerprint:
+            raise KeystoreError(
+                "the changed keystore lost or altered the %s entry %r (found %s): %s was left untouched"
+                % (entry.entry_type.replace("_", " "), entry.alias, now.fingerprint if now else "nothing", path),
+                path=path)
+    now = listed.get(alias.lower())
+    if cert is None:
+        if now is not None:
+            raise KeystoreError("keytool reported success but %s still holds %r: %s was left untouched"
+                                % (path, alias, path), path=path)
+    elif now is None or now.entry_type != "trusted_certificate" or now.fingerprint != fingerprint(cert):
+        raise KeystoreError(
+            "keytool reported success but %s does not hold the certificate under %r (found %s): %s was left "
+            "untouched" % (path, alias, now.fingerprint if now else "nothing", path), path=path)
+
+
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _trust_change(trust_dir, alias, cert, state, check_mode):

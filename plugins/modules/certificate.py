@@ -14,7 +14,7 @@ description:
     Apache CloudStack's C(uploadTemplateDirectDownloadCertificate) and C(revokeTemplateDirectDownloadCertificate)
     do on the agent.
   - The certificate goes into two stores. The Java keystore O(keystore) (the CloudStack agent's C(cloud.jks) by
-    default), modified in place with C(keytool), so the agent's own private key entry in it is kept. And the
+    default), changed with C(keytool), so the agent's own private key entry in it is kept. And the
     trust directory O(trust_dir), as C(<trust_dir>/<alias>.pem), which M(directdownload.kvm.download) and
     M(directdownload.kvm.url_check) trust by default.
   - The certificate is validated first, with the Python C(cryptography) library. It must parse (PEM, or a bare
@@ -26,9 +26,13 @@ description:
   - Idempotent by alias and SHA-256 fingerprint, in each store. The same alias with another certificate replaces
     it (rotation). V(absent) removes the alias from both stores (revocation).
   - Unlike CloudStack, C(keytool)'s exit code and output are checked, and every import is confirmed by listing the
-    keystore again. A failure fails the task, with C(keytool)'s message and no password in it. A failed change
-    puts the keystore bytes back as they were. The keystore password is passed to C(keytool) in its environment
-    (C(-storepass:env)), never on a command line.
+    keystore again. A failure fails the task, with C(keytool)'s message and no password in it. The keystore password
+    is passed to C(keytool) in its environment (C(-storepass:env)), never on a command line.
+  - C(keytool) only ever changes a copy of the keystore, made in a private directory next to it. The copy replaces
+    the keystore (atomic rename, fsynced) only when a new listing shows every entry it held before, the agent's
+    own C(cloud) key pair included. A failure, a crash or a kill at any moment leaves the keystore as it was, byte
+    for byte. Owner, mode and extended attributes (SELinux label) are kept. A symbolic link at O(keystore) is
+    written through.
 author:
   - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
@@ -73,7 +77,7 @@ options:
     choices: [present, absent]
   keystore:
     description:
-      - The Java keystore (JKS or PKCS12) to manage, modified in place.
+      - The Java keystore (JKS or PKCS12) to manage.
     type: path
     default: /etc/cloudstack/agent/cloud.jks
   keystore_password:

@@ -14,8 +14,10 @@ import base64
 import datetime
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 
 import pytest
 from cryptography import x509
@@ -405,12 +407,24 @@ def test_no_password_is_a_clear_error(jks, ca_pems):
 
 # A real keytool behind a small wrapper: it logs its command line and, when told by the environment, fails
 # (or lies) on -importcert. This is how a broken keytool (CloudStack #11112) or a full disk looks to us.
+#
+# DD_TEST_IMPORT_KILLED: keytool starts rewriting the keystore it was given (truncates it, writes a few bytes), then
+# the module and keytool die by SIGKILL: what an OOM kill or a reboot in the middle of an import looks like.
+# DD_TEST_IMPORT_DROPS_KEY: the import works but the keystore loses the agent's key entry `cloud` (a keytool bug,
+# a store rewritten by another tool): keytool says success.
 WRAPPER = """#!/bin/sh
 printf '%%s\\n' "$*" >> "%(log)s"
+ks=""; prev=""
+for arg in "$@"; do [ "$prev" = "-keystore" ] && ks="$arg"; prev="$arg"; done
 case " $* " in
   *" -importcert "*)
     if [ -n "$DD_TEST_IMPORT_FAILS" ]; then echo "keytool error: java.io.IOException: No space left on device"; exit 1; fi
-    if [ -n "$DD_TEST_IMPORT_LIES" ]; then echo "Certificate was added to keystore"; exit 0; fi ;;
+    if [ -n "$DD_TEST_IMPORT_LIES" ]; then echo "Certificate was added to keystore"; exit 0; fi
+    if [ -n "$DD_TEST_IMPORT_KILLED" ]; then printf 'half' > "$ks"; kill -9 $PPID; kill -9 $$; fi
+    if [ -n "$DD_TEST_IMPORT_DROPS_KEY" ]; then
+      "%(keytool)s" "$@" || exit 1
+      exec "%(keytool)s" -delete -alias cloud -keystore "$ks" -storepass:env %(env)s
+    fi ;;
 esac
 exec "%(keytool)s" "$@"
 """
@@ -420,7 +434,7 @@ exec "%(keytool)s" "$@"
 def wrapped_keytool(tmp_path):
     log = tmp_path / "keytool-argv.log"
     path = tmp_path / "keytool-wrapper"
-    path.write_text(WRAPPER % {"log": log, "keytool": KEYTOOL})
+    path.write_text(WRAPPER % {"log": log, "keytool": KEYTOOL, "env": _certs.PASSWORD_ENV})
     path.chmod(0o755)
     return str(path), log
 
@@ -452,6 +466,100 @@ def test_a_failed_rotation_puts_the_keystore_back(jks, ca_pems, wrapped_keytool,
     assert open(jks, "rb").read() == before
     assert os.stat(jks).st_ino == inode
     assert keytool_list(jks)["mirror"].fingerprint == _certs.fingerprint(one)
+
+
+@pytest.fixture(scope="session")
+def cloud_keystores(tmp_path_factory):
+    """A JKS and a PKCS12 keystore holding a key pair under the agent's real alias, ``cloud``."""
+    if KEYTOOL is None:
+        pytest.skip("keytool is not installed")
+    base = tmp_path_factory.mktemp("cloud-keystores")
+    made = {}
+    for store_type, name in (("JKS", "cloud.jks"), ("PKCS12", "cloud.p12")):
+        path = str(base / name)
+        subprocess.run(
+            [KEYTOOL, "-genkeypair", "-alias", "cloud", "-keyalg", "EC", "-groupname", "secp256r1",
+             "-dname", "CN=kvm-host-1", "-validity", "30", "-keystore", path, "-storetype", store_type,
+             "-storepass:env", "KSPASS", "-keypass:env", "KSPASS"],
+            env=dict(os.environ, KSPASS=PASSWORD), check=True, capture_output=True,
+        )
+        made[store_type] = path
+    return made
+
+
+@pytest.fixture(params=["JKS", "PKCS12"])
+def cloud_keystore(request, cloud_keystores, tmp_path):
+    directory = tmp_path / "agent"
+    directory.mkdir()
+    return copy_of(cloud_keystores[request.param], directory)
+
+
+def _workspaces(path):
+    return [name for name in os.listdir(os.path.dirname(path)) if name.startswith(".%s.directdownload-" % os.path.basename(path))]
+
+
+@needs_keytool
+def test_a_kill_while_keytool_writes_leaves_the_keystore_and_its_key_intact(cloud_keystore, ca_pems, wrapped_keytool,
+                                                                            tmp_path):
+    """The module dies (SIGKILL) while keytool has half rewritten the keystore it works on: the agent's keystore
+    and its `cloud` key entry are byte-identical, and the next run cleans up and succeeds."""
+    wrapper, _log = wrapped_keytool
+    before = open(cloud_keystore, "rb").read()
+    host_key = keytool_list(cloud_keystore)["cloud"]
+    cert_file = tmp_path / "one.pem"
+    cert_file.write_text(ca_pems["one"])
+    script = ("import sys\n"
+              "from ansible_collections.directdownload.kvm.plugins.module_utils import _certs\n"
+              "target = _certs.KeystoreTarget(sys.argv[1], sys.argv[2], keytool=sys.argv[3])\n"
+              "cert = _certs.load_certificate(open(sys.argv[4]).read())\n"
+              "_certs.ensure_certificate('mirror', cert, keystore=target)\n")
+    env = dict(os.environ, DD_TEST_IMPORT_KILLED="1", PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", script, cloud_keystore, PASSWORD, wrapper, str(cert_file)], env=env,
+                          capture_output=True, timeout=120, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert open(cloud_keystore, "rb").read() == before
+    assert _workspaces(cloud_keystore)  # the killed run's copy: keytool was really stopped mid-write
+    listed = keytool_list(cloud_keystore)
+    assert listed["cloud"].entry_type == "private_key" and listed["cloud"].fingerprint == host_key.fingerprint
+    assert "mirror" not in listed
+
+    done = _certs.ensure_certificate("mirror", _certs.load_certificate(ca_pems["one"]),
+                                     keystore=_certs.KeystoreTarget(cloud_keystore, PASSWORD))
+    assert done["keystore"] == "imported"
+    assert _workspaces(cloud_keystore) == []
+    listed = keytool_list(cloud_keystore)
+    assert listed["cloud"].fingerprint == host_key.fingerprint and "mirror" in listed
+
+
+@needs_keytool
+def test_a_change_that_loses_the_agent_key_never_replaces_the_keystore(cloud_keystore, ca_pems, wrapped_keytool,
+                                                                       monkeypatch):
+    wrapper, _log = wrapped_keytool
+    before = open(cloud_keystore, "rb").read()
+    monkeypatch.setenv("DD_TEST_IMPORT_DROPS_KEY", "1")
+    target = _certs.KeystoreTarget(cloud_keystore, PASSWORD, keytool=wrapper)
+    with pytest.raises(_certs.KeystoreError, match="lost or altered the private key entry 'cloud'.*left untouched"):
+        _certs.ensure_certificate("mirror", _certs.load_certificate(ca_pems["one"]), keystore=target)
+    assert open(cloud_keystore, "rb").read() == before
+    assert keytool_list(cloud_keystore)["cloud"].entry_type == "private_key"
+    assert _workspaces(cloud_keystore) == []
+
+
+@needs_keytool
+def test_a_changed_keystore_replaces_the_file_whole_and_keeps_its_mode(cloud_keystore, ca_pems, tmp_path):
+    os.chmod(cloud_keystore, 0o640)
+    inode = os.stat(cloud_keystore).st_ino
+    target = _certs.KeystoreTarget(cloud_keystore, PASSWORD)
+    assert _certs.ensure_certificate("mirror", _certs.load_certificate(ca_pems["one"]), keystore=target)["changed"]
+    info = os.stat(cloud_keystore)
+    assert info.st_ino != inode  # a new file renamed over the old one, never rewritten in place
+    assert stat.S_IMODE(info.st_mode) == 0o640
+    assert sorted(os.listdir(os.path.dirname(cloud_keystore))) == [os.path.basename(cloud_keystore)]
+    # A symbolic link at the keystore path is written through: the link stays, its target changes.
+    link = str(tmp_path / "link.jks")
+    os.symlink(cloud_keystore, link)
+    _certs.ensure_certificate("mirror", None, state="absent", keystore=_certs.KeystoreTarget(link, PASSWORD))
+    assert os.path.islink(link) and "mirror" not in keytool_list(cloud_keystore)
 
 
 @needs_keytool
