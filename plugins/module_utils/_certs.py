@@ -240,6 +240,34 @@ def check_validity(cert, now=None):
         )
 
 
+def signing_problem(cert):
+    """Why ``cert`` cannot sign other certificates (None when it can): basicConstraints absent or CA:FALSE, or a
+    keyUsage extension without keyCertSign (RFC 5280 4.2.1.3 and 4.2.1.9)."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return "it has no basicConstraints extension, so it is not a CA certificate"
+    if not constraints.ca:
+        return "its basicConstraints say CA:FALSE"
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None  # no keyUsage: every use is allowed
+    if not usage.key_cert_sign:
+        return "its keyUsage does not include keyCertSign"
+    return None
+
+
+def check_can_sign(cert, allow_non_ca=False):
+    """Refuse a certificate that cannot sign (InvalidInput), unless ``allow_non_ca`` (pinning a server certificate)."""
+    problem = signing_problem(cert)
+    if problem and not allow_non_ca:
+        raise InvalidInput(
+            "the certificate %r cannot sign other certificates: %s. Upload the CA certificate that issued the mirror's "
+            "certificate, or set allow_non_ca=true to trust this very certificate (for example a mirror's self-signed "
+            "server certificate you want to pin)" % (cert.subject.rfc4514_string(), problem))
+
+
 def _short(exc):
     text = str(exc).strip() or exc.__class__.__name__
     return text.splitlines()[0][:300]
@@ -831,8 +859,11 @@ def _trust_change(trust_dir, alias, cert, state, check_mode):
     return word, before, after
 
 
-def ensure_certificate(alias, cert, state="present", keystore=None, trust_dir=None, check_mode=False, now=None):
+def ensure_certificate(alias, cert, state="present", keystore=None, trust_dir=None, check_mode=False, now=None,
+                       allow_non_ca=False):
     """Make both stores hold ``cert`` under ``alias`` (``present``) or not hold the alias (``absent``).
+
+    A certificate that cannot sign (see :func:`signing_problem`) is refused unless ``allow_non_ca``.
 
     ``keystore`` is a KeystoreTarget or None (not managed); ``trust_dir`` a directory path or None. The keystore is
     handled first: when keytool fails nothing is written to the trust directory. Returns a dict with ``changed``,
@@ -845,6 +876,7 @@ def ensure_certificate(alias, cert, state="present", keystore=None, trust_dir=No
         if cert is None:
             raise InvalidInput("state=present needs the certificate (content or src)")
         check_validity(cert, now)
+        check_can_sign(cert, allow_non_ca)
         result.update(describe(cert, now))
     before, after = {}, {}
     result["keystore"] = "skipped"

@@ -20,6 +20,9 @@ description:
   - The certificate is validated first, with the Python C(cryptography) library. It must parse (PEM, or a bare
     base64 body as CloudStack accepts, or DER from O(src)), hold exactly one certificate and no private key, and be
     valid now (an expired or not yet valid certificate is refused, with its dates).
+  - With O(state=present) it must be able to sign certificates. A certificate whose basic constraints are absent
+    or say C(CA:FALSE), or whose key usage lacks C(keyCertSign), is refused before anything is written, unless
+    O(allow_non_ca=true).
   - The alias follows CloudStack's rules. It has 1 to 63 letters, digits and hyphens, does not start or end with
     a hyphen, is not C(cloud), and does not start with C(cloudca). Aliases are case-insensitive, as in Java
     keystores, and are stored in lower case.
@@ -75,6 +78,15 @@ options:
     type: str
     default: present
     choices: [present, absent]
+  allow_non_ca:
+    description:
+      - Accept a certificate that cannot sign other certificates (not a CA), to trust exactly that certificate.
+        Some private mirrors serve a self-signed server certificate and operators pin it. HTTPS verification
+        treats every certificate in the trust directory as a trust anchor, so a pinned server certificate works.
+      - The default refuses such a certificate, because uploading a mirror's leaf certificate by mistake, instead
+        of its CA, breaks at the next renewal of that certificate.
+    type: bool
+    default: false
   keystore:
     description:
       - The Java keystore (JKS or PKCS12) to manage.
@@ -295,6 +307,7 @@ def main():
             trust_dir=dict(type="path"),
             manage_trust_dir=dict(type="bool", default=True),
             keytool=dict(type="path"),
+            allow_non_ca=dict(type="bool", default=False),
         ),
         mutually_exclusive=[("content", "src")],
         required_if=[("state", "present", ("content", "src"), True)],
@@ -308,7 +321,8 @@ def main():
         keystore = keystore_target(module) if params["manage_keystore"] else None
         trust_dir = option_or_setting(params, "trust_dir", load_settings()) if params["manage_trust_dir"] else None
         result = _certs.ensure_certificate(params["alias"], cert, params["state"], keystore=keystore,
-                                           trust_dir=trust_dir, check_mode=module.check_mode)
+                                           trust_dir=trust_dir, check_mode=module.check_mode,
+                                           allow_non_ca=params["allow_non_ca"])
     except DirectDownloadError as exc:
         module.fail_json(msg=exc.msg, alias=params["alias"], **{k: v for k, v in exc.details.items() if k != "exception"})
     except ValueError as exc:  # the agent settings file

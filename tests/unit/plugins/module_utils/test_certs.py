@@ -207,6 +207,55 @@ def test_an_expired_certificate_is_refused_before_any_store_is_touched(ca_pems, 
     assert not trust.exists()
 
 
+def _signed_pem(basic_constraints, key_usage):
+    """A self-signed certificate with the given extensions (None: left out), made with ``cryptography``."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mirror.example")])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(days_from_now(-1))
+               .not_valid_after(days_from_now(30)))
+    if basic_constraints is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=basic_constraints, path_length=None), critical=True)
+    if key_usage is not None:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=key_usage, crl_sign=key_usage, encipher_only=False,
+            decipher_only=False), critical=True)
+    return pem(builder.sign(key, hashes.SHA256()))
+
+
+@pytest.mark.parametrize("basic_constraints, key_usage, words", [
+    (None, None, "no basicConstraints extension"),
+    (False, None, "CA:FALSE"),
+    (False, True, "CA:FALSE"),
+    (True, False, "keyUsage does not include keyCertSign"),
+])
+def test_a_certificate_that_cannot_sign_is_refused_before_any_store_is_touched(tmp_path, basic_constraints,
+                                                                                key_usage, words):
+    cert = _certs.load_certificate(_signed_pem(basic_constraints, key_usage))
+    trust = tmp_path / "trust"
+    with pytest.raises(InvalidInput) as err:
+        _certs.ensure_certificate("mirror", cert, trust_dir=str(trust))
+    assert words in err.value.msg and "allow_non_ca=true" in err.value.msg and "CN=mirror.example" in err.value.msg
+    assert not trust.exists()
+    # Pinning a leaf on purpose (a private mirror's self-signed server certificate).
+    done = _certs.ensure_certificate("mirror", cert, trust_dir=str(trust), allow_non_ca=True)
+    assert done["trust_dir"] == "imported" and done["is_ca"] is (basic_constraints is True)
+    # Revoking needs no signing certificate.
+    assert _certs.ensure_certificate("mirror", cert, state="absent", trust_dir=str(trust))["trust_dir"] == "removed"
+
+
+@pytest.mark.parametrize("key_usage", [None, True])
+def test_a_ca_certificate_is_accepted(tmp_path, key_usage):
+    cert = _certs.load_certificate(_signed_pem(True, key_usage))
+    assert _certs.signing_problem(cert) is None
+    assert _certs.ensure_certificate("mirror", cert, trust_dir=str(tmp_path / "t"))["trust_dir"] == "imported"
+    assert _certs.signing_problem(TestCA(parent=TestCA()).cert) is None  # an intermediate CA
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The keystore password from agent.properties
 
