@@ -35,7 +35,8 @@ file, never half of one).
 Every write: ``fcntl.flock`` on ``<path>.lock`` (a separate file, so the rename never swaps the lock away), read the
 current file under the lock, modify, write ``.<name>.tmp.<pid>.<random>`` in the same directory with mode 0600,
 fsync it, rename it over the file, fsync the directory. The lock is released by the kernel when a writer dies, and
-temporary files left by a killed writer are removed by the next writer. The parent directory is created 0700.
+temporary files left by a killed writer are removed by the next writer. The parent directory is created 0700. A
+symbolic link at the path is resolved once (``Registry.path`` is the real path); the lock file is never followed.
 
 HTTP header values are stored (downloads need them), which is why the file is 0600; results and diffs show them as
 ``MASK`` (see :func:`public_template`).
@@ -66,6 +67,10 @@ DIR_MODE = 0o700
 TABLES = {"templates": dict, "copies": list, "certificates": dict, "claims": list}
 
 CERTIFICATE_HOST_STATUSES = ("UPLOADED", "FAILED", "REVOKED", "SKIPPED")
+
+# Registry documents nest 5 levels (certificates -> alias -> hosts -> host -> status); anything much deeper is not a
+# registry, and a document nested 100,000 deep would otherwise crash the parser or the writer (RecursionError).
+MAX_DEPTH = 64
 
 # Claims older than this are considered abandoned (a deployment killed without releasing its claim).
 DEFAULT_CLAIM_TTL = 3 * 3600
@@ -173,6 +178,12 @@ def load_document(text, path="<registry>"):
         raise RegistryError(
             "the registry %s is not valid JSON (%s): it was left untouched; restore it from a backup or move it away "
             "to start a new registry" % (path, exc), path=path) from exc
+    except RecursionError:
+        doc = None  # nested too deep for the parser: the same answer as for a deep document that parses
+    if doc is None or _nesting_exceeds(doc, MAX_DEPTH):
+        raise RegistryError(
+            "the registry %s has an unexpected structure (nested deeper than %d levels): it was left untouched; "
+            "restore it from a backup or move it away to start a new registry" % (path, MAX_DEPTH), path=path)
     if not isinstance(doc, dict):
         raise RegistryError("the registry %s must hold a JSON object, found %s: it was left untouched"
                             % (path, type(doc).__name__), path=path)
@@ -195,6 +206,11 @@ def load_document(text, path="<registry>"):
         for name, record in doc.get("templates", {}).items():
             if not isinstance(record, dict):
                 raise ValueError("template %r is not a JSON object" % name)
+            if not isinstance(record.get("http_headers", {}), (dict, type(None))):
+                raise ValueError("the http_headers of template %r are not a JSON object" % name)
+        for alias, record in (doc.get("certificates") or {}).items():
+            if not isinstance(record, dict) or not isinstance(record.get("hosts", {}), (dict, type(None))):
+                raise ValueError("certificate %r is not a JSON object with a hosts object" % alias)
         for table in ("copies", "claims"):
             for record in doc.get(table) or []:
                 if not isinstance(record, dict):
@@ -205,11 +221,32 @@ def load_document(text, path="<registry>"):
     return normalize(doc)
 
 
+def _nesting_exceeds(value, limit):
+    """True when ``value`` nests lists/objects deeper than ``limit`` (iterative: a deep document cannot crash it)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 class Registry:
-    """The state file at ``path`` (default :data:`DEFAULT_REGISTRY_PATH`)."""
+    """The state file at ``path`` (default :data:`DEFAULT_REGISTRY_PATH`).
+
+    A symbolic link at ``path`` (or in its directories) is resolved once, here: reads, the lock and the atomic
+    rename all use the real path, so the link is kept and two paths to one file share one lock.
+    """
 
     def __init__(self, path=None):
-        self.path = resolve_path(path)
+        self.path = os.path.realpath(resolve_path(path))
         self.lock_path = self.path + ".lock"
         self.directory = os.path.dirname(self.path)
 
@@ -247,7 +284,8 @@ class Registry:
     def _locked(self):
         self._ensure_directory()
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
         except OSError as exc:
             raise RegistryError("cannot open the registry lock %s: %s" % (self.lock_path, exc.strerror or exc),
                                 path=self.path) from exc

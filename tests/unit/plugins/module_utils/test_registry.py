@@ -161,6 +161,67 @@ def test_corrupt_file_gives_clear_error_and_is_never_overwritten(tmp_path, conte
     assert path.read_bytes() == raw
 
 
+@pytest.mark.parametrize("text", [
+    "[" * 100000 + "]" * 100000,
+    '{"schema_version": 1, "templates": {"a": {"http_headers": {"x": ' + "[" * 100000 + "]" * 100000 + "}}}}",
+    '{"schema_version": 1, "templates": {"a": {"notes": ' + "[" * 500 + "]" * 500 + "}}}",  # parses; deep anyway
+])
+def test_a_deeply_nested_file_is_refused_as_corrupt_not_a_crash(tmp_path, text):
+    path = tmp_path / "registry.json"
+    path.write_text(text)
+    for attempt in (lambda: Registry(path).read(), lambda: Registry(path).transaction().__enter__()):
+        with pytest.raises(RegistryError, match="unexpected structure .*nested deeper than 64 levels.*left untouched"):
+            attempt()
+    assert path.read_text() == text
+
+
+@pytest.mark.parametrize("text", [
+    '{"schema_version": 1, "templates": {"a": {"http_headers": ["x"]}}}',
+    '{"schema_version": 1, "certificates": {"a": []}}',
+    '{"schema_version": 1, "certificates": {"a": {"hosts": []}}}',
+])
+def test_records_of_the_wrong_shape_are_refused(tmp_path, text):
+    path = tmp_path / "registry.json"
+    path.write_text(text)
+    with pytest.raises(RegistryError, match="unexpected structure"):
+        Registry(path).read()
+
+
+def test_a_symlinked_registry_path_is_written_through(tmp_path):
+    """Two paths to one registry (a link to a file on a shared mount): one file, one lock, the link kept."""
+    real = tmp_path / "real" / "registry.json"
+    with Registry(real).transaction() as doc:
+        reg.upsert_template(doc, TEMPLATE)
+    link_dir = tmp_path / "home"
+    link_dir.mkdir()
+    link = link_dir / "registry.json"
+    link.symlink_to(real)
+    via_link = Registry(link)
+    assert via_link.path == str(real) and via_link.lock_path == str(real) + ".lock"
+    with via_link.transaction() as doc:
+        reg.upsert_template(doc, dict(TEMPLATE, name="alma-9"))
+    assert link.is_symlink() and os.readlink(str(link)) == str(real)
+    assert sorted(Registry(real).read()["templates"]) == ["alma-9", "debian-12"]
+    assert sorted(os.listdir(str(link_dir))) == ["registry.json"]  # no second lock, no second file
+    # A dangling link: the registry is created at its target.
+    dangling = link_dir / "new.json"
+    dangling.symlink_to(tmp_path / "real" / "new.json")
+    with Registry(dangling).transaction() as doc:
+        reg.upsert_template(doc, TEMPLATE)
+    assert dangling.is_symlink() and "debian-12" in Registry(tmp_path / "real" / "new.json").read()["templates"]
+
+
+def test_a_symlinked_lock_file_is_refused(tmp_path):
+    path = tmp_path / "registry.json"
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "registry.json.lock").symlink_to(victim)
+    with pytest.raises(RegistryError, match="cannot open the registry lock"):
+        with Registry(path).transaction():
+            pass
+    assert victim.read_text() == "keep"
+
+
 def test_unreadable_file_is_a_clear_error(tmp_path):
     if os.geteuid() == 0:
         # root reads a 0000 file anyway; a directory in place of the file fails the same code path for everyone
