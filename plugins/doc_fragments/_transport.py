@@ -36,6 +36,8 @@ options:
   validate_certs:
     description:
       - Verify the server certificate and host name. Only turn this off for tests.
+      - When false, M(directdownload.kvm.download) warns, and the installed image's record says
+        C(validate_certs: false).
     type: bool
     default: true
   client_cert:
@@ -69,6 +71,8 @@ options:
   proxy:
     description:
       - A proxy URL to use instead of the environment's, for example C(http://proxy.example.com:3128).
+      - It may carry credentials (C(http://user:password@proxy:3128)). It is never logged on the host, and its
+        password is masked in results (the echoed module arguments included).
     type: str
   nfs_transport:
     description:

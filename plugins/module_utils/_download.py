@@ -49,6 +49,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     safe_file_name,
     strip_compression_suffix,
     url_scheme,
+    url_without_secrets,
 )
 
 # The checksum we compute when the user gave none, so every installed image has a digest on record.
@@ -103,8 +104,10 @@ class DownloadRequest:
 
     @property
     def url_id(self):
-        """Identity of the URL without storing it: URLs may carry credentials or signed query strings."""
-        return hashlib.sha256(self.url.encode("utf-8")).hexdigest()
+        """Identity of the URL without storing it, in world-readable records: SHA-256 of the URL with its secrets
+        removed (password, signature and token values: ``_urls.url_without_secrets``), so the same URL gives the
+        same id on every run and a rotated password or signature names the same image."""
+        return hashlib.sha256(url_without_secrets(self.url).encode("utf-8")).hexdigest()
 
 
 def default_name(url):
@@ -277,7 +280,7 @@ def _adopt(request, decision, started):
 
 
 def _make_record(request, info, checksums, checksum, served_url):
-    return {
+    record = {
         "checksum": checksum.cloudstack,
         "checksums": checksums,
         "url": served_url,
@@ -285,6 +288,9 @@ def _make_record(request, info, checksums, checksum, served_url):
         "format": info.format,
         "virtual_size": info.virtual_size,
     }
+    if getattr(request.source_options, "validate_certs", True) is False:
+        record["validate_certs"] = False  # the bytes were fetched without TLS verification: say so, for audits
+    return record
 
 
 def _result_from_record(request, record, started, **extra):

@@ -25,7 +25,8 @@ TRANSPORT_ARGUMENT_SPEC = dict(
     read_timeout=dict(type="float"),
     follow_redirects=dict(type="bool", default=True),
     use_proxy=dict(type="bool", default=True),
-    proxy=dict(type="str"),
+    # no_log: a proxy URL may carry credentials; modules call _urls.protect_url_options to mask only those.
+    proxy=dict(type="str", no_log=True),
     nfs_transport=dict(type="str", default="auto", choices=["auto", "mount", "libnfs"]),
     metalink_name=dict(type="str"),
     metalink_locations=dict(type="list", elements="str", default=[]),

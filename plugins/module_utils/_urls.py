@@ -42,14 +42,28 @@ def redact_url(url):
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-# Query string values shorter than this are not treated as secrets (``?version=4``); signatures and tokens are long.
-MIN_SECRET_QUERY_VALUE = 8
+# Which query parameters are secrets (pre-signed object store URLs, tokens, API keys): a parameter whose name,
+# compared case-insensitively, ends with one of these. That covers sig (Azure SAS, Swift temp_url_sig), Signature
+# (CloudFront, AWS v2), X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, X-Goog-Signature,
+# X-Goog-Credential, token, access_token, key, api_key, apikey, auth, oauth, password, secret, client_secret.
+# Not secrets: Expires, X-Amz-Date, Key-Pair-Id, Policy, version, limit, ... (kept in url_id, never masked).
+SECRET_QUERY_KEY_SUFFIXES = ("sig", "signature", "token", "secret", "password", "passwd", "pwd", "credential",
+                             "credentials", "key", "apikey", "auth")
+# Secret values shorter than this are not added to ``no_log_values`` (Ansible would mask every occurrence of them
+# in every result string); plain numbers never are (results carry sizes: ``?limit=3221225472`` must not turn
+# ``size`` into VALUE_SPECIFIED_IN_NO_LOG_PARAMETER). Shown URLs hide every query value anyway (redact_url).
+MIN_SECRET_QUERY_VALUE = 6
+
+
+def is_secret_query_key(name):
+    """True when the query parameter ``name`` carries a secret (see SECRET_QUERY_KEY_SUFFIXES)."""
+    return unquote(name or "").strip().lower().endswith(SECRET_QUERY_KEY_SUFFIXES)
 
 
 def url_secret_values(url):
-    """The parts of ``url`` that are secrets: the password of its user info, and long query string values
-    (pre-signed URLs carry signatures there). Modules add them to ``no_log_values`` so that Ansible masks them
-    everywhere, including the echoed module arguments."""
+    """The parts of ``url`` that are secrets: the password of its user info, and the values of secret query
+    parameters (:func:`is_secret_query_key`), except short ones and plain numbers. Modules add them to
+    ``no_log_values`` so that Ansible masks them in results, including the echoed module arguments."""
     secrets = set()
     if not isinstance(url, str):
         return secrets
@@ -60,10 +74,49 @@ def url_secret_values(url):
         return secrets
     if password:
         secrets.update((password, unquote(password)))
-    for _name, value in parse_qsl(parts.query, keep_blank_values=False):
-        if len(value) >= MIN_SECRET_QUERY_VALUE:
-            secrets.add(value)
+    if parts.scheme.lower() == "nfs":
+        return secrets
+    for item in parts.query.split("&"):
+        name, sep, raw = item.partition("=")
+        if not sep or not is_secret_query_key(name):
+            continue
+        for value in {raw, unquote(raw.replace("+", " "))}:
+            if len(value) >= MIN_SECRET_QUERY_VALUE and not value.isdigit():
+                secrets.add(value)
     return secrets
+
+
+def url_without_secrets(url):
+    """``url`` without its secrets: the password of the user info and the values of secret query parameters are
+    removed, everything else is kept byte for byte (so two URLs naming different files stay different). The
+    identity of a download (``url_id``) is taken from this: a rotated password or a fresh signature names the
+    same image, and nothing a world-readable record holds can be brute-forced back into a credential."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except (ValueError, TypeError):
+        return url
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = userinfo.split(":", 1)[0] + "@" + host
+    query = parts.query
+    if query and parts.scheme.lower() != "nfs":
+        query = "&".join(item.partition("=")[0] + "=" if "=" in item and is_secret_query_key(item.partition("=")[0])
+                         else item for item in query.split("&"))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def protect_url_options(module, names):
+    """For URL options declared ``no_log=True`` (so that Ansible never logs them to syslog/journal when it logs
+    the module invocation): Ansible would also mask the whole URL in every result, a result ``url`` equal to it
+    included. Swap the whole URL in ``module.no_log_values`` for its secret parts only (password, signatures)."""
+    for name in names:
+        value = module.params.get(name)
+        if not value:
+            continue
+        module.no_log_values.discard(value)
+        module.no_log_values.update(url_secret_values(value))
 
 
 def url_scheme(url):

@@ -54,6 +54,8 @@ options:
       - A URL whose path ends in C(.metalink) or C(.meta4), or whose server answers with a Metalink content type, is
         read as a Metalink document listing mirrors.
       - Credentials in the URL are never shown; they are redacted in every message and result.
+      - Never logged on the host (journal, syslog). In results, the echoed module arguments included, its password
+        and the values of its secret query parameters (signatures, tokens, keys) are masked; see C(docs/download.md).
     type: str
     required: true
   checksum:
@@ -286,7 +288,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._sources import
     open_source,
     source_options_from_params,
 )
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_secret_values
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import protect_url_options, redact_url
 
 
 def build_request(module, settings):
@@ -339,7 +341,7 @@ def retryable_elsewhere(exc):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            url=dict(type="str", required=True),
+            url=dict(type="str", required=True, no_log=True),  # never logged; secrets masked, see below
             checksum=dict(type="str", default=""),
             checksum_algorithm=dict(type="str", default="md5",
                                     choices=["md5", "sha1", "sha224", "sha256", "sha384", "sha512"]),
@@ -363,8 +365,11 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    # URL passwords and signed query strings: masked everywhere, the echoed module arguments included.
-    module.no_log_values.update(url_secret_values(params["url"]))
+    # url and proxy are no_log (never in the host's log); in results only their passwords and signatures are masked.
+    protect_url_options(module, ("url", "proxy"))
+    if not params["validate_certs"]:
+        module.warn("validate_certs is false: the server certificate and host name are not verified, anyone on the "
+                    "path can serve these bytes; the image record says so")
     try:
         settings = load_settings()
         request = build_request(module, settings)

@@ -70,6 +70,7 @@ options:
         by C(.gz), C(.bz2), C(.xz), C(.zip) or C(.zst) (not for ISOs). qcow2 C(.qcow2) or C(.img); raw C(.raw) or
         C(.img); iso C(.iso). A Metalink (C(.metalink) or C(.meta4)) is accepted for every format.
       - Required with O(state=present).
+      - Stored as given in the registry (mode 0600). Never logged (journal, syslog); shown redacted in results.
     type: str
   format:
     description:
@@ -237,7 +238,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
 from ansible_collections.directdownload.kvm.plugins.module_utils._template import build_template, changed_fields
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import url_secret_values
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import protect_url_options
 
 
 def present(doc, params, stamp):
@@ -266,7 +267,7 @@ def main():
             name=dict(type="str", required=True),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             display_text=dict(type="str"),
-            url=dict(type="str"),
+            url=dict(type="str", no_log=True),  # never logged; secrets masked, see below
             format=dict(type="str", choices=["qcow2", "raw", "iso"]),
             type=dict(type="str", choices=["template", "iso"]),
             checksum=dict(type="str"),
@@ -287,7 +288,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    module.no_log_values.update(url_secret_values(params["url"]))
+    # url is no_log (never in the host's log); in results only its password and signatures are masked.
+    protect_url_options(module, ("url",))
     registry = reg.Registry(params["registry"])
     result = {"changed": False, "registry": registry.path}
     stamp = reg.timestamp()

@@ -37,7 +37,8 @@ options:
   url:
     description:
       - The URL to probe. Schemes C(http), C(https) and C(nfs), or a Metalink.
-      - Credentials in the URL are never shown.
+      - Credentials in the URL are never shown. The URL is never logged on the host (journal, syslog); in results
+        its password and the values of its secret query parameters (signatures, tokens, keys) are masked.
     type: str
     required: true
   format:
@@ -172,13 +173,13 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._sources import
     open_plain_source,
     source_options_from_params,
 )
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_secret_values
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import protect_url_options, redact_url
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            url=dict(type="str", required=True),
+            url=dict(type="str", required=True, no_log=True),  # never logged; secrets masked, see below
             format=dict(type="str", choices=["qcow2", "raw", "iso"]),
             read_header=dict(type="bool", default=True),
             fail_on_unreachable=dict(type="bool", default=False),
@@ -187,7 +188,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    module.no_log_values.update(url_secret_values(params["url"]))
+    # url and proxy are no_log (never in the host's log); in results only their passwords and signatures are masked.
+    protect_url_options(module, ("url", "proxy"))
     try:
         settings = load_settings()
         options = source_options_from_params(params, settings)

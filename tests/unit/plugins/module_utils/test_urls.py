@@ -9,9 +9,13 @@ import pytest
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     file_name_from_url,
     is_metalink_url,
+    is_secret_query_key,
+    protect_url_options,
     redact_url,
     safe_file_name,
     strip_compression_suffix,
+    url_secret_values,
+    url_without_secrets,
 )
 
 
@@ -49,3 +53,48 @@ def test_names_from_urls():
 
 def test_nfs_version_stays_readable():
     assert redact_url("nfs://h/export/x.qcow2?version=4") == "nfs://h/export/x.qcow2?version=4"
+
+
+@pytest.mark.parametrize("name", ["sig", "SIG", "signature", "Signature", "X-Amz-Signature", "x-amz-credential",
+                                  "X-Amz-Security-Token", "X-Goog-Signature", "X-Goog-Credential", "token",
+                                  "access_token", "key", "api_key", "apikey", "auth", "oauth", "password", "secret",
+                                  "client_secret", "temp_url_sig", "X%2DAmz%2DSignature"])
+def test_secret_query_keys(name):
+    assert is_secret_query_key(name)
+
+
+@pytest.mark.parametrize("name", ["limit", "version", "Expires", "X-Amz-Date", "Key-Pair-Id", "Policy", "size",
+                                  "X-Amz-Expires", "format", "name"])
+def test_plain_query_keys(name):
+    assert not is_secret_query_key(name)
+
+
+def test_only_secret_values_are_masked_never_numbers():
+    url = ("https://u:p%40ss@h.example/x.qcow2?limit=3221225472&X-Amz-Expires=3600&sig=abcdef123456"
+           "&token=4294967296&X-Amz-Credential=AKIA%2Fscope&key=short&version=verylongversionstring")
+    assert url_secret_values(url) == {"p%40ss", "p@ss", "abcdef123456", "AKIA%2Fscope", "AKIA/scope"}
+    assert url_secret_values("nfs://h/export/x.qcow2?version=4") == set()
+    assert url_secret_values(None) == set()
+
+
+def test_url_without_secrets_keeps_everything_else():
+    url = "https://u:pw@h.example/a/x.qcow2?limit=3&X-Amz-Signature=abcdef&plain&Expires=99#frag"
+    assert url_without_secrets(url) == "https://u@h.example/a/x.qcow2?limit=3&X-Amz-Signature=&plain&Expires=99#frag"
+    assert url_without_secrets("http://h/x.raw") == "http://h/x.raw"
+    assert url_without_secrets("nfs://h/e/x.raw?version=4") == "nfs://h/e/x.raw?version=4"
+
+
+class _FakeModule:
+    """Only the two attributes protect_url_options uses (AnsibleModule itself is exercised in test_module_secrets)."""
+
+    def __init__(self, params, no_log_values):
+        self.params = params
+        self.no_log_values = set(no_log_values)
+
+
+def test_protect_url_options_keeps_only_the_secret_parts():
+    url = "http://h/x.raw?sig=abcdef123456"
+    module = _FakeModule({"url": url, "proxy": "http://u:proxypass@p:3128", "other": None},
+                         {url, "http://u:proxypass@p:3128", "header-secret"})
+    protect_url_options(module, ("url", "proxy", "other"))
+    assert module.no_log_values == {"abcdef123456", "proxypass", "header-secret"}
