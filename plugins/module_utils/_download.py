@@ -57,6 +57,9 @@ DEFAULT_COMPUTED_ALGORITHM = "sha256"
 # A checksum mismatch downloads again, at most this many times in all (CloudStack: 3), then fails.
 MAX_MISMATCH_DOWNLOADS = 3
 FORMATS = ("qcow2", "raw", "iso")
+MAX_RETRIES = 100
+MAX_RETRY_DELAY = 3600
+MAX_CONNECTIONS = 16
 
 
 class DownloadRequest:
@@ -75,8 +78,15 @@ class DownloadRequest:
             raise InvalidInput("checksum must be parsed with _checksum.parse_checksum")
         if image_format not in (None,) + FORMATS:
             raise InvalidInput("format must be one of %s, got %r" % (", ".join(FORMATS), image_format))
-        if retries < 0:
-            raise InvalidInput("retries must be 0 or more")
+        # Bounds that keep one task bounded (one clear message each): retries and their delay, and the threads and
+        # connections a segmented download opens against one mirror.
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+            raise InvalidInput("retries must be a whole number from 0 to %d, got %r" % (MAX_RETRIES, retries))
+        if isinstance(retry_delay, bool) or not isinstance(retry_delay, (int, float)) \
+                or not 0 <= retry_delay <= MAX_RETRY_DELAY:
+            raise InvalidInput("retry_delay must be from 0 to %d seconds, got %r" % (MAX_RETRY_DELAY, retry_delay))
+        if isinstance(connections, bool) or not isinstance(connections, int) or not 1 <= connections <= MAX_CONNECTIONS:
+            raise InvalidInput("connections must be a whole number from 1 to %d, got %r" % (MAX_CONNECTIONS, connections))
         if block_size < 4096 or block_size > 16 * 1024 * 1024:
             raise InvalidInput("block_size must be between 4 KiB and 16 MiB")
         self.url = url
@@ -93,7 +103,7 @@ class DownloadRequest:
         self.block_size = block_size
         self.progress_interval = progress_interval
         self.qemu_img = qemu_img
-        self.connections = max(1, int(connections))
+        self.connections = connections
         self.metalink_name = metalink_name
         self.metalink_locations = tuple(metalink_locations or ())
         self.nfs_transport = nfs_transport

@@ -112,10 +112,12 @@ options:
     description:
       - How many more attempts after a failed transfer (connection error, 5xx, truncated body, stall). Each attempt
         resumes where the previous one stopped. Default from the agent settings file, else 3.
+      - From 0 to 100.
     type: int
   retry_delay:
     description:
       - Seconds before the first retry; doubled for each further one, at most 30.
+      - From 0 to 3600.
     type: float
     default: 1.0
   resume:
@@ -132,6 +134,7 @@ options:
     description:
       - For a Metalink source whose mirrors accept ranges, how many parallel connections to split the download over
         (several mirrors at once). V(1) downloads from one mirror at a time with failover.
+      - From 1 to 16.
     type: int
     default: 1
   block_size:

@@ -142,6 +142,20 @@ def test_template_logs_and_returns_no_secret(tmp_path, logged, capsys, monkeypat
     assert json.loads(registry.read_text())["templates"]["debian-12"]["url"] == url
 
 
+@pytest.mark.parametrize("option, value, words", [
+    ("retries", 1000, "retries must be a whole number from 0 to 100, got 1000"),
+    ("retry_delay", -1, "retry_delay must be from 0 to 3600 seconds, got -1.0"),
+    ("connections", 1500, "connections must be a whole number from 1 to 16, got 1500"),
+])
+def test_download_refuses_unbounded_options_before_any_connection(tmp_path, logged, capsys, monkeypatch, option,
+                                                                  value, words):
+    """Also here, though not about secrets: the bounds reach the user as one clear message of the module."""
+    result, _out = run_module(download, {"url": "http://127.0.0.1:9/disk.raw", "pool_path": str(tmp_path),
+                                         option: value}, capsys, monkeypatch)
+    assert result["failed"] is True and result["msg"] == words and result["retryable"] is False
+    assert os.listdir(str(tmp_path)) == []
+
+
 def test_url_id_ignores_secrets_only():
     base = "https://h.example/a/disk.qcow2?X-Amz-Date=20260101T000000Z&X-Amz-Signature="
     first = _download.DownloadRequest(base + "aaaaaaaa", "/p").url_id
