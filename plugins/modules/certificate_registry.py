@@ -15,7 +15,8 @@ description:
     M(directdownload.kvm.certificate) does that.
   - With O(content) or O(src), validates the certificate and records it under O(alias), with its subject, issuer,
     serial, validity and SHA-256 fingerprint. The checks are those of M(directdownload.kvm.certificate). The
-    certificate parses, is one certificate, is valid now, and the alias follows CloudStack's rules. Recording
+    certificate parses, is one certificate, is valid now, can sign certificates (a CA; see O(allow_non_ca)), and
+    the alias follows CloudStack's rules. Recording
     another certificate under an existing alias replaces it (rotation) and clears its per-host statuses, because the
     new certificate is on no host yet.
   - With O(host) and O(status), records the outcome on that host. V(UPLOADED) and V(REVOKED) are only recorded
@@ -59,6 +60,13 @@ options:
     description:
       - A file on the registry host with the certificate (PEM, base64 body or DER).
     type: path
+  allow_non_ca:
+    description:
+      - Accept a certificate that cannot sign other certificates (basic constraints absent or C(CA:FALSE), or key
+        usage without C(keyCertSign)), for example a mirror's self-signed server certificate to pin. As the option
+        of the same name of M(directdownload.kvm.certificate).
+    type: bool
+    default: false
   state:
     description:
       - V(present) records the certificate and/or a host status. V(absent) removes the certificate record.
@@ -201,6 +209,7 @@ def certificate_record(params):
         return None
     cert = _certs.load_certificate(data)
     _certs.check_validity(cert)
+    _certs.check_can_sign(cert, params["allow_non_ca"])
     info = _certs.describe(cert)
     metadata = {key: info[key] for key in ("subject", "issuer", "serial", "not_before", "not_after", "is_ca")}
     metadata["fingerprint_sha256"] = info["fingerprint"]
@@ -255,6 +264,7 @@ def main():
             details=dict(type="str"),
             fingerprint=dict(type="str"),
             hypervisor=dict(type="str", default="KVM", choices=["KVM"]),
+            allow_non_ca=dict(type="bool", default=False),
         ),
         mutually_exclusive=[("content", "src")],
         required_together=[("host", "status")],
