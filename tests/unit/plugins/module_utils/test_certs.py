@@ -652,6 +652,19 @@ def test_trust_files_are_written_atomically_with_their_modes(tmp_path, ca_pems):
     assert _certs.remove_trust_file(str(trust), "mirror") is False
 
 
+def test_a_writer_killed_mid_write_leaves_the_old_trust_file_and_nothing_trusted(tmp_path, ca_pems):
+    """A SIGKILL between the temporary file and the rename: the old PEM stays whole, and the half-written temporary
+    (random name, ``.tmp`` suffix) is neither listed nor trusted by downloads."""
+    from ansible_collections.directdownload.kvm.plugins.module_utils import _trust
+    trust = tmp_path / "trust"
+    one = _certs.load_certificate(ca_pems["one"])
+    _certs.write_trust_file(str(trust), "mirror", one)
+    (trust / ".mirror.pem.k1ll3d.tmp").write_text(ca_pems["two"][:200])  # what the killed writer left
+    assert [stem for stem, _path, _cert in _certs.list_trust_dir(str(trust))] == ["mirror"]
+    assert _certs.fingerprint(_certs.read_trust_file(str(trust / "mirror.pem"))) == _certs.fingerprint(one)
+    _trust.build_ssl_context(trust_dir=str(trust))  # the damaged temporary is not loaded (it would raise)
+
+
 def test_a_symlink_in_the_trust_directory_is_not_followed(tmp_path, ca_pems):
     trust = tmp_path / "trust"
     trust.mkdir()
