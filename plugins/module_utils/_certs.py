@@ -714,7 +714,12 @@ def _apply_keystore(keytool, target, alias, cert, word, store_type, entries):
     new_type = store_type or store_type_for_new(path, target.store_type)
     with _DirectoryLock(directory):
         _remove_stale_workspaces(path)
-        workspace = tempfile.mkdtemp(dir=directory, prefix=_workspace_prefix(path))
+        try:
+            workspace = tempfile.mkdtemp(dir=directory, prefix=_workspace_prefix(path))
+        except OSError as exc:
+            raise KeystoreError(
+                "cannot make the working copy of %s in %s (%s): keytool changes a copy that then replaces the "
+                "keystore, so its directory must be writable" % (path, directory, exc.strerror or exc), path=path) from exc
         work = os.path.join(workspace, os.path.basename(path))
         try:
             if store_type:
