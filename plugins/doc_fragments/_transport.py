@@ -36,8 +36,8 @@ options:
   validate_certs:
     description:
       - Verify the server certificate and host name. Only turn this off for tests.
-      - When false, M(directdownload.kvm.download) warns, and the installed image's record says
-        C(validate_certs: false).
+      - When false, M(directdownload.kvm.download) warns, and the installed image's record says so (its
+        C(validate_certs) key is V(false)).
     type: bool
     default: true
   client_cert:

@@ -80,7 +80,7 @@ def url_secret_values(url):
         name, sep, raw = item.partition("=")
         if not sep or not is_secret_query_key(name):
             continue
-        for value in {raw, unquote(raw.replace("+", " "))}:
+        for value in (raw, unquote(raw.replace("+", " "))):
             if len(value) >= MIN_SECRET_QUERY_VALUE and not value.isdigit():
                 secrets.add(value)
     return secrets
