@@ -233,8 +233,8 @@ def _signed_pem(basic_constraints, key_usage):
     (False, True, "CA:FALSE"),
     (True, False, "keyUsage does not include keyCertSign"),
 ])
-def test_a_certificate_that_cannot_sign_is_refused_before_any_store_is_touched(tmp_path, basic_constraints, key_usage,
-                                                                                words):
+def test_a_certificate_that_cannot_sign_is_refused_before_any_store_is_touched(
+        tmp_path, basic_constraints, key_usage, words):
     cert = _certs.load_certificate(_signed_pem(basic_constraints, key_usage))
     trust = tmp_path / "trust"
     with pytest.raises(InvalidInput) as err:
