@@ -28,11 +28,11 @@ import os
 import stat
 import struct
 import subprocess
-import tempfile
 import time
 import zipfile
 from collections import namedtuple
 
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     DirectDownloadError,
     ImageRejected,
@@ -426,10 +426,7 @@ def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_
 
 
 def _unlink_quietly(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    _fs.unlink_if_present(path)
 
 
 # ---------------------------------------------------------------- inspection
@@ -574,12 +571,11 @@ def check_policy(info, expected_format=None):
 # ---------------------------------------------------------------- atomic install
 
 def _fsync_path(path, directory=False):
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """The one fsync policy (_fs): a directory's EINVAL is ignored, a file is opened without following links."""
+    if directory:
+        _fs.fsync_directory(path)
+    else:
+        _fs.fsync_path(path)
 
 
 def _refuse_special_destination(final_path):
@@ -636,21 +632,8 @@ def write_record(final_path, data):
     record.setdefault("installed_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     record["version"] = RECORD_VERSION
     record.update(_file_identity(final_path))
-    target = record_path(final_path)
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(target) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            os.fchmod(handle.fileno(), 0o644)
-            json.dump(record, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, target)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_path(directory, directory=True)
+    # Durable: the record vouches for the installed image (O(1) idempotence).
+    _fs.write_json_atomic(record_path(final_path), record, durable=True, mode=0o644, indent=2)
     return record
 
 

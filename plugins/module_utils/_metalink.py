@@ -45,7 +45,8 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
     NotEnoughSpace,
     SourceError,
 )
-from ansible_collections.directdownload.kvm.plugins.module_utils._sink import SparseWriter, read_json, write_json_atomic
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
+from ansible_collections.directdownload.kvm.plugins.module_utils._sink import SparseWriter
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     METALINK_SUFFIXES,
     redact_url,
@@ -1073,13 +1074,13 @@ class _SegmentedDownload:
                     checksums=sorted(c.cloudstack for c in self.checksums))
 
     def _open_part(self):
-        state = read_json(self.sidecar_path) if self.resume else None
+        state = _fs.read_json(self.sidecar_path) if self.resume else None
         # Without any hash, bytes kept from an earlier run could never be checked: start again.
         resumable = bool(self.pieces or self.file.hashes or self.checksums)
         if state and resumable and state.get("version") == SEGMENTS_SIDECAR_VERSION \
                 and state.get("identity") == self._identity():
             try:
-                self.fd = os.open(self.part_path, os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+                self.fd = _fs.open_regular(self.part_path, os.O_RDWR)
             except OSError:
                 self.fd = None
             if self.fd is not None and os.fstat(self.fd).st_size == self.size:
@@ -1088,9 +1089,8 @@ class _SegmentedDownload:
             if self.fd is not None:
                 os.close(self.fd)
                 self.fd = None
-        _unlink_quietly(self.sidecar_path)
-        self.fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                          | getattr(os, "O_CLOEXEC", 0), 0o600)
+        _fs.unlink_if_present(self.sidecar_path)
+        self.fd = _fs.open_regular(self.part_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         os.ftruncate(self.fd, self.size)
 
     def _load_done(self, runs):
@@ -1168,7 +1168,7 @@ class _SegmentedDownload:
                 raise self.fatal
             return self._finish(started)
         except ChecksumMismatch:
-            _unlink_quietly(self.sidecar_path)
+            _fs.unlink_if_present(self.sidecar_path)
             raise
         except BaseException:
             if self.done_count:
@@ -1222,7 +1222,7 @@ class _SegmentedDownload:
                 )
         verified = strongest(self.checksums)
         result["checksum"] = (verified or Checksum(self.algorithms[-1], self.digests[self.algorithms[-1]])).cloudstack
-        _unlink_quietly(self.sidecar_path)
+        _fs.unlink_if_present(self.sidecar_path)
         return result
 
     def _save(self):
@@ -1232,7 +1232,7 @@ class _SegmentedDownload:
         try:
             # The bitmap must never claim bytes that a crash could lose.
             os.fdatasync(self.fd)
-            write_json_atomic(self.sidecar_path, dict(
+            _fs.write_json_atomic(self.sidecar_path, dict(
                 version=SEGMENTS_SIDECAR_VERSION, identity=self._identity(), done=runs, size=self.size,
                 unit=self.unit, bytes_done=self.done_bytes,
                 bytes_per_mirror={redact_url(url): count for url, count in received.items()},
@@ -1504,9 +1504,3 @@ class _SegmentedDownload:
                 hasher.update(view[:count])
             offset += count
 
-
-def _unlink_quietly(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -9,12 +9,12 @@ pipeline."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import queue
 import threading
 import time
 
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import NotEnoughSpace
 
 DEFAULT_BLOCK_SIZE = 64 * 1024
@@ -109,41 +109,6 @@ class SparseWriter:
         return self.offset
 
 
-def write_json_atomic(path, data, mode=0o600):
-    """Replace ``path`` with ``data`` as JSON: temp file in the same directory, then rename.
-
-    A reader sees the old or the new document, never half of one. No fsync: the sidecars written this way are
-    hints that survive a killed process (the page cache keeps them); every byte they vouch for is verified again.
-    """
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path).lstrip("."), os.getpid()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, sort_keys=True, indent=1)
-        os.rename(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def read_json(path):
-    """The JSON document at ``path``, or None when it is missing or unreadable (sidecars are only hints)."""
-    try:
-        with open(path, "rb") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _unlink_quietly(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 class PartFile:
     """The hidden, resumable download file ``<pool>/.<name>.part`` and its sidecar ``.<name>.part.json``.
 
@@ -163,20 +128,21 @@ class PartFile:
 
     def resumable_state(self, identity):
         """The saved state if the part can be resumed for ``identity`` (a dict of what must not have changed)."""
-        state = read_json(self.sidecar_path)
-        if not state or not os.path.isfile(self.path) or os.path.islink(self.path):
+        state = _fs.read_json(self.sidecar_path)
+        if not state or _fs.kind_at(self.path) != "file":
             return None
         if state.get("identity") != identity or not isinstance(state.get("bytes_done"), int):
             return None
         return state if state["bytes_done"] > 0 else None
 
     def save_state(self, state):
-        write_json_atomic(self.sidecar_path, state)
+        # Not durable: a hint that survives a killed process; every byte it vouches for is verified again.
+        _fs.write_json_atomic(self.sidecar_path, state, durable=False)
 
     def open_for_write(self, offset):
         """Open the part for writing from ``offset``: the file is cut (or extended with a hole) to exactly that
         length, so everything past it reads as zeros, which the sparse writer relies on."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fd = _fs.open_regular(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             os.ftruncate(fd, offset)
         except BaseException:
@@ -184,11 +150,15 @@ class PartFile:
             raise
         return fd
 
+    @property
+    def segments_sidecar_path(self):
+        """The resume state of a segmented metalink download (_metalink.segments_sidecar_path)."""
+        return self.path + ".segments.json"
+
     def discard(self):
-        _unlink_quietly(self.path)
-        _unlink_quietly(self.sidecar_path)
-        # The resume state of a segmented metalink download (_metalink.segments_sidecar_path).
-        _unlink_quietly(self.path + ".segments.json")
+        _fs.unlink_if_present(self.path)
+        _fs.unlink_if_present(self.sidecar_path)
+        _fs.unlink_if_present(self.segments_sidecar_path)
 
 
 class _Batch:

@@ -13,9 +13,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import (
     PartFile,
     SparseWriter,
-    read_json,
     stream_to_file,
-    write_json_atomic,
 )
 
 
@@ -112,13 +110,3 @@ def test_part_file_resume_state(tmp_path):
     assert os.path.getsize(part.path) == 40
     part.discard()
     assert not os.listdir(tmp_path)
-
-
-def test_json_sidecars_are_replaced_whole(tmp_path):
-    path = str(tmp_path / ".x.json")
-    write_json_atomic(path, {"a": 1})
-    write_json_atomic(path, {"a": 2})
-    assert read_json(path) == {"a": 2}
-    assert sorted(os.listdir(tmp_path)) == [".x.json"]
-    (tmp_path / "bad.json").write_text("{")
-    assert read_json(str(tmp_path / "bad.json")) is None
