@@ -14,6 +14,11 @@ What is on disk in the pool, per image ``NAME``:
 - ``.NAME.ddinfo.json``     the record of the installed image (for O(1) idempotence)
 - ``.NAME.part`` + ``.json`` a resumable download in progress and its progress sidecar
 - ``.NAME.lock``            serialises concurrent runs for the same image (a second run waits, then finds it done)
+- ``.NAME.extracting``      an extraction in progress (a leftover of a killed run is removed at the next run)
+- ``.NAME.part.segments.json`` the resume state of a segmented metalink download
+
+Every one of these names is ours: anything but a regular file there (a FIFO, a device, a symlink) is refused by
+``plan``, and a name whose longest helper file would not fit the file system's name limit is refused up front.
 """
 
 from __future__ import annotations
@@ -23,10 +28,9 @@ import errno
 import fcntl
 import hashlib
 import os
-import stat
 import time
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _install
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _install
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import Checksum, file_digest, new_hash
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     ChecksumMismatch,
@@ -133,20 +137,69 @@ def default_name(url):
 
 
 def file_facts(path):
-    """What is at ``path`` now, for diffs and results (no hashing)."""
+    """What is at ``path`` now, for diffs and results (no hashing; ``lstat`` only, nothing is opened).
+    ``type``: ``file``, ``symlink``, ``directory``, ``FIFO``, ``socket``, ``character device``, ``block device``."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return {"path": path, "exists": False}
-    facts = {"path": path, "exists": True, "size": st.st_size, "disk_usage": st.st_blocks * 512,
-             "mtime": int(st.st_mtime)}
-    if stat.S_ISLNK(st.st_mode):
-        facts["type"] = "symlink"
-    elif stat.S_ISDIR(st.st_mode):
-        facts["type"] = "directory"
-    else:
-        facts["type"] = "file"
-    return facts
+    return {"path": path, "exists": True, "size": st.st_size, "disk_usage": st.st_blocks * 512,
+            "mtime": int(st.st_mtime), "type": _fs.file_kind(st.st_mode)}
+
+
+def lock_path(pool_path, name):
+    return os.path.join(pool_path, ".%s.lock" % name)
+
+
+def helper_files(pool_path, name):
+    """Every file a run may create beside the image ``name``, as ``{path: written through a temporary file}``."""
+    final = os.path.join(pool_path, name)
+    part = PartFile(pool_path, name)
+    return {
+        part.path: False,
+        part.sidecar_path: True,
+        part.segments_sidecar_path: True,
+        _install.record_path(final): True,
+        _install.extracting_path(final): False,
+        lock_path(pool_path, name): False,
+    }
+
+
+def name_max(pool_path):
+    """The longest file name the pool's file system takes (``PC_NAME_MAX``; 255 when it does not say)."""
+    try:
+        limit = os.pathconf(pool_path, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = None
+    return limit if limit and limit > 0 else _fs.DEFAULT_NAME_MAX
+
+
+def check_name_fits(pool_path, name):
+    """Refuse a name whose longest helper file (a temporary file of a sidecar included) would not fit the file
+    system's name limit: found late, it fails after the install (the record cannot be written)."""
+    limit = name_max(pool_path)
+    longest, longest_length, longest_via_temp = None, 0, False
+    for path, via_temp in helper_files(pool_path, name).items():
+        length = len(os.path.basename(path).encode("utf-8")) + (_fs.TEMP_NAME_EXTRA if via_temp else 0)
+        if length > longest_length:
+            longest, longest_length, longest_via_temp = os.path.basename(path), length, via_temp
+    if longest_length > limit:
+        extra = longest_length - len(name.encode("utf-8"))
+        raise InvalidInput(
+            "the image name is %d characters long: at most %d fit in %s (the file system allows %d characters per "
+            "name and the helper file %s%s needs %d more than the name)"
+            % (len(name), limit - extra, pool_path, limit, longest,
+               " with its temporary suffix" if longest_via_temp else "", extra),
+            name_max=limit, max_name_length=limit - extra)
+
+
+def check_helper_files(pool_path, name):
+    """Refuse anything but a regular file at one of our helper names (``lstat`` only: a FIFO is never opened)."""
+    for path in helper_files(pool_path, name):
+        kind = _fs.kind_at(path)
+        if kind not in (None, "file"):
+            raise InvalidInput("refusing to use %s: it is a %s, not a regular file (remove it)" % (path, kind),
+                               path=path)
 
 
 def check_pool(pool_path):
@@ -177,10 +230,12 @@ class Plan:
 def plan(request):
     """Decide without network and without writing. May hash an existing file once when it has no usable record."""
     check_pool(request.pool_path)
+    check_name_fits(request.pool_path, request.name)
     final = request.final_path
     before = file_facts(final)
     if before["exists"] and before["type"] != "file":
         raise InvalidInput("%s is a %s: refusing to replace it with an image" % (final, before["type"]))
+    check_helper_files(request.pool_path, request.name)
     if not before["exists"]:
         return Plan("download", "not installed", before)
     if request.force:
@@ -222,9 +277,12 @@ def run(request, open_source, log=None, now=time.time):
     """
     log = log or (lambda msg: None)
     check_pool(request.pool_path)
+    check_name_fits(request.pool_path, request.name)  # before the lock file, which is one of the long names
     started = time.monotonic()
     with _image_lock(request):
         decision = plan(request)
+        # A killed extraction leaves this behind; it was never installed and no other run holds the lock.
+        _fs.unlink_if_present(_install.extracting_path(request.final_path))
         if decision.action == "none":
             return _unchanged_result(request, decision, started)
         if decision.action == "adopt":
@@ -241,12 +299,16 @@ def _image_lock(request):
     Removing a lock file is only safe with the usual re-check: after getting the lock, the path must still name
     the inode we locked; if another run removed it meanwhile, lock the new file instead.
     """
-    lock_path = os.path.join(request.pool_path, ".%s.lock" % request.name)
+    path = lock_path(request.pool_path, request.name)
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fd = _fs.open_regular(path, os.O_RDWR | os.O_CREAT, 0o600)  # never a symlink, never blocks on a FIFO
+        except _fs.NotRegularFile as exc:
+            raise InvalidInput("refusing to use %s: it is a %s, not a regular file (remove it)" % (path, exc.kind),
+                               path=path) from None
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            same = os.stat(lock_path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
         if same:
@@ -255,7 +317,7 @@ def _image_lock(request):
     try:
         yield
     finally:
-        _unlink(lock_path)
+        _fs.unlink_if_present(path)
         os.close(fd)
 
 
@@ -467,7 +529,7 @@ def _prepare_image(request, part):
         kind = None
     if kind:
         extracted = _install.extracting_path(request.final_path)
-        _unlink(extracted)  # a leftover of a killed run: it was never installed
+        _fs.unlink_if_present(extracted)  # a leftover of a killed run: it was never installed
         try:
             _install.extract(part.path, extracted, kind, block_size=request.block_size)
         except BaseException:
@@ -479,17 +541,10 @@ def _prepare_image(request, part):
         info = _install.inspect_image(ready, request.format, qemu_img=request.qemu_img)
         _install.check_policy(info, request.format)
     except BaseException:
-        _unlink(ready)
+        _fs.unlink_if_present(ready)
         part.discard()
         raise
     return ready, info
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class _Transfer:
@@ -521,9 +576,22 @@ class _Transfer:
                 algorithms.append(checksum.algorithm)
         return algorithms or [DEFAULT_COMPUTED_ALGORITHM]
 
+    def _resumable(self):
+        """The ``.part``'s saved state when it can be resumed, else None. A part the sidecar calls complete (killed
+        during extraction or inspection) resumes one byte before its end: the last byte is asked again with
+        If-Range, which proves the file did not change (206) or starts it again (200); the whole is then verified
+        as any download is. Asking for ``bytes=<size>-`` would only get a 416."""
+        state = self.part.resumable_state(self.identity) if self.request.resume else None
+        if state is not None and isinstance(state.get("total"), int) and state["bytes_done"] >= state["total"]:
+            if state["total"] <= 1:
+                return None
+            state = dict(state, bytes_done=state["total"] - 1)
+            self.log("the .part is complete (a run was interrupted after the transfer): checking its last byte")
+        return state
+
     def run(self):
         request = self.request
-        state = self.part.resumable_state(self.identity) if request.resume else None
+        state = self._resumable()
         if state is None:
             self.part.discard()
         offset = state["bytes_done"] if state else 0
@@ -548,7 +616,7 @@ class _Transfer:
                 delay = min(request.retry_delay * (2 ** (self.attempts - 1)), 30)
                 self.log("attempt %d failed: %s; retrying in %.1f s" % (self.attempts, exc.msg, delay))
                 time.sleep(delay)
-                state = self.part.resumable_state(self.identity) if request.resume else None
+                state = self._resumable()
                 if state is None:
                     offset, validators, total = 0, None, None
                     hashers = {name: new_hash(name) for name in self._algorithms()}
@@ -585,11 +653,43 @@ class _Transfer:
                 done += len(chunk)
         self._hashed = offset
 
+    _restarted = False
+
+    def _open(self, offset, validators, total):
+        """Open the source at ``offset``. A resume the server does not honour consistently becomes one download
+        from byte 0 (once per transfer): a 416 (the file is now shorter), a 206 for other bytes than asked, a 206
+        whose ETag/Last-Modified differs from the If-Range sent (a proxy that ignores If-Range: the bytes would mix
+        two versions), or a 206 whose total differs from the one the ``.part`` was started with."""
+        if not offset:
+            return self.source.open(offset=0)
+        try:
+            body = self.source.open(offset=offset, validators=validators)
+        except SourceError as exc:
+            if exc.details.get("reason") not in ("range_not_satisfiable", "bad_range", "changed"):
+                raise
+            why = exc.msg
+        else:
+            if body.offset != offset or total is None or body.size in (None, total):
+                return body
+            why = "%s now has %d bytes, the .part was started for %d" % (
+                redact_url(body.url or self.request.url), body.size, total)
+            body.close()
+        if self._restarted:
+            raise SourceError("resuming failed again after a download from byte 0: %s" % why,
+                              url=redact_url(self.request.url), reason="resume")
+        self._restarted = True
+        self.log("cannot resume at byte %d (%s): downloading again from byte 0" % (offset, why))
+        return self.source.open(offset=0)
+
     def _attempt(self, offset, validators, total, hashers):
         request = self.request
-        body = self.source.open(offset=offset, validators=validators)
+        body = self._open(offset, validators, total)
         if not hasattr(self.source, "expected_checksums") and is_metalink_url(
-                request.url, getattr(body, "content_type", None)):
+                getattr(body, "url", None) or request.url, getattr(body, "content_type", None)):
+            # Decided on the final URL (after redirects) and the Content-Type, as url_check does.
+            if body.offset:
+                body.close()  # a resume that met a document: read all of it
+                body = self.source.open(offset=0)
             raise _IsMetalink(body)  # the metalink reads the document from this body and closes it
         try:
             if body.offset != offset:

@@ -14,7 +14,9 @@ ours to apply:
   ``Location`` resolved; credential headers (``Authorization``, ``Cookie``, ``Proxy-Authorization`` and a few
   well-known token headers) and URL credentials are not sent on to another host;
 * resume with ``Range: bytes=offset-`` and ``If-Range`` (strong ETag, else Last-Modified); a 200 answer means the
-  server restarted from byte 0 (``body.offset == 0``); a 206 for other bytes than asked is an error;
+  server restarted from byte 0 (``body.offset == 0``); a 206 for other bytes than asked (reason ``bad_range``) or
+  with another ETag/Last-Modified than the earlier bytes (reason ``changed``: If-Range was ignored) is an error,
+  on which the engine downloads again from byte 0;
 * no retries here: the engine retries because it must resume at the right offset;
 * proxies from ``http_proxy``/``https_proxy``/``no_proxy`` (or the ``proxy`` option); https goes through a CONNECT
   tunnel, http as an absolute-form request; http:// proxy URLs only;
@@ -267,6 +269,19 @@ def if_range_value(validators):
     return validators.get("last_modified") or None
 
 
+def _check_same_version(response, url, validators):
+    """A 206 must come from the version the earlier bytes came from: every validator both the saved ones and
+    the answer carry must be equal. A server (or proxy) that ignores If-Range answers 206 with the new version's
+    ETag; its bytes appended to the old ones would install an image mixing both. Raises SourceError (reason
+    ``changed``: the engine downloads again from byte 0)."""
+    for key, header in (("etag", "ETag"), ("last_modified", "Last-Modified")):
+        saved = (validators or {}).get(key)
+        now = response.getheader(header)
+        if saved and now and saved != now:
+            raise _fail("%s answered 206 for another version of the file (%s %s, the earlier bytes came with %s): "
+                        "it ignored If-Range" % (redact_url(url), header, now, saved), url, reason="changed")
+
+
 def _accepts_ranges(response):
     return response.status == 206 or "bytes" in (response.getheader("Accept-Ranges") or "").lower()
 
@@ -425,6 +440,8 @@ class HttpSource:
         connection, response, url = self._fetch("GET", extra)
         try:
             body_offset, size = self._check_answer(response, url, offset, end, ranged)
+            if ranged and response.status == 206:
+                _check_same_version(response, url, validators)
         except BaseException:
             response.close()
             connection.close()

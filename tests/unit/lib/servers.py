@@ -34,6 +34,9 @@ Offsets are positions in the file, whatever range the request asked for:
 ``corrupt_at=B``    flip the byte at file offset B (xor 0xff)
 ``rate=BPS``        pace the body to BPS bytes/s (a token bucket per connection)
 ``no_range=True``   ignore Range/If-Range (always 200) and send no ``Accept-Ranges``
+``ignore_if_range`` answer every Range with 206, whatever If-Range says (a broken cache or proxy: the bytes of
+                    the current file are appended to those of an older one)
+``range_start=B``   answer a Range with 206 for the bytes from file offset B on, whatever was asked
 ``etag="..."``      send this ETag (quoted as given) instead of the real one: simulates a changed file
 ``last_modified``   send this Last-Modified instead of the real one
 ``no_validators``   send neither ETag nor Last-Modified
@@ -85,7 +88,7 @@ class Fault:
     def __init__(self, times=None, method=None, status=None, truncate_at=None, stall_at=None, stall_seconds=3600.0,
                  corrupt_at=None, rate=None, no_range=False, etag=None, last_modified=None, no_validators=False,
                  redirect_to=None, redirect_status=302, require_headers=None, refuse=False, content_type=None,
-                 no_length=False, chunked=False, headers=None):
+                 no_length=False, chunked=False, headers=None, ignore_if_range=False, range_start=None):
         self.times = times
         self.method = method.upper() if method else None
         self.status = status
@@ -106,6 +109,8 @@ class Fault:
         self.no_length = no_length
         self.chunked = chunked
         self.headers = dict(headers or {})
+        self.ignore_if_range = ignore_if_range
+        self.range_start = range_start
 
     @property
     def shapes_body(self):
@@ -226,12 +231,15 @@ class _ImageHandler(BaseHTTPRequestHandler):
             wanted = _parse_range(range_header, size)
             if_range = self.headers.get("If-Range")
             # If-Range uses the strong comparison: a weak tag or a stale date means "send the whole file".
-            validators_match = if_range is None or (not fault.no_validators and if_range in (etag, last_modified))
+            validators_match = if_range is None or fault.ignore_if_range or (
+                not fault.no_validators and if_range in (etag, last_modified))
             if wanted == "unsatisfiable" and validators_match:
                 self._send_simple(416, b"", {"Content-Range": "bytes */%d" % size})
                 return
             if wanted is not None and validators_match:
                 (start, end), status = wanted, 206
+                if fault.range_start is not None:
+                    start = min(fault.range_start, size)
 
         self._record.status = status
         self.send_response(status)

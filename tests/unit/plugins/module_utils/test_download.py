@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
@@ -142,3 +148,223 @@ def test_mismatch_is_bounded_and_leaves_nothing(server, pool):
     assert failure.value.expected == "{MD5}" + "a" * 32 and not failure.value.retryable
     assert "after 3 downloads" in failure.value.msg
     assert os.listdir(pool) == []
+
+
+# ---------------------------------------------------------------- crash and attack safety (issue 17)
+
+def _run_in_a_process_and_kill_during_inspection(server, pool, tmp_path, url_path="disk.qcow2"):
+    """Run the engine in a real child process whose ``qemu-img`` hangs, SIGKILL it while it inspects: exactly
+    what an OOM kill, a reboot or an async timeout during inspection leaves in the pool."""
+    marker = tmp_path / "inspecting"
+    hang = tmp_path / "qemu-img-hangs"
+    hang.write_text("#!/bin/sh\ntouch %s\nexec sleep 600\n" % marker)
+    hang.chmod(0o755)
+    code = (
+        "import sys\n"
+        "from ansible_collections.directdownload.kvm.plugins.module_utils import _download, _http, _sources\n"
+        "request = _download.DownloadRequest(sys.argv[1], sys.argv[2], retry_delay=0, progress_interval=0,\n"
+        "    qemu_img=sys.argv[3], source_options=_http.SourceOptions(read_timeout=5))\n"
+        "_download.run(request, _sources.open_source)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    child = subprocess.Popen([sys.executable, "-c", code, server.url(url_path), str(pool), str(hang)], env=env,  # pylint: disable=consider-using-with
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, "the child ended before inspecting"
+            assert time.monotonic() < deadline, "the child never reached the inspection"
+            time.sleep(0.05)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # the child and its hanging qemu-img
+        child.wait(30)
+
+
+def test_a_part_left_complete_by_a_kill_is_verified_and_installed(server, pool, www, tmp_path):
+    size = os.path.getsize(www / "disk.qcow2")
+    _run_in_a_process_and_kill_during_inspection(server, pool, tmp_path)
+    sidecar = json.loads((pool / ".disk.qcow2.part.json").read_text())
+    assert sidecar["bytes_done"] == sidecar["total"] == size and not (pool / "disk.qcow2").exists()
+    server.clear_requests()
+    # Before the fix every later run asked bytes=<size>-, got 416 and kept the part: stuck forever.
+    result = _download.run(request_for(server, pool), open_source)
+    assert result["changed"] and result["resumed_from"] == size - 1 and result["bytes_downloaded"] == 1
+    assert [r.headers.get("range") for r in server.requests_for("/disk.qcow2", "GET")] == ["bytes=%d-" % (size - 1)]
+    assert images.sha256_file(str(pool / "disk.qcow2")) == images.sha256_file(str(www / "disk.qcow2"))
+    assert sorted(os.listdir(pool)) == [".disk.qcow2.ddinfo.json", "disk.qcow2"]
+
+
+def test_a_complete_part_that_does_not_verify_is_fetched_again(server, pool, www, tmp_path):
+    size = os.path.getsize(www / "disk.qcow2")
+    good = parse_checksum("sha256:" + images.sha256_file(str(www / "disk.qcow2")))
+    request = request_for(server, pool, checksum=good)
+    _run_in_a_process_and_kill_during_inspection(server, pool, tmp_path)
+    # The child had no checksum: give the part the identity of this request, and spoil a byte of it.
+    sidecar = json.loads((pool / ".disk.qcow2.part.json").read_text())
+    sidecar["identity"]["checksums"] = [good.cloudstack]
+    (pool / ".disk.qcow2.part.json").write_text(json.dumps(sidecar))
+    with open(pool / ".disk.qcow2.part", "r+b") as handle:
+        handle.seek(10)
+        handle.write(b"\xff")
+    result = _download.run(request, open_source)
+    assert result["changed"] and result["bytes_downloaded"] == size + 1 and result["resumed_from"] == 0
+    assert images.sha256_file(str(pool / "disk.qcow2")) == good.hexdigest
+
+
+def test_a_416_on_resume_starts_again_from_byte_0(server, pool, www):
+    """The file on the server got shorter than the part: 416 for the resume, then one download from 0."""
+    size = os.path.getsize(www / "disk.qcow2")
+    server.set_fault("/disk.qcow2", truncate_at=size // 2, times=1)
+    with pytest.raises(SourceError):
+        _download.run(request_for(server, pool, retries=0), open_source)
+    sidecar = json.loads((pool / ".disk.qcow2.part.json").read_text())
+    sidecar["bytes_done"] = size + 4096  # as a part of a larger, older version of the file would say
+    sidecar["total"] = None
+    (pool / ".disk.qcow2.part.json").write_text(json.dumps(sidecar))
+    server.clear_requests()
+    result = _download.run(request_for(server, pool, retries=0), open_source)
+    assert result["changed"] and result["resumed_from"] == 0 and result["bytes_downloaded"] == size
+    assert [r.status for r in server.requests_for("/disk.qcow2", "GET")] == [416, 200]
+
+
+def test_a_stale_extracting_file_is_removed_at_the_start_of_a_run(server, pool):
+    _download.run(request_for(server, pool), open_source)
+    (pool / ".disk.qcow2.extracting").write_bytes(b"half an image from a killed run")
+    result = _download.run(request_for(server, pool), open_source)
+    assert not result["changed"]
+    assert sorted(os.listdir(pool)) == [".disk.qcow2.ddinfo.json", "disk.qcow2"]
+
+
+def _half_part(server, pool, www, **fault):
+    size = os.path.getsize(www / "disk.qcow2")
+    server.set_fault("/disk.qcow2", truncate_at=size // 2, times=1, **fault)
+    with pytest.raises(SourceError):
+        _download.run(request_for(server, pool, retries=0), open_source)
+    assert json.loads((pool / ".disk.qcow2.part.json").read_text())["bytes_done"] > 0
+
+
+def _new_version(www, written=MiB):
+    path = www / "disk.qcow2"
+    images.qcow2(str(path) + ".new", size=16 * MiB, writes=[(0, written, 0x77)])
+    os.replace(str(path) + ".new", str(path))
+    return images.sha256_file(str(path))
+
+
+def test_a_206_of_another_version_falls_back_to_a_full_download(server, pool, www):
+    """A proxy that ignores If-Range answers 206 with the new file's ETag: appending those bytes to the old ones
+    would install an image of two versions (no checksum to catch it). The engine downloads again from 0."""
+    _half_part(server, pool, www)
+    new_sum = _new_version(www)
+    server.set_fault("/disk.qcow2", ignore_if_range=True)
+    server.clear_requests()
+    result = _download.run(request_for(server, pool, retries=0), open_source)
+    assert result["changed"] and result["resumed_from"] == 0
+    assert images.sha256_file(str(pool / "disk.qcow2")) == new_sum
+    assert [r.status for r in server.requests_for("/disk.qcow2", "GET")] == [206, 200]
+
+
+def test_a_206_with_another_total_falls_back_to_a_full_download(server, pool, www):
+    """Without validators to compare, the total in Content-Range still tells another version."""
+    _half_part(server, pool, www, no_validators=True)
+    old_size = os.path.getsize(www / "disk.qcow2")
+    new_sum = _new_version(www, written=3 * MiB)
+    assert os.path.getsize(www / "disk.qcow2") != old_size
+    server.set_fault("/disk.qcow2", ignore_if_range=True, no_validators=True)
+    result = _download.run(request_for(server, pool, retries=0), open_source)
+    assert result["changed"] and result["resumed_from"] == 0
+    assert images.sha256_file(str(pool / "disk.qcow2")) == new_sum
+
+
+def test_a_206_for_other_bytes_falls_back_to_a_full_download_once(server, pool, www):
+    _half_part(server, pool, www)
+    server.set_fault("/disk.qcow2", range_start=0)  # Content-Range: bytes 0-...: not what was asked
+    server.clear_requests()
+    result = _download.run(request_for(server, pool, retries=0), open_source)
+    assert result["changed"] and result["resumed_from"] == 0
+    assert images.sha256_file(str(pool / "disk.qcow2")) == images.sha256_file(str(www / "disk.qcow2"))
+    assert [r.status for r in server.requests_for("/disk.qcow2", "GET")] == [206, 200]
+
+
+@pytest.mark.parametrize("where", ["disk.qcow2", ".disk.qcow2.part", ".disk.qcow2.part.json", ".disk.qcow2.lock",
+                                   ".disk.qcow2.ddinfo.json", ".disk.qcow2.part.segments.json"])
+def test_a_fifo_at_the_destination_or_a_helper_name_is_refused_without_blocking(server, pool, where):
+    os.mkfifo(str(pool / where))
+    outcome = {}
+
+    def attempt():
+        for mode in ("plan", "run"):
+            try:
+                (_download.plan if mode == "plan" else lambda r: _download.run(r, open_source))(
+                    request_for(server, pool))
+                outcome[mode] = "no error"
+            except InvalidInput as exc:
+                outcome[mode] = exc.msg
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "a FIFO at %s blocked the task" % where
+    for mode in ("plan", "run"):
+        assert "FIFO" in outcome[mode] and where in outcome[mode], outcome
+    assert os.listdir(pool) == [where], "nothing else was created"
+
+
+@pytest.mark.parametrize("where", ["disk.qcow2", ".disk.qcow2.part"])
+def test_a_device_at_the_destination_is_refused(server, pool, where):
+    try:
+        os.mknod(str(pool / where), 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+    except PermissionError:
+        pytest.skip("creating a device node needs CAP_MKNOD (root outside a restricted container)")
+    for call in (_download.plan, lambda r: _download.run(r, open_source)):
+        with pytest.raises(InvalidInput, match="is a character device"):
+            call(request_for(server, pool))
+    assert os.listdir(pool) == [where]
+    assert _download.file_facts(str(pool / where))["type"] == "character device"
+
+
+def test_names_too_long_for_the_helper_files_are_refused_up_front(server, pool):
+    limit = os.pathconf(str(pool), "PC_NAME_MAX")
+    # The longest helper: .<name>.part.segments.json plus the temporary suffix of its atomic write.
+    fits = limit - len(".part.segments.json") - 1 - 13
+    name = "d" * (fits - len(".qcow2")) + ".qcow2"
+    result = _download.run(request_for(server, pool, name=name), open_source)
+    assert result["changed"] and os.path.exists(pool / name)
+    for length in (fits + 1, 230, 234, limit):
+        too_long = "d" * (length - len(".qcow2")) + ".qcow2"
+        with pytest.raises(InvalidInput, match="at most %d fit" % fits):
+            _download.plan(request_for(server, pool, name=too_long))  # check mode refuses too
+        with pytest.raises(InvalidInput, match="at most %d fit" % fits):
+            _download.run(request_for(server, pool, name=too_long), open_source)
+    assert sorted(os.listdir(pool)) == sorted([name, ".%s.ddinfo.json" % name])
+
+
+def test_a_symlink_at_the_old_sidecar_temp_name_does_not_redirect_the_write(server, pool, tmp_path, www):
+    """The sidecar's temporary file used to be ``.<name>.part.json.<pid>.tmp`` opened O_CREAT|O_TRUNC: anyone
+    who can create entries in the pool (a shared export) made the root-run module overwrite any file."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    planted = pool / (".disk.qcow2.part.json.%d.tmp" % os.getpid())
+    planted.symlink_to(victim)
+    result = _download.run(request_for(server, pool), open_source)
+    assert result["changed"]
+    assert victim.read_bytes() == b"precious"
+    assert os.path.islink(planted)
+
+
+def test_a_metalink_behind_a_redirect_is_read_as_a_metalink(server, pool, www):
+    """``/latest`` -> ``image.meta4`` served as application/octet-stream (nginx's default): decided on the final
+    URL and the Content-Type, not on the URL given, so the XML is never installed as the image."""
+    pytest.importorskip("lxml")
+    data = (www / "disk.qcow2").read_bytes()
+    (www / "image.meta4").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<metalink xmlns="urn:ietf:params:xml:ns:metalink"><file '
+        'name="disk.qcow2"><size>%d</size><hash type="sha-256">%s</hash><url>%s</url></file></metalink>\n'
+        % (len(data), images.sha256_file(str(www / "disk.qcow2")), server.url("disk.qcow2")))
+    server.set_fault("/latest", redirect_to="/image.meta4")
+    server.set_fault("/image.meta4", content_type="application/octet-stream")
+    request = _download.DownloadRequest(server.url("latest"), str(pool), name="disk.qcow2", retry_delay=0,
+                                        source_options=SourceOptions(read_timeout=5, follow_redirects=True))
+    result = _download.run(request, open_source)
+    assert result["changed"] and result["format"] == "qcow2"
+    assert result["url"] == server.url("disk.qcow2")
+    assert (pool / "disk.qcow2").read_bytes() == data
