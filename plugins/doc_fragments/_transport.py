@@ -20,8 +20,22 @@ options:
     description:
       - HTTP headers to send, as CloudStack's C(HTTP_HEADER:<name>) template details do. Values are secrets and never
         shown.
+      - C(Host) cannot be given (it comes from the URL), nor the headers the download sets itself (C(Range),
+        C(If-Range), C(Content-Length), C(Transfer-Encoding), C(Connection), C(TE), C(Upgrade), C(Expect)).
     type: dict
     default: {}
+  headers_on_redirect:
+    description:
+      - The names of the O(headers) that may still be sent after a redirect to another origin (another scheme,
+        host or port; the upgrade from C(http) to C(https) on the same host is not another origin), for example
+        V([X-Mirror-Key]) for a mirror network that expects it.
+      - By default no header of O(headers) reaches another origin, whatever its name. Credential headers
+        (C(Authorization), C(Cookie), C(Proxy-Authorization), C(X-Auth-Token), C(Private-Token), C(X-Api-Key),
+        C(Api-Key), C(X-Amz-Security-Token)) and the user name and password of the URL are never sent there, and
+        cannot be named here.
+    type: list
+    elements: str
+    default: []
   ca_path:
     description:
       - A PEM file, or a directory of PEM files, with CA certificates to trust in addition to the system CAs and
@@ -59,8 +73,8 @@ options:
     type: float
   follow_redirects:
     description:
-      - Follow HTTP redirects (at most 10). A redirect from https to http is always refused. Credentials
-        (C(Authorization), C(Cookie)) are not sent on to another host.
+      - Follow HTTP redirects (at most 10). A redirect from https to http is always refused. After a redirect to
+        another origin no header of O(headers) is sent, except those O(headers_on_redirect) names.
     type: bool
     default: true
   use_proxy:

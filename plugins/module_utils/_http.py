@@ -11,8 +11,10 @@ host (no third-party import, so modules need no ``missing_required_lib`` for HTT
 ours to apply:
 
 * redirects only when ``follow_redirects``, at most ``max_redirects`` hops, never from https to http, relative
-  ``Location`` resolved; credential headers (``Authorization``, ``Cookie``, ``Proxy-Authorization`` and a few
-  well-known token headers) and URL credentials are not sent on to another host;
+  ``Location`` resolved; on a redirect to another origin (scheme, host or port; the upgrade from http to https on
+  the same host excepted) no user header is sent unless ``headers_on_redirect`` names it, the credential headers
+  (``Authorization``, ``Cookie``, ``Proxy-Authorization`` and a few well-known token headers) and URL credentials
+  never, on that hop and every later one;
 * resume with ``Range: bytes=offset-`` and ``If-Range`` (strong ETag, else Last-Modified); a 200 answer means the
   server restarted from byte 0 (``body.offset == 0``); a 206 for other bytes than asked (reason ``bad_range``) or
   with another ETag/Last-Modified than the earlier bytes (reason ``changed``: If-Range was ignored) is an error,
@@ -82,6 +84,8 @@ def check_headers(headers):
             start = _TOKEN_START.match(name).group(0) if isinstance(name, str) else ""
             raise InvalidInput("header name %r... is not a valid HTTP header name (letters, digits and "
                                "!#$%%&'*+.^_`|~- only; the value goes in the value)" % start)
+        if name.lower() == "host":
+            raise InvalidInput("the HTTP header Host cannot be given: it comes from the URL")
         if name.lower() in ENGINE_HEADERS:
             raise InvalidInput("header %s cannot be set: the download engine controls it" % name)
         if value is None:
@@ -96,6 +100,24 @@ def check_headers(headers):
 _check_headers = check_headers  # the earlier private name, still imported by _template.py
 
 
+def check_headers_on_redirect(names):
+    """The user headers that may follow a redirect to another origin, as a frozenset of lower-case names.
+    Credential headers cannot be named: they never go to another host."""
+    if not names:
+        return frozenset()
+    if isinstance(names, str) or not isinstance(names, (list, tuple, set, frozenset)):
+        raise InvalidInput("headers_on_redirect must be a list of header names")
+    allowed = set()
+    for name in names:
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            raise InvalidInput("headers_on_redirect: %r is not a valid HTTP header name" % (name,))
+        if name.lower() in CREDENTIAL_HEADERS:
+            raise InvalidInput("headers_on_redirect cannot name %s: credentials are never sent to another host "
+                               "(give that host's own URL, or a pre-signed one)" % name)
+        allowed.add(name.lower())
+    return frozenset(allowed)
+
+
 class SourceOptions:
     """How to reach an HTTP(S) URL. ``headers`` values are secrets (kept out of ``repr``).
 
@@ -107,8 +129,10 @@ class SourceOptions:
     def __init__(self, headers=None, ca_path=None, trust_dir=DEFAULT_TRUST_DIR, validate_certs=True,
                  client_cert=None, client_key=None, connect_timeout=BUILTIN_DEFAULTS["connect_timeout"],
                  read_timeout=BUILTIN_DEFAULTS["read_timeout"], follow_redirects=False,
-                 max_redirects=DEFAULT_MAX_REDIRECTS, proxy=None, user_agent=DEFAULT_USER_AGENT):
+                 max_redirects=DEFAULT_MAX_REDIRECTS, proxy=None, user_agent=DEFAULT_USER_AGENT,
+                 headers_on_redirect=None):
         self.headers = check_headers(headers)
+        self.headers_on_redirect = check_headers_on_redirect(headers_on_redirect)
         self.ca_path = ca_path
         self.trust_dir = trust_dir
         self.validate_certs = bool(validate_certs)
@@ -145,6 +169,7 @@ class SourceOptions:
             read_timeout=pick("read_timeout", BUILTIN_DEFAULTS["read_timeout"]),
             follow_redirects=pick("follow_redirects", False), max_redirects=pick("max_redirects", DEFAULT_MAX_REDIRECTS),
             proxy=pick("proxy"), user_agent=pick("user_agent", DEFAULT_USER_AGENT),
+            headers_on_redirect=params.get("headers_on_redirect"),
         )
 
     def ssl_context(self):
@@ -547,7 +572,8 @@ class HttpSource:
             if target.authorization and keep_credentials:
                 headers["Authorization"] = target.authorization
             for name, value in options.headers.items():
-                if keep_credentials or name.lower() not in CREDENTIAL_HEADERS:
+                # Another origin gets only the headers the user let through (never a credential header).
+                if keep_credentials or name.lower() in options.headers_on_redirect:
                     headers[name] = value
             headers.update(extra_headers)
             connection, response = self._send(method, target, headers)
@@ -578,7 +604,7 @@ class HttpSource:
                 break
             if next_target.origin != origin and not (
                     next_target.host.lower() == origin[0] and target.scheme == "http" and next_target.scheme == "https"):
-                keep_credentials = False  # another host: it gets no credentials, now or on later hops
+                keep_credentials = False  # another origin: no user header but the allowed ones, now or on later hops
             url, target = next_url, next_target
         raise _fail("too many redirects (more than %d) starting at %s" % (options.max_redirects, redact_url(self.url)),
                     self.url, retryable=False, reason="redirect")

@@ -16,6 +16,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is
 # directdownload.kvm._transport.
 TRANSPORT_ARGUMENT_SPEC = dict(
     headers=dict(type="dict", default={}, no_log=True),
+    headers_on_redirect=dict(type="list", elements="str", default=[]),
     ca_path=dict(type="path"),
     trust_dir=dict(type="path"),
     validate_certs=dict(type="bool", default=True),

@@ -164,7 +164,7 @@ def validate_checksum(checksum, default_algorithm="md5"):
 def validate_headers(headers):
     """Check and normalise the template's HTTP headers. CloudStack detail keys (``HTTP_HEADER:Authorization``)
     are accepted and stripped to the header name. The per-header rules (token names, no line breaks, none of the
-    headers the engine sets) are the HTTP source's own; registration adds: no ``Host``, no name given twice.
+    headers the engine sets, no ``Host``) are the HTTP source's own; registration adds: no name given twice.
     Messages name the header, never its value."""
     if headers is None:
         return {}
@@ -176,8 +176,6 @@ def validate_headers(headers):
         name = str(raw_name).strip()
         if name.upper().startswith(_CLOUDSTACK_HEADER_PREFIX):
             name = name[len(_CLOUDSTACK_HEADER_PREFIX):].strip()
-        if name.lower() == "host":
-            raise InvalidInput("the HTTP header Host cannot be given: it comes from the URL")
         if name.lower() in seen:
             raise InvalidInput("the HTTP header %s is given twice (as %s and %s)" % (name, seen[name.lower()], name))
         seen[name.lower()] = name
