@@ -48,7 +48,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._sink import (
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     METALINK_SUFFIXES,
     file_name_from_url,
-    is_metalink_url,
+    is_metalink_answer,
     redact_url,
     safe_file_name,
     strip_compression_suffix,
@@ -684,9 +684,8 @@ class _Transfer:
     def _attempt(self, offset, validators, total, hashers):
         request = self.request
         body = self._open(offset, validators, total)
-        if not hasattr(self.source, "expected_checksums") and is_metalink_url(
+        if not hasattr(self.source, "expected_checksums") and is_metalink_answer(
                 getattr(body, "url", None) or request.url, getattr(body, "content_type", None)):
-            # Decided on the final URL (after redirects) and the Content-Type, as url_check does.
             if body.offset:
                 body.close()  # a resume that met a document: read all of it
                 body = self.source.open(offset=0)

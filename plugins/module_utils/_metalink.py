@@ -824,7 +824,7 @@ def plain_source_factory(request):
 
 
 def open_metalink_body(body, url, request, max_size=DEFAULT_MAX_DOCUMENT_SIZE):
-    """The engine opened a plain URL and the answer says it is a metalink (``is_metalink_url(url,
+    """The engine opened a plain URL and the answer says it is a metalink (``is_metalink_answer(body.url,
     body.content_type)``): read the document from ``body`` (bounded by ``max_size``), close it, and return the
     :class:`MetalinkSource` over its mirrors."""
     try:

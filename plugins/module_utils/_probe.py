@@ -36,7 +36,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._install import
     compression_from_head,
     foreign_format_from_head,
 )
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_url, redact_url
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_answer, is_metalink_url, redact_url
 
 try:
     import zstandard
@@ -207,7 +207,7 @@ def probe_plain(url, open_plain, image_format=None, read_header=True):
         "notes": [],
         "error": None,
     }
-    if is_metalink_url(info.get("final_url") or url, info.get("content_type")):
+    if is_metalink_answer(info.get("final_url") or url, info.get("content_type")):
         result["is_metalink"] = True
         return result
     if read_header:

@@ -137,6 +137,13 @@ def is_metalink_url(url, content_type=None):
     return False
 
 
+def is_metalink_answer(final_url, content_type):
+    """Is this answer a metalink document? The one decision ``download`` and ``url_check`` share, made on the
+    answer: the FINAL URL (after redirects: ``/latest`` -> ``image.meta4`` served as application/octet-stream, as
+    nginx does by default, is a metalink) and the Content-Type it came with."""
+    return is_metalink_url(final_url, content_type)
+
+
 def safe_file_name(name):
     """Return ``name`` if it is a plain file name that cannot escape a directory, else raise ValueError.
 

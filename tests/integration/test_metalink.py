@@ -162,3 +162,23 @@ def test_metalink_recognised_by_content_type(run_module, mirrors, pool, www, ima
     assert record["status"] == "changed", record["result"]
     assert record["result"]["url"] == server.url("disk.qcow2")
     assert sha256(pool / "disk.qcow2") == sha256(image)
+
+
+def test_a_metalink_behind_a_redirect_is_a_metalink_for_download_and_url_check(run_module, mirrors, pool, www, image):
+    """``/latest`` redirects to ``image.meta4``, served as application/octet-stream (nginx's default for an
+    unknown suffix). Both modules decide on the final URL and the Content-Type, in the same place: ``download``
+    installs the image the mirrors serve (before: the XML document, as a raw image), ``url_check`` reports the
+    mirror's image."""
+    server = mirrors()
+    write_metalink(www / "image.meta4", [server.url("disk.qcow2")], image.read_bytes())
+    server.set_fault("/latest", redirect_to="/image.meta4")
+    server.set_fault("/image.meta4", content_type="application/octet-stream")
+    record = run_module(MODULE, args_for(server.url("latest"), pool, name="disk.qcow2"))[0]
+    assert record["status"] == "changed", record["result"]
+    assert record["result"]["format"] == "qcow2" and record["result"]["url"] == server.url("disk.qcow2")
+    assert sha256(pool / "disk.qcow2") == sha256(image)
+
+    checked = run_module("directdownload.kvm.url_check", {"url": server.url("latest"), "read_timeout": 2})[0]
+    result = checked["result"]
+    assert result["reachable"] and result["mirror"] == server.url("disk.qcow2"), result
+    assert result["format_detected"] == "qcow2" and result["size"] == os.path.getsize(image)
