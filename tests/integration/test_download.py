@@ -335,3 +335,61 @@ def test_module_runs_without_ansible_for_benchmarks(tmp_path, server, pool, qcow
                          check=False)
     assert json.loads(out.stdout)["changed"] is True, out.stdout + out.stderr
     assert shutil.which("qemu-img")
+
+
+def test_killed_during_inspection_then_the_next_run_installs(tmp_path, server, pool, qcow2_image):
+    """A SIGKILL while qemu-img inspects (an OOM kill, a reboot, an async timeout) leaves a complete ``.part``
+    whose sidecar says bytes_done == total. Before: every later run asked ``bytes=<size>-``, got 416 and kept the
+    part, forever. Now the next run asks the last byte again (If-Range) and installs the verified part."""
+    size = os.path.getsize(qcow2_image)
+    bin_dir = tmp_path / "hanging-bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "inspecting"
+    (bin_dir / "qemu-img").write_text("#!/bin/sh\ntouch %s\nexec sleep 600\n" % marker)
+    (bin_dir / "qemu-img").chmod(0o755)
+    play = [{"hosts": "all", "gather_facts": False, "tasks": [{
+        "name": "Deploy", "directdownload.kvm.download": args_for(
+            server, "disk.qcow2", pool, checksum="sha256:" + sha256(qcow2_image))}]}]
+    workdir = tmp_path / "killed"
+    workdir.mkdir()
+    (workdir / "ansible.cfg").touch()
+    argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
+            str(_write_playbook(play, workdir))]
+    env = playbook_env(workdir, env={"PATH": "%s:%s" % (bin_dir, os.environ["PATH"])})
+    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # pylint: disable=consider-using-with
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "ansible-playbook ended before the inspection"
+            assert time.monotonic() < deadline, "the module never reached the inspection"
+            time.sleep(0.1)
+    finally:
+        kill_tree(proc)  # the module process and the hanging qemu-img, each by its PID
+    sidecar = json.loads((pool / ".disk.qcow2.part.json").read_text())
+    assert sidecar["bytes_done"] == sidecar["total"] == size and visible(pool) == []
+
+    server.clear_requests()
+    run = run_playbook_in(tmp_path / "again", play)
+    record = run.task("Deploy")
+    assert record["status"] == "changed", record["result"]
+    assert record["result"]["resumed_from"] == size - 1 and record["result"]["bytes_downloaded"] == 1
+    assert [r.headers.get("range") for r in server.requests_for("/disk.qcow2", "GET")] == ["bytes=%d-" % (size - 1)]
+    assert sha256(pool / "disk.qcow2") == sha256(qcow2_image)
+    assert sorted(os.listdir(pool)) == [".disk.qcow2.ddinfo.json", "disk.qcow2"]
+
+
+def test_fifo_at_the_destination_and_long_names_are_refused_in_check_mode_too(run_module, server, pool):
+    os.mkfifo(str(pool / "disk.qcow2"))
+    for check in (True, False):
+        started = time.monotonic()
+        record = download(run_module, args_for(server, "disk.qcow2", pool), check=check)
+        assert record["status"] == "failed" and "is a FIFO" in record["result"]["msg"], record["result"]
+        assert time.monotonic() - started < 60
+    os.unlink(pool / "disk.qcow2")
+    name = "d" * 228 + ".qcow2"  # installs, then could not write its record (File name too long): refused now
+    for check in (True, False):
+        record = download(run_module, args_for(server, "disk.qcow2", pool, name=name), check=check)
+        assert record["status"] == "failed" and "at most 222 fit" in record["result"]["msg"], record["result"]
+        assert record["result"].get("retryable") is False
+    assert os.listdir(pool) == []

@@ -88,6 +88,17 @@ def test_if_range(server, data):
     assert mismatch.status == 200 and body == data[1]
 
 
+def test_hostile_range_answers(server, data):
+    """ignore_if_range: a 206 whatever If-Range says (a broken proxy); range_start: a 206 for other bytes."""
+    server.set_fault("/f.bin", ignore_if_range=True)
+    answer, body = get(server, "/f.bin", headers={"Range": "bytes=10-", "If-Range": '"other"'})
+    assert answer.status == 206 and body == data[1][10:]
+    server.set_fault("/f.bin", range_start=0)
+    answer, body = get(server, "/f.bin", headers={"Range": "bytes=10-"})
+    assert answer.status == 206 and answer.getheader("Content-Range") == "bytes 0-%d/%d" % (SIZE - 1, SIZE)
+    assert body == data[1]
+
+
 def test_not_found_and_escape(server):
     assert get(server, "/missing")[0].status == 404
     assert get(server, "/sub")[0].status == 404
