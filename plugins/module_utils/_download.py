@@ -193,13 +193,16 @@ def check_name_fits(pool_path, name):
             name_max=limit, max_name_length=limit - extra)
 
 
+def not_a_regular_file(path, kind):
+    return InvalidInput("refusing to use %s: it is a %s, not a regular file (remove it)" % (path, kind), path=path)
+
+
 def check_helper_files(pool_path, name):
     """Refuse anything but a regular file at one of our helper names (``lstat`` only: a FIFO is never opened)."""
     for path in helper_files(pool_path, name):
         kind = _fs.kind_at(path)
         if kind not in (None, "file"):
-            raise InvalidInput("refusing to use %s: it is a %s, not a regular file (remove it)" % (path, kind),
-                               path=path)
+            raise not_a_regular_file(path, kind)
 
 
 def check_pool(pool_path):
@@ -304,8 +307,7 @@ def _image_lock(request):
         try:
             fd = _fs.open_regular(path, os.O_RDWR | os.O_CREAT, 0o600)  # never a symlink, never blocks on a FIFO
         except _fs.NotRegularFile as exc:
-            raise InvalidInput("refusing to use %s: it is a %s, not a regular file (remove it)" % (path, exc.kind),
-                               path=path) from None
+            raise not_a_regular_file(path, exc.kind) from None
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
@@ -728,6 +730,8 @@ class _Transfer:
             self._hashed = offset
             progress.save_absolute(offset)
         except OSError as exc:
+            if isinstance(exc, _fs.NotRegularFile):  # planted after the plan looked
+                raise not_a_regular_file(exc.path, exc.kind) from None
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NotEnoughSpace("the pool %s is full: %s" % (request.pool_path, exc.strerror)) from exc
             raise

@@ -368,3 +368,24 @@ def test_a_metalink_behind_a_redirect_is_read_as_a_metalink(server, pool, www):
     assert result["changed"] and result["format"] == "qcow2"
     assert result["url"] == server.url("disk.qcow2")
     assert (pool / "disk.qcow2").read_bytes() == data
+
+
+def test_a_symlink_planted_at_the_part_after_the_plan_is_refused(server, pool, tmp_path):
+    """The race: the plan saw nothing at ``.disk.qcow2.part``, then someone with write access to the pool plants a
+    symlink there before the transfer opens it. The open does not follow it (O_NOFOLLOW) and the run says why."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+
+    class PlantingSource:
+        """The real HTTP source; its ``open`` first plants the symlink, as the attacker would at that moment."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def open(self, **kwargs):
+            os.symlink(str(victim), str(pool / ".disk.qcow2.part"))
+            return self.inner.open(**kwargs)
+
+    with pytest.raises(InvalidInput, match=r"\.disk\.qcow2\.part: it is a symlink"):
+        _download.run(request_for(server, pool), lambda url, request: PlantingSource(open_source(url, request)))
+    assert victim.read_bytes() == b"precious"
