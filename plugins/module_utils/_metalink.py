@@ -1503,4 +1503,3 @@ class _SegmentedDownload:
             for hasher in hashers:
                 hasher.update(view[:count])
             offset += count
-

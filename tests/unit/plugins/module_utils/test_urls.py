@@ -8,6 +8,7 @@ import pytest
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     file_name_from_url,
+    is_metalink_answer,
     is_metalink_url,
     is_secret_query_key,
     protect_url_options,
@@ -35,6 +36,13 @@ def test_redaction_hides_credentials_and_query_values():
 ])
 def test_metalink_detection(url, content_type, expected):
     assert is_metalink_url(url, content_type) is expected
+
+
+def test_an_answer_is_a_metalink_by_its_final_url_or_content_type():
+    """/latest -> image.meta4 served as application/octet-stream (nginx's default) is a metalink."""
+    assert is_metalink_answer("http://h/image.meta4", "application/octet-stream")
+    assert is_metalink_answer("http://h/latest", "application/metalink4+xml")
+    assert not is_metalink_answer("http://h/latest", "application/octet-stream")
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b", "C:\\x", ".hidden", "", "a..b", "x\x00"])
