@@ -537,7 +537,8 @@ def _prepare_image(request, part):
         except BaseException:
             part.discard()
             raise
-        part.discard()
+        # The verified .part stays until the install (the caller discards it): a run killed while inspecting the
+        # extracted image leaves it complete, and the next run extracts it again instead of downloading it again.
         ready = extracted
     try:
         info = _install.inspect_image(ready, request.format, qemu_img=request.qemu_img)

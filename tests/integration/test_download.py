@@ -337,11 +337,18 @@ def test_module_runs_without_ansible_for_benchmarks(tmp_path, server, pool, qcow
     assert shutil.which("qemu-img")
 
 
-def test_killed_during_inspection_then_the_next_run_installs(tmp_path, server, pool, qcow2_image):
+@pytest.mark.parametrize("kind", [None, "gzip"])
+def test_killed_during_inspection_then_the_next_run_installs(tmp_path, server, pool, www, qcow2_image, kind):
     """A SIGKILL while qemu-img inspects (an OOM kill, a reboot, an async timeout) leaves a complete ``.part``
-    whose sidecar says bytes_done == total. Before: every later run asked ``bytes=<size>-``, got 416 and kept the
-    part, forever. Now the next run asks the last byte again (If-Range) and installs the verified part."""
-    size = os.path.getsize(qcow2_image)
+    whose sidecar says bytes_done == total (and, for a compressed image, the extracted ``.extracting``). Before:
+    every later run asked ``bytes=<size>-``, got 416 and kept the part, forever (or, compressed, downloaded it all
+    again). Now the next run removes the stale ``.extracting``, asks the last byte again (If-Range) and installs
+    the verified part."""
+    served = "disk.qcow2"
+    if kind:
+        served = "disk.qcow2.gz"
+        images.compress(str(qcow2_image), str(www / served), kind)
+    size = os.path.getsize(www / served)
     bin_dir = tmp_path / "hanging-bin"
     bin_dir.mkdir()
     marker = tmp_path / "inspecting"
@@ -349,7 +356,7 @@ def test_killed_during_inspection_then_the_next_run_installs(tmp_path, server, p
     (bin_dir / "qemu-img").chmod(0o755)
     play = [{"hosts": "all", "gather_facts": False, "tasks": [{
         "name": "Deploy", "directdownload.kvm.download": args_for(
-            server, "disk.qcow2", pool, checksum="sha256:" + sha256(qcow2_image))}]}]
+            server, served, pool, checksum="sha256:" + sha256(www / served))}]}]
     workdir = tmp_path / "killed"
     workdir.mkdir()
     (workdir / "ansible.cfg").touch()
@@ -368,13 +375,14 @@ def test_killed_during_inspection_then_the_next_run_installs(tmp_path, server, p
         kill_tree(proc)  # the module process and the hanging qemu-img, each by its PID
     sidecar = json.loads((pool / ".disk.qcow2.part.json").read_text())
     assert sidecar["bytes_done"] == sidecar["total"] == size and visible(pool) == []
+    assert (pool / ".disk.qcow2.extracting").exists() == bool(kind)
 
     server.clear_requests()
     run = run_playbook_in(tmp_path / "again", play)
     record = run.task("Deploy")
     assert record["status"] == "changed", record["result"]
     assert record["result"]["resumed_from"] == size - 1 and record["result"]["bytes_downloaded"] == 1
-    assert [r.headers.get("range") for r in server.requests_for("/disk.qcow2", "GET")] == ["bytes=%d-" % (size - 1)]
+    assert [r.headers.get("range") for r in server.requests_for("/" + served, "GET")] == ["bytes=%d-" % (size - 1)]
     assert sha256(pool / "disk.qcow2") == sha256(qcow2_image)
     assert sorted(os.listdir(pool)) == [".disk.qcow2.ddinfo.json", "disk.qcow2"]
 
