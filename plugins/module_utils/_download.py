@@ -194,7 +194,11 @@ def check_name_fits(pool_path, name):
 
 
 def not_a_regular_file(path, kind):
-    return InvalidInput("refusing to use %s: it is a %s, not a regular file (remove it)" % (path, kind), path=path)
+    if kind == "hard link":
+        what = "a hard link (the file has another name too), not a file of its own"
+    else:
+        what = "a %s, not a regular file" % kind
+    return InvalidInput("refusing to use %s: it is %s (remove it)" % (path, what), path=path)
 
 
 def check_helper_files(pool_path, name):

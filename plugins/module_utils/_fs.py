@@ -12,7 +12,8 @@ open in a pool is treated as attacker-reachable:
 * a temporary file is created with ``O_CREAT|O_EXCL|O_NOFOLLOW`` under a random name (``mkstemp`` semantics): a
   symlink or file planted at a predictable name is never followed, truncated or written through;
 * our own files (locks, sidecars, parts) are opened with ``O_NOFOLLOW|O_NONBLOCK`` and must be regular files: a
-  FIFO or a device at one of those names is refused instead of blocking the task forever;
+  FIFO or a device at one of those names is refused instead of blocking the task forever, and a file opened for
+  writing must have no other name (a hard link planted there would make us write its other name's file);
 * ``unlink_if_present`` swallows only "it is not there" (ENOENT); every other error is real and raised;
 * ``fsync_directory`` ignores only EINVAL (file systems that cannot fsync a directory say so with it);
 * ``write_atomic`` says what it promises: ``durable=True`` fsyncs the file and the directory (records), ``False``
@@ -42,7 +43,8 @@ _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
 class NotRegularFile(OSError):
-    """One of our own names in a pool is a FIFO, a device, a socket, a directory or a symlink."""
+    """One of our own names in a pool is a FIFO, a device, a socket, a directory, a symlink, or (opened for
+    writing) a hard link."""
 
     def __init__(self, path, kind):
         super().__init__(errno.EINVAL, "%s is a %s, not a regular file" % (path, kind), path)
@@ -72,19 +74,25 @@ def file_kind(mode):
 
 def kind_at(path):
     """The :func:`file_kind` of what ``path`` names itself (``lstat``: a symlink is not followed), or None when
-    nothing is there. Never opens anything, so a FIFO cannot block."""
+    nothing is there. Never opens anything, so a FIFO cannot block. A regular file with more than one name is
+    ``hard link``: one of our own files never has another name, and writing it would write the other file."""
     try:
-        return file_kind(os.lstat(path).st_mode)
+        st = os.lstat(path)
     except FileNotFoundError:
         return None
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        return "hard link"
+    return file_kind(st.st_mode)
 
 
 def open_regular(path, flags=os.O_RDONLY, mode=0o600):
     """``os.open`` for one of our own files: never follows a symlink at ``path`` (ELOOP), never blocks on a FIFO
     (``O_NONBLOCK`` for the open; cleared again, regular files ignore it anyway), and refuses anything that is not
-    a regular file with :class:`NotRegularFile`. Returns the descriptor."""
+    a regular file with :class:`NotRegularFile`, for writing also a file with another name (a hard link planted
+    at our name). ``O_TRUNC`` is applied only after those checks. Returns the descriptor."""
+    truncate = flags & os.O_TRUNC
     try:
-        fd = os.open(path, flags | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC, mode)
+        fd = os.open(path, (flags & ~os.O_TRUNC) | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise NotRegularFile(path, "symlink") from None
@@ -95,6 +103,10 @@ def open_regular(path, flags=os.O_RDONLY, mode=0o600):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotRegularFile(path, file_kind(st.st_mode))
+        if flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
+            raise NotRegularFile(path, "hard link")
+        if truncate:
+            os.ftruncate(fd, 0)
         if _O_NONBLOCK:
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_NONBLOCK)
     except BaseException:

@@ -389,3 +389,17 @@ def test_a_symlink_planted_at_the_part_after_the_plan_is_refused(server, pool, t
     with pytest.raises(InvalidInput, match=r"\.disk\.qcow2\.part: it is a symlink"):
         _download.run(request_for(server, pool), lambda url, request: PlantingSource(open_source(url, request)))
     assert victim.read_bytes() == b"precious"
+
+
+def test_a_hard_link_planted_at_the_part_is_never_written(server, pool, www):
+    """Someone who can write the pool links ``.disk.qcow2.part`` to another file of that file system and forges a
+    sidecar that resumes it: writing the part would truncate and overwrite that file. Refused, in check mode too."""
+    _half_part(server, pool, www)
+    victim = pool / "victim"
+    victim.write_bytes(b"precious")
+    os.unlink(pool / ".disk.qcow2.part")
+    os.link(str(victim), str(pool / ".disk.qcow2.part"))
+    for call in (_download.plan, lambda r: _download.run(r, open_source)):
+        with pytest.raises(InvalidInput, match="hard link"):
+            call(request_for(server, pool, retries=0))
+    assert victim.read_bytes() == b"precious"

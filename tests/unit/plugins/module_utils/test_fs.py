@@ -113,3 +113,20 @@ def test_unlink_and_fsync_policies(tmp_path):
     _fs.fsync_directory(str(tmp_path))
     path.write_bytes(b"y")
     _fs.fsync_path(str(path))
+
+
+def test_a_hard_link_is_never_opened_for_writing_nor_truncated(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    planted = str(tmp_path / ".disk.qcow2.part")
+    os.link(str(victim), planted)
+    assert _fs.kind_at(planted) == "hard link"
+    for flags in (os.O_RDWR, os.O_RDWR | os.O_CREAT | os.O_TRUNC, os.O_WRONLY | os.O_TRUNC):
+        with pytest.raises(_fs.NotRegularFile, match="hard link"):
+            _fs.open_regular(planted, flags)
+    assert victim.read_bytes() == b"precious"
+    os.close(_fs.open_regular(planted))  # reading is harmless
+    os.unlink(planted)
+    fd = _fs.open_regular(str(victim), os.O_RDWR | os.O_TRUNC)  # one name: truncated as asked
+    os.close(fd)
+    assert victim.read_bytes() == b""
