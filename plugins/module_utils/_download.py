@@ -202,9 +202,14 @@ def not_a_regular_file(path, kind):
 
 
 def check_helper_files(pool_path, name):
-    """Refuse anything but a regular file at one of our helper names (``lstat`` only: a FIFO is never opened)."""
+    """Refuse anything but a regular file at one of our helper names (``lstat`` only: a FIFO is never opened), and
+    a hard link at the names opened in place (the part, the lock); the others are replaced by a rename or removed
+    first, which never writes another name's file."""
+    in_place = (PartFile(pool_path, name).path, lock_path(pool_path, name))
     for path in helper_files(pool_path, name):
         kind = _fs.kind_at(path)
+        if kind == "hard link" and path not in in_place:
+            continue
         if kind not in (None, "file"):
             raise not_a_regular_file(path, kind)
 

@@ -403,3 +403,12 @@ def test_a_hard_link_planted_at_the_part_is_never_written(server, pool, www):
         with pytest.raises(InvalidInput, match="hard link"):
             call(request_for(server, pool, retries=0))
     assert victim.read_bytes() == b"precious"
+
+
+def test_a_hard_linked_record_is_fine(server, pool):
+    """Records and sidecars are replaced by a rename, which never writes through another name: no refusal."""
+    _download.run(request_for(server, pool), open_source)
+    os.link(str(pool / ".disk.qcow2.ddinfo.json"), str(pool / "record-copy"))
+    assert _download.plan(request_for(server, pool)).action == "none"
+    assert _download.run(request_for(server, pool, force=True), open_source)["changed"]
+    assert json.loads((pool / "record-copy").read_text())["st_ino"] != os.stat(pool / "disk.qcow2").st_ino
