@@ -299,7 +299,11 @@ def _check_same_version(response, url, validators):
     the answer carry must be equal. A server (or proxy) that ignores If-Range answers 206 with the new version's
     ETag; its bytes appended to the old ones would install an image mixing both. Raises SourceError (reason
     ``changed``: the engine downloads again from byte 0)."""
-    for key, header in (("etag", "ETag"), ("last_modified", "Last-Modified")):
+    saved_etag, etag = (validators or {}).get("etag"), response.getheader("ETag")
+    pairs = (("etag", "ETag"), ("last_modified", "Last-Modified"))
+    if saved_etag and etag and not saved_etag.startswith("W/") and not etag.startswith("W/"):
+        pairs = pairs[:1]  # strong ETags on both sides decide alone (Last-Modified may be rendered per answer)
+    for key, header in pairs:
         saved = (validators or {}).get(key)
         now = response.getheader(header)
         if saved and now and saved != now:

@@ -599,3 +599,21 @@ def test_close_from_another_thread_stops_a_blocked_read(server):
     finally:
         timer.join()
     assert info.value.details["reason"] in ("closed", "connection")
+
+
+def test_a_206_of_another_version_is_refused_with_reason_changed(server, data):
+    """A server that ignores If-Range: its 206 carries the new ETag, the engine must not append those bytes."""
+    with HttpSource(server.url("f.bin"), opts()).open() as body:
+        validators = body.validators
+    server.set_fault("/f.bin", ignore_if_range=True, etag='"new-version"')
+    with pytest.raises(SourceError) as failure:
+        HttpSource(server.url("f.bin"), opts()).open(offset=10, validators=validators)
+    assert failure.value.details["reason"] == "changed" and "ignored If-Range" in failure.value.msg
+    # Same strong ETag, another Last-Modified (rendered per answer by some servers): the ETag decides.
+    server.set_fault("/f.bin", ignore_if_range=True, etag=validators["etag"],
+                     last_modified="Mon, 01 Jan 2024 00:00:00 GMT")
+    assert read_all(HttpSource(server.url("f.bin"), opts()).open(offset=10, validators=validators)) == data[10:]
+    # Only Last-Modified to compare: a different one is another version.
+    only_date = {"etag": None, "last_modified": validators["last_modified"]}
+    with pytest.raises(SourceError, match="ignored If-Range"):
+        HttpSource(server.url("f.bin"), opts()).open(offset=10, validators=only_date)
