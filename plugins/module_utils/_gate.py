@@ -248,7 +248,7 @@ def qcow2_header(path):
                 raise refuse("corrupt", "%s: truncated qcow2 v3 header" % path)
             incompatible = struct.unpack(">Q", header[72:80])[0]
             header_length = struct.unpack(">I", header[100:104])[0]
-            if header_length < 104 or header_length > cluster_size or header_length % 8:
+            if header_length < 104 or header_length > cluster_size:  # qemu's own two checks
                 raise refuse("corrupt", "%s: corrupt qcow2 header (header_length %d)" % (path, header_length))
         backing_file = None
         if backing_offset:

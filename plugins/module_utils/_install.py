@@ -78,6 +78,8 @@ _MAGICS = (
     (b"PK\x05\x06", "zip"),  # an empty archive: extract() then says it has no file member
     (_ZSTD_MAGIC, "zstd"),
 )
+
+
 # ---------------------------------------------------------------- sizes and free space
 
 def free_space(path):
