@@ -69,6 +69,10 @@ if zstandard is not None:
 RECORD_VERSION = 1
 # Compressed bytes read at a time by the stream readers.
 _READ_CHUNK = 256 * 1024
+# Decoder memory the header of a compressed image may ask for: the module shares the host with guests. xz's
+# presets use dictionaries up to 64 MiB (-9); zstd's own default window limit is 128 MiB (--long=27).
+XZ_MEMORY_LIMIT = 512 * 1024 * 1024
+ZSTD_MAX_WINDOW = 128 * 1024 * 1024
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAGICS = (
@@ -317,7 +321,7 @@ class _StreamReader:
             return zlib.decompressobj(16 + zlib.MAX_WBITS)
         if self._kind == "bzip2":
             return bz2.BZ2Decompressor()
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT)
 
     def _read(self, want):
         """At least ``want`` bytes in ``self._input`` unless the file ends first."""
@@ -441,7 +445,8 @@ def _open_reader(src_path, kind, stack):
             )
         _zstd_frame_sizes(src_path)  # refuses truncated or trailing data before anything is written
         compressed = stack.enter_context(open(src_path, "rb"))
-        return stack.enter_context(zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=True))
+        decompressor = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+        return stack.enter_context(decompressor.stream_reader(compressed, read_across_frames=True))
     raise InvalidInput("unknown compression %r: expected gzip, bzip2, xz, zip or zstd" % (kind,))
 
 
@@ -543,6 +548,12 @@ def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_
     except _CORRUPT_DATA_ERRORS as exc:
         if isinstance(exc, OSError) and exc.errno is not None:  # a real I/O error (EIO ...), not bad data
             raise DirectDownloadError("extracting %s failed: %s" % (src_path, exc), errno=exc.errno) from exc
+        text = str(exc)
+        if "Memory usage limit" in text or "too much memory" in text:
+            raise _gate.refuse("decoder_memory", "%s: the %s data asks for a decoder window above %s: refused (xz: "
+                               "dictionaries up to %s, zstd: windows up to %s)" % (
+                                   src_path, kind, human_size(XZ_MEMORY_LIMIT if kind == "xz" else ZSTD_MAX_WINDOW),
+                                   human_size(XZ_MEMORY_LIMIT), human_size(ZSTD_MAX_WINDOW))) from exc
         raise _gate.refuse("corrupt", "%s is not valid %s data: %s" % (src_path, kind, exc or type(exc).__name__)) from exc
     finally:
         os.close(fd)

@@ -30,7 +30,7 @@ import struct
 import zlib
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _gate
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput, printable
 # The magic tables of the installer and the gate: one definition of "what is this file" for probe and install.
 from ansible_collections.directdownload.kvm.plugins.module_utils._gate import ISO_OFFSETS, QCOW2_MAGIC
 from ansible_collections.directdownload.kvm.plugins.module_utils._install import compression_from_head
@@ -227,7 +227,7 @@ def probe_plain(url, open_plain, image_format=None, read_header=True):
         "url": redact_url(url),
         "status": info.get("status"),
         "size": info.get("size"),
-        "content_type": info.get("content_type"),
+        "content_type": printable(info.get("content_type")),  # a server's text
         "final_url": redact_url(info.get("final_url") or url),
         "accept_ranges": info.get("accept_ranges"),
         "compression": None,

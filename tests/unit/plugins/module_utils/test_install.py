@@ -226,6 +226,19 @@ def test_zstd_with_trailing_garbage_is_refused(compressed, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("kind, argv", [("xz", ["xz", "-c", "--lzma2=dict=600MiB"]),
+                                        ("zstd", ["zstd", "-q", "-c", "--long=31"])])
+def test_a_decoder_window_above_the_limit_is_refused(tmp_path, kind, argv):
+    # The header of a compressed image chooses the decoder's memory: 600 MiB of xz dictionary, 2 GiB of zstd window.
+    packed = tmp_path / "packed"
+    with open(str(packed), "wb") as out:
+        subprocess.run(argv, input=b"x" * 100000, stdout=out, check=True)
+    with pytest.raises(ImageRejected, match="decoder window") as caught:
+        _install.extract(str(packed), str(tmp_path / "out"), kind)
+    assert caught.value.details["rule"] == "decoder_memory"
+    assert not (tmp_path / "out").exists()
+
+
 def test_zstd_without_the_library_gives_an_install_hint(compressed, tmp_path, monkeypatch):
     # zstandard is installed in the test venv and cannot be uninstalled for one test: hide it instead.
     monkeypatch.setattr(_install, "zstandard", None)
