@@ -255,7 +255,8 @@ def qcow2_header(path):
             backing_file = _name_at(handle, size, backing_offset, backing_size)
         data_file = None
         handle.seek(header_length)
-        extensions = handle.read(min(cluster_size, size) - header_length) if size > header_length else b""
+        extension_bytes = min(cluster_size, size) - header_length
+        extensions = handle.read(extension_bytes) if extension_bytes > 0 else b""
         pos = 0
         while pos + 8 <= len(extensions):  # bounded: every step moves at least 8 bytes
             ext_type, ext_length = struct.unpack(">II", extensions[pos:pos + 8])
