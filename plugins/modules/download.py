@@ -102,9 +102,10 @@ options:
   format:
     description:
       - The expected image format. When given and the image is something else, the task fails.
-      - When omitted the format is detected (C(qcow2) or C(raw) by C(qemu-img), C(iso) by its ISO 9660 signature).
-      - With V(raw), C(qemu-img) is told so and does not probe, so a raw image that happens to contain a qcow2 header
-        is not misread.
+      - The format is always established from the bytes (the qcow2 magic, the signatures of the formats C(qemu-img)
+        probes, the ISO 9660 signature; none of them is V(raw)), never from this option or the name. V(raw) hides
+        nothing - a "raw" image whose bytes are a qcow2, a VMDK descriptor or a LUKS header is refused, because
+        the next C(qemu-img convert) without C(-f) would read it as that.
     type: str
     choices: [qcow2, raw, iso]
   extract:
