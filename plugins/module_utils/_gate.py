@@ -54,7 +54,7 @@ ALLOWED_FORMATS = ("qcow2", "raw", "iso")
 # Defaults of the caps (module options max_size, max_virtual_size, max_expansion, allow_encrypted).
 DEFAULT_MAX_VIRTUAL_SIZE = 16 * TiB
 DEFAULT_MAX_SIZE = 1 * TiB
-DEFAULT_MAX_EXPANSION = 1000
+DEFAULT_MAX_EXPANSION = 100
 # Extraction may always produce this much, whatever the ratio: tiny archives of small sparse disks are honest.
 EXPANSION_FLOOR = 64 * MiB
 

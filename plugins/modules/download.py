@@ -168,7 +168,7 @@ options:
     description:
       - Extraction may produce at most this many times the compressed size (and always at least 64 MiB). A
         decompression bomb (kilobytes that expand to gigabytes) is refused as soon as it passes the ratio, with
-        nothing kept. Default 1000. Raise it for very sparse raw images compressed with xz or zstd.
+        nothing kept. Default 100. Raise it for very sparse raw images (mostly holes) that compress better.
     type: float
   allow_encrypted:
     description:
