@@ -546,7 +546,8 @@ def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_
     except ImageRejected:
         raise
     except _CORRUPT_DATA_ERRORS as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:  # a real I/O error (EIO ...), not bad data
+        # A real I/O error (EIO ...) is not bad data; EINVAL is: a seek to an offset a crafted archive gave.
+        if isinstance(exc, OSError) and exc.errno is not None and exc.errno != errno.EINVAL:
             raise DirectDownloadError("extracting %s failed: %s" % (src_path, exc), errno=exc.errno) from exc
         text = str(exc)
         if "Memory usage limit" in text or "too much memory" in text:

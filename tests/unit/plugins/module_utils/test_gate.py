@@ -484,3 +484,14 @@ def test_zip_member_names_are_escaped_too(tmp_path):
     with pytest.raises(ImageRejected) as caught:
         _install.extract(str(packed), str(tmp_path / "out"), "zip")
     assert "\n" not in caught.value.msg and "\n" not in "".join(caught.value.details["members"])
+
+
+def test_printable_escapes_what_could_forge_lines_or_hide_text():
+    from ansible_collections.directdownload.kvm.plugins.module_utils._errors import printable  # pylint: disable=import-outside-toplevel
+    assert printable("plain text, é, 日本") == "plain text, é, 日本"
+    assert printable("a\nb\rc\td\x1b[0m\x00") == "a\\nb\\rc\\td\\x1b[0m\\x00"
+    assert printable("x\u2028y\u202ez") == "x\\u2028y\\u202ez"  # line separator, right-to-left override
+    assert printable("a" * 10, limit=4) == "aaaa..."
+    error = ImageRejected("name: %s" % "evil\n[WARNING]: x", name=["a\nb"], nested={"k": "c\rd"})
+    assert error.msg == "name: evil\\n[WARNING]: x" and str(error) == error.msg
+    assert error.details == {"name": ["a\\nb"], "nested": {"k": "c\\rd"}}

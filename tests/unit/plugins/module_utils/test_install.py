@@ -218,6 +218,25 @@ def test_truncated_archive_is_refused_and_removed(tmp_path, kind):
     assert not dst.exists()
 
 
+def test_zip_with_an_offset_before_the_file_is_refused_not_an_io_error(tmp_path):
+    # The central directory says where the member is; one pointing before byte 0 made zipfile's seek fail with
+    # EINVAL, which was reported as a retryable I/O error (another host would get the same bytes).
+    src = tmp_path / "s"
+    src.write_bytes(bytes(4096))
+    packed = tmp_path / "z.zip"
+    with zipfile.ZipFile(str(packed), "w") as archive:
+        archive.write(str(src), "s")
+    data = bytearray(packed.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 16:end + 20] = struct.pack("<I", 0x670000)  # the central directory offset, past the end: zipfile
+    # subtracts it from where the directory really is and seeks the member to a negative offset
+    packed.write_bytes(bytes(data))
+    with pytest.raises(ImageRejected) as caught:
+        _install.extract(str(packed), str(tmp_path / "out"), "zip")
+    assert not caught.value.retryable
+    assert not (tmp_path / "out").exists()
+
+
 def test_zstd_with_trailing_garbage_is_refused(compressed, tmp_path):
     packed = tmp_path / "packed"
     packed.write_bytes(open(compressed["zstd"], "rb").read() + b"not zstd at all")
