@@ -99,8 +99,9 @@ class Limits:
         self.max_expansion = DEFAULT_MAX_EXPANSION if max_expansion is None else float(max_expansion)
         self.allow_encrypted = bool(allow_encrypted)
         for name in ("max_size", "max_virtual_size", "max_expansion"):
-            if getattr(self, name) <= 0:
-                raise ValueError("%s must be greater than 0" % name)
+            value = getattr(self, name)
+            if not 0 < value < float("inf"):  # NaN fails this too
+                raise ValueError("%s must be a number greater than 0, got %r" % (name, value))
 
     def extraction_cap(self, compressed_size):
         """``(bytes, option)``: the most an extraction of ``compressed_size`` bytes may produce, and the option

@@ -25,6 +25,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils import _downloa
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     DirectDownloadError,
     ImageRejected,
+    InvalidInput,
     NotEnoughSpace,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
@@ -443,8 +444,12 @@ def test_max_virtual_size_and_allow_encrypted_are_raisable(server, www, tmp_path
 
 
 def test_limits_validation():
-    with pytest.raises(ValueError):
-        _gate.Limits(max_size=0)
+    for bad in (dict(max_size=0), dict(max_virtual_size=-1), dict(max_expansion=float("nan")),
+                dict(max_expansion=float("inf")), dict(max_expansion=0)):
+        with pytest.raises(ValueError, match="greater than 0"):
+            _gate.Limits(**bad)
+        with pytest.raises(InvalidInput, match="greater than 0"):
+            _download.DownloadRequest("http://127.0.0.1:9/d.qcow2", "/pool", **bad)
     assert _gate.Limits().extraction_cap(10) == (_gate.EXPANSION_FLOOR, "max_expansion")
     assert _gate.Limits(max_size=MiB).extraction_cap(10) == (MiB, "max_size")
     assert _gate.Limits(max_expansion=2).extraction_cap(GIB_100) == (2 * GIB_100, "max_expansion")
