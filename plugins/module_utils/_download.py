@@ -30,11 +30,12 @@ import hashlib
 import os
 import time
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _install
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _gate, _install
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import Checksum, file_digest, new_hash
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     ChecksumMismatch,
     DirectDownloadError,
+    ImageRejected,
     InvalidInput,
     NotEnoughSpace,
     SourceError,
@@ -72,7 +73,8 @@ class DownloadRequest:
     def __init__(self, url, pool_path, name=None, checksum=None, image_format=None, extract=True,
                  source_options=None, retries=3, retry_delay=1.0, resume=True, force=False,
                  block_size=DEFAULT_BLOCK_SIZE, progress_interval=2.0, qemu_img="qemu-img",
-                 connections=1, metalink_name=None, metalink_locations=(), nfs_transport="auto"):
+                 connections=1, metalink_name=None, metalink_locations=(), nfs_transport="auto",
+                 max_size=None, max_virtual_size=None, max_expansion=None, allow_encrypted=False):
         if not url:
             raise InvalidInput("url is required")
         scheme = url_scheme(url)
@@ -111,6 +113,10 @@ class DownloadRequest:
         self.metalink_name = metalink_name
         self.metalink_locations = tuple(metalink_locations or ())
         self.nfs_transport = nfs_transport
+        try:  # the safety gate's caps (_gate.Limits); None: the documented defaults
+            self.limits = _gate.Limits(max_size, max_virtual_size, max_expansion, allow_encrypted)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(str(exc)) from None
 
     @property
     def final_path(self):
@@ -343,16 +349,18 @@ def _unchanged_result(request, decision, started):
         elapsed=round(time.monotonic() - started, 3), attempts=0, rate=None, mirror_errors=[],
     )
     if not record:
-        info = _install.inspect_image(final, request.format, qemu_img=request.qemu_img)
-        result.update(format=info.format, virtual_size=info.virtual_size)
+        try:
+            info = _install.inspect_image(final, request.format, qemu_img=request.qemu_img)
+            result.update(format=info.format, virtual_size=info.virtual_size)
+        except ImageRejected as exc:  # a file we did not install and leave alone: report, do not fail
+            result.update(format=None, virtual_size=None, msg="%s; it would be refused: %s" % (result["msg"], exc.msg))
     return result
 
 
 def _adopt(request, decision, started):
     """A file without (valid) record whose bytes match the checksum: inspect it and write the record only."""
     final = request.final_path
-    info = _install.inspect_image(final, request.format, qemu_img=request.qemu_img)
-    _install.check_policy(info, request.format)
+    info = _gate.admit(final, request.format, request.limits, qemu_img=request.qemu_img)
     record = _make_record(request, info, {request.checksum.algorithm: request.checksum.hexdigest},
                           request.checksum, redact_url(request.url))
     _install.write_record(final, record)
@@ -535,6 +543,11 @@ def _prepare_image(request, part):
     Returns (path ready to rename, ImageInfo). Removes what it created when anything fails.
     """
     ready = part.path
+    try:
+        _gate.check_size(part.path, request.limits)  # the downloaded bytes, compressed or not: max_size
+    except BaseException:
+        part.discard()
+        raise
     kind = _install.detect_compression(part.path) if request.extract else None
     if kind and _install.is_iso(part.path):
         kind = None
@@ -542,7 +555,7 @@ def _prepare_image(request, part):
         extracted = _install.extracting_path(request.final_path)
         _fs.unlink_if_present(extracted)  # a leftover of a killed run: it was never installed
         try:
-            _install.extract(part.path, extracted, kind, block_size=request.block_size)
+            _install.extract(part.path, extracted, kind, block_size=request.block_size, limits=request.limits)
         except BaseException:
             part.discard()
             raise
@@ -550,8 +563,7 @@ def _prepare_image(request, part):
         # extracted image leaves it complete, and the next run extracts it again instead of downloading it again.
         ready = extracted
     try:
-        info = _install.inspect_image(ready, request.format, qemu_img=request.qemu_img)
-        _install.check_policy(info, request.format)
+        info = _gate.admit(ready, request.format, request.limits, qemu_img=request.qemu_img)
     except BaseException:
         _fs.unlink_if_present(ready)
         part.discard()

@@ -4,11 +4,11 @@
 #
 # Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
 """From a verified download to an installed image: compression detected by content and extracted through the
-sparse writer, format inspected with ``qemu-img``, policy enforced, atomic rename into the pool, and the
-installed-image record that makes a second run O(1).
+sparse writer (bounded: ``_gate.Limits``), the safety gate (``_gate.admit``: format from the bytes, qemu-img on a
+leash, policy), atomic rename into the pool, and the installed-image record that makes a second run O(1).
 
 Order the engine follows (``_download.py``): ``is_iso`` (an ISO is never decompressed) -> ``detect_compression``
--> ``extract`` -> ``inspect_image`` -> ``check_policy`` -> ``install_file`` -> ``write_record``.
+-> ``extract`` -> ``_gate.admit`` -> ``install_file`` -> ``write_record``.
 
 Hidden names (``.name.part``, ``.name.extracting``, ``.name.ddinfo.json``) keep our work files apart from the
 images, but they are NOT invisible to libvirt: a ``dir`` pool refresh lists dot-files (and sub-directories) as
@@ -21,23 +21,33 @@ from __future__ import annotations
 import bz2
 import contextlib
 import errno
-import gzip
 import json
 import lzma
 import os
 import stat
 import struct
-import subprocess
 import time
 import zipfile
-from collections import namedtuple
+import zlib
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _gate
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     DirectDownloadError,
     ImageRejected,
     InvalidInput,
     NotEnoughSpace,
+    human_size,
+)
+# The gate's names, re-exported for the callers that know them from here.
+from ansible_collections.directdownload.kvm.plugins.module_utils._gate import (  # pylint: disable=unused-import
+    ALLOWED_FORMATS,
+    ISO_OFFSETS,
+    QCOW2_MAGIC,
+    QEMU_IMG_TIMEOUT,
+    ImageInfo,
+    check_policy,
+    info_from_json as _info_from_json,
+    inspect_image,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import DEFAULT_BLOCK_SIZE, SparseWriter
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
@@ -48,15 +58,20 @@ except ImportError:
     zstandard = None
 
 # Errors that mean "these bytes are not valid <kind> data". EOFError: truncated stream. OSError without errno:
-# gzip.BadGzipFile and bz2's "Invalid data stream". lzma.LZMAError. zipfile's NotImplementedError (unsupported
+# bz2's "Invalid data stream". zlib.error, lzma.LZMAError. zipfile's NotImplementedError (unsupported
 # compression method) and RuntimeError (encrypted member).
-_CORRUPT_DATA_ERRORS = (EOFError, OSError, lzma.LZMAError, zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError)
+_CORRUPT_DATA_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, zipfile.BadZipFile, NotImplementedError,
+                        RuntimeError, ValueError)
 if zstandard is not None:
     _CORRUPT_DATA_ERRORS += (zstandard.ZstdError,)
 
-ALLOWED_FORMATS = ("qcow2", "raw", "iso")
-QEMU_IMG_TIMEOUT = 120
 RECORD_VERSION = 1
+# Compressed bytes read at a time by the stream readers.
+_READ_CHUNK = 256 * 1024
+# Decoder memory the header of a compressed image may ask for: the module shares the host with guests. xz's
+# presets use dictionaries up to 64 MiB (-9); zstd's own default window limit is 128 MiB (--long=27).
+XZ_MEMORY_LIMIT = 512 * 1024 * 1024
+ZSTD_MAX_WINDOW = 128 * 1024 * 1024
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAGICS = (
@@ -66,47 +81,9 @@ _MAGICS = (
     (b"PK\x05\x06", "zip"),  # an empty archive: extract() then says it has no file member
     (_ZSTD_MAGIC, "zstd"),
 )
-# ISO 9660 volume descriptors start at sector 16; "CD001" follows the type byte. Sectors 17 and 18 are checked
-# too, in case the first descriptor was damaged or the image only carries later ones.
-ISO_OFFSETS = _ISO_OFFSETS = (32769, 34817, 36865)
-QCOW2_MAGIC = _QCOW2_MAGIC = b"QFI\xfb"
-_QCOW2_EXT_DATA_FILE = 0x44415441
-_QCOW2_INCOMPAT_DATA_FILE = 1 << 2
-# Formats we refuse anyway, recognised here so that qemu-img never opens them: a VMDK descriptor can name other
-# files as extents (the OSSA-2024-001 class); nothing in these is a KVM direct-download format.
-_FOREIGN_MAGICS = (
-    (0, b"KDMV", "vmdk"),
-    (0, b"COWD", "vmdk"),
-    (0, b"# Disk DescriptorFile", "vmdk"),
-    (0, b"vhdxfile", "vhdx"),
-    (0, b"conectix", "vpc"),
-    (0, b"QED\x00", "qed"),
-    (0, b"LUKS\xba\xbe", "luks"),
-    (64, b"\x7f\x10\xda\xbe", "vdi"),
-)
-
-
-class ImageInfo(namedtuple("ImageInfo", "format virtual_size actual_size backing_file data_file raw_json path encrypted")):
-    """What ``inspect_image`` learnt. ``raw_json`` is qemu-img's answer (None when qemu-img was not asked)."""
-
-    __slots__ = ()
-
-    def __new__(cls, format, virtual_size, actual_size, backing_file=None, data_file=None, raw_json=None,  # pylint: disable=redefined-builtin
-                path=None, encrypted=False):
-        return super().__new__(cls, format, virtual_size, actual_size, backing_file, data_file, raw_json, path, encrypted)
 
 
 # ---------------------------------------------------------------- sizes and free space
-
-def human_size(count):
-    """``1536`` -> ``1.5 KiB``: sizes in messages."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return ("%d B" % count) if unit == "B" else ("%.1f %s" % (value, unit))
-        value /= 1024
-    return "%.1f TiB" % value
-
 
 def free_space(path):
     """Bytes an unprivileged writer may still use on the filesystem holding ``path``."""
@@ -138,7 +115,7 @@ def _read_at(path, offset, count):
 def is_iso(path):
     """True when ``path`` carries an ISO 9660 volume descriptor signature ("CD001")."""
     with open(path, "rb") as handle:
-        for offset in _ISO_OFFSETS:
+        for offset in ISO_OFFSETS:
             handle.seek(offset)
             if handle.read(5) == b"CD001":
                 return True
@@ -151,14 +128,6 @@ def compression_from_head(head):
     if head[:3] == b"BZh" and head[3:4].isdigit() and head[3:4] != b"0":
         return "bzip2"
     return next((name for magic, name in _MAGICS if head.startswith(magic)), None)
-
-
-def foreign_format_from_head(head):
-    """The name of a disk format we refuse (vmdk, vhdx, vpc, qed, luks, vdi) from the first 72 bytes, or None."""
-    for offset, magic, name in _FOREIGN_MAGICS:
-        if head[offset:offset + len(magic)] == magic:
-            return name
-    return None
 
 
 def detect_compression(path):
@@ -286,7 +255,7 @@ def _zstd_frame_sizes(path):
                     value = int.from_bytes(header, "little")
                     block_type = (value >> 1) & 3
                     if block_type == 3:
-                        raise ImageRejected("%s: corrupt zstd data (reserved block type)" % path)
+                        raise _gate.refuse("corrupt", "%s: corrupt zstd data (reserved block type)" % path)
                     pos += 3 + (1 if block_type == 1 else value >> 3)
                     handle.seek(pos)
                     if value & 1:  # last block of the frame
@@ -299,12 +268,12 @@ def _zstd_frame_sizes(path):
                     break
                 pos += 8 + struct.unpack("<I", length)[0]
             else:
-                raise ImageRejected("%s: not zstd data at byte %d (trailing garbage?)" % (path, pos))
+                raise _trailing(path, "zstd", pos, "bytes that are not zstd (trailing garbage?)")
             if pos > end:
                 break
             handle.seek(pos)
         if pos != end:
-            raise ImageRejected("%s: the zstd data is truncated (the file ends inside a frame)" % path)
+            raise _gate.refuse("corrupt", "%s: the zstd data is truncated (the file ends inside a frame)" % path)
     return sizes
 
 
@@ -320,24 +289,152 @@ def extracting_path(final_path):
     return os.path.join(directory, ".%s.extracting" % name)
 
 
+_STREAM_MAGICS = {"gzip": (b"\x1f\x8b",), "bzip2": tuple(b"BZh%d" % level for level in range(1, 10)),
+                  "xz": (b"\xfd7zXZ\x00",)}
+
+
+def _trailing(path, kind, offset, detail):
+    return _gate.refuse("trailing_data", "%s: %s at byte %d after the end of the %s data: refused (trailing data is "
+                        "refused for every compression)" % (path, detail, offset, kind), offset=offset)
+
+
+class _StreamReader:
+    """gzip (members), bzip2 and xz (streams) one after another, decompressed with a bounded output per call.
+
+    Python's own readers stop without a word at bytes after the last stream (bzip2, xz) or differ in what they
+    accept; this reader treats every compressor alike: concatenated members/streams are read as one (xz stream
+    padding too, as the xz format says), anything else after the end is refused (``trailing_data``), and a
+    stream that ends early is ``EOFError`` (truncated).
+    """
+
+    def __init__(self, handle, kind, path):
+        self._handle = handle
+        self._kind = kind
+        self._path = path
+        self._input = b""
+        self._decompressor = self._new()
+        self._done = False
+
+    def _new(self):
+        if self._kind == "gzip":
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if self._kind == "bzip2":
+            return bz2.BZ2Decompressor()
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT)
+
+    def _read(self, want):
+        """At least ``want`` bytes in ``self._input`` unless the file ends first."""
+        while len(self._input) < want:
+            more = self._handle.read(_READ_CHUNK)
+            if not more:
+                return
+            self._input += more
+
+    def _next_stream(self):
+        """After the end of a stream: start the next one, accept the end of the file, or refuse what follows."""
+        self._input = self._decompressor.unused_data + self._input
+        self._read(6)
+        if self._kind == "xz":
+            padding = 0
+            while True:
+                stripped = self._input.lstrip(b"\x00")
+                padding += len(self._input) - len(stripped)
+                self._input = stripped
+                if self._input:
+                    break
+                self._read(6)
+                if not self._input:
+                    break
+            if padding % 4:
+                raise _trailing(self._path, "xz", self._handle.tell() - len(self._input), "%d bytes of stream "
+                                "padding (not a multiple of 4)" % padding)
+            self._read(6)
+        if not self._input:
+            self._done = True
+            return
+        if not self._input.startswith(_STREAM_MAGICS[self._kind]):
+            raise _trailing(self._path, self._kind, self._handle.tell() - len(self._input), "bytes that are not %s"
+                            % self._kind)
+        self._decompressor = self._new()
+
+    def readinto(self, view):
+        size = len(view)
+        while not self._done:
+            decompressor = self._decompressor
+            if decompressor.eof:
+                self._next_stream()
+                continue
+            if self._kind == "gzip":
+                if not self._input:
+                    self._read(1)
+                    if not self._input:
+                        raise EOFError("the gzip data is truncated")
+                out = decompressor.decompress(self._input, size)
+                # At the end of a member zlib keeps the rest in unused_data (and may leave it in unconsumed_tail too).
+                self._input = b"" if decompressor.eof else decompressor.unconsumed_tail
+            else:
+                data = b""
+                if decompressor.needs_input:
+                    if not self._input:
+                        self._read(1)
+                        if not self._input:
+                            raise EOFError("the %s data is truncated" % self._kind)
+                    data, self._input = self._input, b""
+                out = decompressor.decompress(data, max_length=size)
+            if out:
+                count = len(out)
+                view[:count] = out
+                return count
+        return 0
+
+    def close(self):
+        pass
+
+
+def _zip_end_is_the_end(src_path):
+    """True when the zip's end-of-central-directory record (with its comment) ends the file."""
+    size = os.path.getsize(src_path)
+    tail_start = max(0, size - (22 + 65535))
+    tail = _read_at(src_path, tail_start, size - tail_start)
+    pos = tail.rfind(b"PK\x05\x06")
+    while pos >= 0:
+        if pos + 22 <= len(tail) and pos + 22 + struct.unpack("<H", tail[pos + 20:pos + 22])[0] == len(tail):
+            return True
+        pos = tail.rfind(b"PK\x05\x06", 0, pos)
+    return False
+
+
+def _check_zip_member(src_path, info):
+    name = info.filename
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+        raise _gate.refuse("zip_member_name", "%s: the zip member %r has an absolute path or '..': refused (the "
+                           "name is never used as a path, but an archive made this way is not an honest image)"
+                           % (src_path, name), member=name)
+    if info.flag_bits & 0x1:
+        raise _gate.refuse("zip_encrypted", "%s: the zip member %r is encrypted: refused" % (src_path, name))
+
+
 def _open_reader(src_path, kind, stack):
     """A file object yielding the decompressed bytes; ``stack`` (an ExitStack) closes what is opened."""
-    if kind == "gzip":
-        return stack.enter_context(gzip.open(src_path, "rb"))  # concatenated members are read as one stream
-    if kind == "bzip2":
-        return stack.enter_context(bz2.open(src_path, "rb"))
-    if kind == "xz":
-        return stack.enter_context(lzma.open(src_path, "rb"))
+    if kind in ("gzip", "bzip2", "xz"):
+        handle = stack.enter_context(open(src_path, "rb"))
+        return _StreamReader(handle, kind, src_path)
     if kind == "zip":
+        if not _zip_end_is_the_end(src_path):
+            raise _trailing(src_path, "zip", os.path.getsize(src_path), "the archive's end record is not at the end "
+                            "of the file: bytes")
         archive = stack.enter_context(zipfile.ZipFile(src_path))
         members = _zip_file_members(archive)
         if len(members) != 1:
             names = [info.filename for info in members]
             shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-            raise ImageRejected(
+            raise _gate.refuse(
+                "zip_one_member",
                 "the zip archive must hold exactly one file, it holds %d%s" % (len(names), (": " + shown) if names else ""),
                 members=names[:100],
             )
+        _check_zip_member(src_path, members[0])
         return stack.enter_context(archive.open(members[0]))
     if kind == "zstd":
         if zstandard is None:
@@ -347,7 +444,8 @@ def _open_reader(src_path, kind, stack):
             )
         _zstd_frame_sizes(src_path)  # refuses truncated or trailing data before anything is written
         compressed = stack.enter_context(open(src_path, "rb"))
-        return stack.enter_context(zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=True))
+        decompressor = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+        return stack.enter_context(decompressor.stream_reader(compressed, read_across_frames=True))
     raise InvalidInput("unknown compression %r: expected gzip, bzip2, xz, zip or zstd" % (kind,))
 
 
@@ -363,35 +461,71 @@ def _fill(reader, buf):
     return filled
 
 
-def _decompress(src_path, kind, writer, block_size):
+class _Bounds:
+    """What an extraction may produce: ``cap`` apparent bytes (``max_size`` or ``max_expansion``, named by
+    ``option``) and ``budget`` bytes really written (the free space when it started: holes cost nothing)."""
+
+    def __init__(self, cap, option, budget):
+        self.cap = cap
+        self.option = option
+        self.budget = budget
+
+
+def _decompress(src_path, kind, writer, block_size, bounds):
     with contextlib.ExitStack() as stack:
         reader = _open_reader(src_path, kind, stack)
         buf = bytearray(block_size)
+        cap, budget = bounds.cap, bounds.budget
         while True:
             count = _fill(reader, buf)
             if not count:
                 break
             writer.write(buf, count)
+            # Two integer compares per block: the bounds of the gate.
+            if writer.offset > cap:
+                raise _over_cap(src_path, kind, bounds)
+            if writer.offset - writer.skipped > budget:
+                raise NotEnoughSpace("the extracted data is more than the %s free when the extraction started"
+                                     % human_size(budget), errno=errno.ENOSPC)
     return writer.finish()
 
 
-def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_space=True, mode=0o644):
+def _over_cap(src_path, kind, bounds, estimate=None):
+    rule = "max_expansion" if bounds.option == "max_expansion" else "max_size"
+    what = ("announces %s" % human_size(estimate)) if estimate is not None else \
+        ("expands to more than %s" % human_size(bounds.cap))
+    if rule == "max_expansion":
+        why = "more than max_expansion times its compressed size (%s): a decompression bomb?" % human_size(
+            os.path.getsize(src_path))
+    else:
+        why = "above max_size (%s)" % human_size(bounds.cap)
+    return _gate.refuse(rule, "%s: the %s data %s, %s; refused, and nothing was kept (raise %s to accept it)"
+                        % (src_path, kind, what, why, rule), cap=bounds.cap)
+
+
+def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_space=True, mode=0o644, limits=None):
     """Decompress ``src_path`` into the new file ``dst_path`` (created with O_EXCL) and return the bytes written.
 
-    Streamed, constant memory, through ``SparseWriter`` so zero blocks become holes, fsynced at the end. The free
-    space is checked first against ``estimated_extracted_size`` (the apparent size: a sparse image needs less;
-    pass ``check_space=False`` to rely on the ENOSPC handling alone). On any failure ``dst_path`` is removed: a
-    disk that fills up gives NotEnoughSpace, a corrupt or truncated archive gives ImageRejected (another host
-    would fetch the same bytes).
+    Streamed, constant memory, through ``SparseWriter`` so zero blocks become holes, fsynced at the end.
+    Bounded by ``limits`` (``_gate.Limits``; the defaults when None): at most ``max_size`` bytes and at most
+    ``max_expansion`` times the compressed size (refused before writing when the archive announces more), and,
+    with ``check_space``, at most the free space of the destination in bytes really written (a sparse image needs
+    only its data). On any failure ``dst_path`` is removed: a disk that fills up gives NotEnoughSpace, a corrupt,
+    truncated, trailing-garbage or over-cap archive gives ImageRejected (another host would fetch the same bytes).
     """
     if kind is None:
         kind = detect_compression(src_path)
         if kind is None:
             raise InvalidInput("%s is not compressed (no gzip, bzip2, xz, zip or zstd signature)" % src_path)
+    limits = limits or _gate.DEFAULT_LIMITS
     directory = os.path.dirname(os.path.abspath(dst_path))
-    estimate = estimated_extracted_size(src_path, kind)
-    if check_space:
-        ensure_free_space(directory, estimate, "the extracted image")
+    cap, option = limits.extraction_cap(os.path.getsize(src_path))
+    bounds = _Bounds(cap, option, free_space(directory) if check_space else float("inf"))
+    # What the archive announces (xz index, zstd frame sizes, zip member size) over the cap: refused before writing.
+    # Not gzip's ISIZE: with trailing bytes it is noise, and the loop below counts anyway.
+    estimate = estimated_extracted_size(src_path, kind) if kind != "gzip" else None
+    if estimate is not None and estimate > cap:
+        raise _over_cap(src_path, kind, bounds, estimate)
     try:
         fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     except FileExistsError:
@@ -399,26 +533,28 @@ def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_
     writer = SparseWriter(fd, block_size=block_size)
     done = False
     try:
-        written = _decompress(src_path, kind, writer, block_size)
-        if kind == "xz" and estimate is not None and written != estimate:
-            # lzma.LZMAFile stops without a word at stream padding or trailing bytes; the xz index says how
-            # much there should have been.
-            raise ImageRejected(
-                "%s: only %s of the %s announced by the xz index could be read (stream padding or trailing data)"
-                % (src_path, human_size(written), human_size(estimate))
-            )
+        written = _decompress(src_path, kind, writer, block_size, bounds)
         done = True
         return written
     except NotEnoughSpace as exc:
         raise NotEnoughSpace(
-            "the disk filled up while extracting into %s after %s; the partial file was removed"
-            % (directory, human_size(writer.offset)),
+            "the disk filled up while extracting into %s after %s; the partial file was removed (%s)"
+            % (directory, human_size(writer.offset), exc.msg),
             path=directory, written=writer.offset,
         ) from exc
+    except ImageRejected:
+        raise
     except _CORRUPT_DATA_ERRORS as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:  # a real I/O error (EIO ...), not bad data
+        # A real I/O error (EIO ...) is not bad data; EINVAL is: a seek to an offset a crafted archive gave.
+        if isinstance(exc, OSError) and exc.errno is not None and exc.errno != errno.EINVAL:
             raise DirectDownloadError("extracting %s failed: %s" % (src_path, exc), errno=exc.errno) from exc
-        raise ImageRejected("%s is not valid %s data: %s" % (src_path, kind, exc or type(exc).__name__)) from exc
+        text = str(exc)
+        if "Memory usage limit" in text or "too much memory" in text:
+            raise _gate.refuse("decoder_memory", "%s: the %s data asks for a decoder window above %s: refused (xz: "
+                               "dictionaries up to %s, zstd: windows up to %s)" % (
+                                   src_path, kind, human_size(XZ_MEMORY_LIMIT if kind == "xz" else ZSTD_MAX_WINDOW),
+                                   human_size(XZ_MEMORY_LIMIT), human_size(ZSTD_MAX_WINDOW))) from exc
+        raise _gate.refuse("corrupt", "%s is not valid %s data: %s" % (src_path, kind, exc or type(exc).__name__)) from exc
     finally:
         os.close(fd)
         if not done:
@@ -427,145 +563,6 @@ def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_
 
 def _unlink_quietly(path):
     _fs.unlink_if_present(path)
-
-
-# ---------------------------------------------------------------- inspection
-
-def _qcow2_header_facts(path):
-    """Read the qcow2 header ourselves (as CloudStack's Qcow2Inspector does) so that an image naming a backing
-    file or an external data file is refused without qemu-img ever opening what it names.
-
-    Returns ``(virtual_size, backing_file, data_file, encrypted)``; names are None when absent.
-    """
-    with open(path, "rb") as handle:
-        header = handle.read(4096)
-        if len(header) < 72:
-            raise ImageRejected("%s: truncated qcow2 header" % path)
-        version, backing_offset, backing_size = struct.unpack(">IQI", header[4:20])
-        virtual_size, crypt_method = struct.unpack(">QI", header[24:36])
-        backing_file = data_file = None
-        if backing_offset:
-            handle.seek(backing_offset)
-            backing_file = handle.read(min(backing_size, 1023)).decode("utf-8", "replace") or "(unnamed)"
-        incompatible = 0
-        if version >= 3 and len(header) >= 104:
-            incompatible = struct.unpack(">Q", header[72:80])[0]
-            header_length = struct.unpack(">I", header[100:104])[0]
-            pos = header_length
-            while pos + 8 <= len(header):
-                ext_type, ext_length = struct.unpack(">II", header[pos:pos + 8])
-                if ext_type == 0:
-                    break
-                if ext_type == _QCOW2_EXT_DATA_FILE:
-                    data_file = header[pos + 8:pos + 8 + ext_length].decode("utf-8", "replace")
-                pos += 8 + ((ext_length + 7) & ~7)
-        if incompatible & _QCOW2_INCOMPAT_DATA_FILE and not data_file:
-            data_file = "(external data file, name not recorded)"
-    return virtual_size, backing_file, data_file, bool(crypt_method)
-
-
-def _sniff_foreign_format(path):
-    return foreign_format_from_head(_read_at(path, 0, 72))
-
-
-def _run_qemu_img_info(path, fmt, qemu_img, timeout):
-    argv = [qemu_img, "info", "--output=json", "--force-share"]
-    if fmt:
-        argv += ["-f", fmt]
-    argv.append(path)
-    try:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise DirectDownloadError(
-            "%s not found: install the package that provides it (qemu-utils on Debian/Ubuntu, qemu-img on RHEL/Rocky/Alma)"
-            % qemu_img
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise DirectDownloadError("qemu-img info %s did not answer within %d s" % (path, timeout)) from None
-    if proc.returncode != 0:
-        stderr = proc.stderr.decode("utf-8", "replace").strip()
-        raise ImageRejected("qemu-img could not read %s: %s" % (path, stderr or "exit code %d" % proc.returncode),
-                            rc=proc.returncode, stderr=stderr)
-    try:
-        return json.loads(proc.stdout.decode("utf-8", "replace"))
-    except ValueError as exc:
-        raise DirectDownloadError("qemu-img info gave output that is not JSON: %s" % exc) from exc
-
-
-def inspect_image(path, declared_format=None, qemu_img="qemu-img", timeout=QEMU_IMG_TIMEOUT):
-    """Find the image's format and sizes. Never lets qemu-img open a file that a qcow2 header or a VMDK
-    descriptor names.
-
-    * ``declared_format == "raw"``: ``qemu-img info -f raw``, no probing, so a raw disk whose guest wrote a qcow2
-      header into its first sector is read as the raw disk it is (qemu's probing security point).
-    * an ISO 9660 signature: format ``iso``, qemu-img not asked.
-    * a qcow2 header: read here first; with a backing file or an external data file the answer comes from the
-      header alone (``check_policy`` refuses it); otherwise ``qemu-img info -f qcow2``.
-    * VMDK, VHD(X), VDI, QED, LUKS signatures: reported as such without qemu-img (``check_policy`` refuses them).
-    * anything else: qemu-img probes it (random bytes are ``raw``).
-    """
-    st = os.stat(path)
-    allocated = st.st_blocks * 512
-    declared = (declared_format or "").strip().lower() or None
-    if declared != "raw":
-        if is_iso(path):
-            return ImageInfo("iso", st.st_size, allocated, path=path)
-        if _read_at(path, 0, 4) == _QCOW2_MAGIC:
-            virtual_size, backing, data_file, encrypted = _qcow2_header_facts(path)
-            if backing or data_file:
-                return ImageInfo("qcow2", virtual_size, allocated, backing, data_file, path=path, encrypted=encrypted)
-            return _info_from_json(path, _run_qemu_img_info(path, "qcow2", qemu_img, timeout), allocated)
-        foreign = _sniff_foreign_format(path)
-        if foreign:
-            return ImageInfo(foreign, None, allocated, path=path)
-    fmt = "raw" if declared == "raw" else None
-    return _info_from_json(path, _run_qemu_img_info(path, fmt, qemu_img, timeout), allocated)
-
-
-def _info_from_json(path, data, allocated):
-    specific = (data.get("format-specific") or {}).get("data") or {}
-    return ImageInfo(
-        format=data.get("format"),
-        virtual_size=data.get("virtual-size"),
-        actual_size=data.get("actual-size", allocated),
-        backing_file=data.get("full-backing-filename") or data.get("backing-filename"),
-        data_file=specific.get("data-file"),
-        raw_json=data,
-        path=path,
-        encrypted=bool(data.get("encrypted")),
-    )
-
-
-def check_policy(info, expected_format=None):
-    """Refuse what must not reach a pool. Raises ImageRejected; returns None when the image is acceptable."""
-    name = info.path or "the image"
-    if info.backing_file:
-        raise ImageRejected(
-            "%s is a %s image with a backing file (%s): refused, a template must be self-contained "
-            "(a backing file can point anywhere on the host; CVE-2024-50386)" % (name, info.format, info.backing_file),
-            format=info.format, backing_file=info.backing_file,
-        )
-    if info.data_file:
-        raise ImageRejected(
-            "%s is a %s image with an external data file (%s): refused, it could expose any file on the host "
-            "(CVE-2024-50386)" % (name, info.format, info.data_file),
-            format=info.format, data_file=info.data_file,
-        )
-    expected = (expected_format or "").strip().lower() or None
-    if expected and expected != info.format:
-        raise ImageRejected(
-            "format mismatch: %s was expected to be %s but it is %s" % (name, expected, info.format),
-            expected_format=expected, format=info.format,
-        )
-    if info.format not in ALLOWED_FORMATS:
-        raise ImageRejected(
-            "%s is a %s image: direct download to KVM takes qcow2, raw or iso only "
-            "(convert it first, e.g. qemu-img convert -O qcow2)" % (name, info.format),
-            format=info.format,
-        )
-    if info.encrypted:
-        raise ImageRejected("%s is an encrypted %s image: refused, the host has no key for it" % (name, info.format),
-                            format=info.format)
 
 
 # ---------------------------------------------------------------- atomic install

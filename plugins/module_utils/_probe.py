@@ -24,18 +24,16 @@ What the probe does, and where it differs from CloudStack (research §1.3, §8):
 from __future__ import annotations
 
 import bz2
+import io
 import lzma
 import struct
 import zlib
 
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
-# The magic tables of the installer: one definition of "what is this file" for probe and install.
-from ansible_collections.directdownload.kvm.plugins.module_utils._install import (
-    ISO_OFFSETS,
-    QCOW2_MAGIC,
-    compression_from_head,
-    foreign_format_from_head,
-)
+from ansible_collections.directdownload.kvm.plugins.module_utils import _gate
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput, printable
+# The magic tables of the installer and the gate: one definition of "what is this file" for probe and install.
+from ansible_collections.directdownload.kvm.plugins.module_utils._gate import ISO_OFFSETS, QCOW2_MAGIC
+from ansible_collections.directdownload.kvm.plugins.module_utils._install import compression_from_head
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_answer, is_metalink_url, redact_url
 
 try:
@@ -47,8 +45,12 @@ except ImportError:
 HEAD_BYTES = 64 * 1024
 # bzip2 produces nothing before its first block (up to 900 kB of input) is complete: read more, up to this.
 MAX_HEAD_BYTES = 4 * 1024 * 1024
-# Decompressed bytes wanted from a compressed image: the qcow2 header fields we read end at byte 104.
+# Decompressed bytes wanted from a compressed image: the qcow2 header fields we read end at byte 104. Every
+# decompressor is asked for at most this much output, whatever the head holds (a 49 KB zstd head can expand to
+# 1.6 GB), and the xz and zstd decoders get a memory limit for their window (the header declares it).
 WANTED_PLAIN_BYTES = 4096
+XZ_MEMORY_LIMIT = 128 * 1024 * 1024
+ZSTD_MAX_WINDOW = 128 * 1024 * 1024
 ISO_NEEDS = max(ISO_OFFSETS) + 5
 
 
@@ -80,7 +82,7 @@ def decompress_head(head, kind, wanted=WANTED_PLAIN_BYTES):
         if kind == "gzip":
             return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, wanted)
         if kind == "xz":
-            return lzma.LZMADecompressor().decompress(head, max_length=wanted)
+            return lzma.LZMADecompressor(memlimit=XZ_MEMORY_LIMIT).decompress(head, max_length=wanted)
         if kind == "bzip2":
             return bz2.BZ2Decompressor().decompress(head, max_length=wanted)
         if kind == "zip":
@@ -93,7 +95,9 @@ def decompress_head(head, kind, wanted=WANTED_PLAIN_BYTES):
         if kind == "zstd":
             if zstandard is None:
                 return None
-            return zstandard.ZstdDecompressor().decompressobj().decompress(head)[:wanted]
+            reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
+                io.BytesIO(head), read_across_frames=True)
+            return _read_bounded(reader, wanted)
     except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError) as exc:
         raise InvalidInput("the %s stream at the start of the image is corrupt: %s" % (kind, exc)) from exc
     except Exception as exc:  # zstandard.ZstdError does not derive from the above
@@ -101,6 +105,17 @@ def decompress_head(head, kind, wanted=WANTED_PLAIN_BYTES):
             raise InvalidInput("the zstd stream at the start of the image is corrupt: %s" % exc) from exc
         raise
     return None
+
+
+def _read_bounded(reader, wanted):
+    """Up to ``wanted`` bytes from a stream reader; a stream that stops early gives what it had."""
+    plain = b""
+    while len(plain) < wanted:
+        chunk = reader.read(wanted - len(plain))
+        if not chunk:
+            break
+        plain += chunk
+    return plain
 
 
 def qcow2_virtual_size(plain):
@@ -114,15 +129,13 @@ def detect_format(plain, complete=False):
     """What the image is, from its first (decompressed) bytes: ``qcow2``, ``iso``, a foreign format name
     (``vmdk``, ``vhdx``, ``vpc``, ``qed``, ``luks``, ``vdi``), ``html`` (an error page served with 200), or ``raw``.
     ``None`` when the bytes are too few to tell an ISO from raw (unless ``complete``: the whole file was read)."""
-    if plain[:4] == QCOW2_MAGIC:
-        return "qcow2"
-    foreign = foreign_format_from_head(plain)
-    if foreign:
-        return foreign
+    found = _gate.signatures(plain)
+    if found and found[0] != "iso":
+        return found[0]
     start = plain[:1024].lstrip().lower()
     if start.startswith((b"<!doctype html", b"<html")):
         return "html"
-    if any(plain[offset:offset + 5] == b"CD001" for offset in ISO_OFFSETS):
+    if found:
         return "iso"
     if len(plain) < ISO_NEEDS and not complete:
         return None
@@ -160,7 +173,23 @@ def inspect_head(read_head, size=None):
         virtual_size = size
     if fmt == "html":
         notes.append("the server answered with an HTML page, not an image")
+    notes.extend(gate_notes(plain, fmt, virtual_size))
     return {"compression": kind, "format_detected": fmt, "virtual_size": virtual_size, "notes": notes}
+
+
+def gate_notes(plain, fmt, virtual_size):
+    """What the download's safety gate would refuse, as far as the head shows it (notes for the operator)."""
+    notes = []
+    found = _gate.signatures(plain)
+    if len(found) > 1:
+        notes.append("the image carries the signatures of %s at once: download will refuse it" % " and ".join(found))
+    if fmt not in (None, "html") + _gate.ALLOWED_FORMATS:
+        notes.append("the image is %s: download will refuse it (qcow2, raw or iso only)" % fmt)
+    if fmt == "qcow2" and len(plain) >= 20 and struct.unpack(">Q", plain[8:16])[0]:
+        notes.append("the qcow2 image has a backing file: download will refuse it")
+    if virtual_size is not None and virtual_size > _gate.DEFAULT_MAX_VIRTUAL_SIZE:
+        notes.append("the virtual size is above the default max_virtual_size of download (16 TiB)")
+    return notes
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -198,7 +227,7 @@ def probe_plain(url, open_plain, image_format=None, read_header=True):
         "url": redact_url(url),
         "status": info.get("status"),
         "size": info.get("size"),
-        "content_type": info.get("content_type"),
+        "content_type": printable(info.get("content_type")),  # a server's text
         "final_url": redact_url(info.get("final_url") or url),
         "accept_ranges": info.get("accept_ranges"),
         "compression": None,

@@ -15,8 +15,12 @@ description:
   - Bytes are hashed while they stream to a hidden C(.NAME.part) file in the pool (one pass, constant memory,
     all-zero blocks left as holes so sparse images stay sparse), then verified, extracted when compressed (detected
     by content; gzip, bzip2, xz, zip with one member, zstd), inspected with C(qemu-img info) and renamed into place.
-  - A qcow2 image with a backing file or an external data file is refused (CVE-2024-50386 class). ISOs are never
-    extracted.
+  - Every downloaded image is untrusted and passes a safety gate before it reaches the pool (see the
+    C(Safety gate) section of C(docs/download.md)). The format is established from the bytes (a declared O(format)
+    that differs is refused), C(qemu-img) never probes and only reads a qcow2 that names no other file, only qcow2,
+    raw and ISO images install, a qcow2 with a backing file or an external data file is refused (CVE-2024-50386
+    class), and sizes and decompression are bounded by O(max_size), O(max_virtual_size) and O(max_expansion). ISOs
+    are never extracted.
   - On any failure the pool holds no new image. A transfer that failed on the network keeps its C(.part) and a
     sidecar C(.NAME.part.json); the next run resumes it with C(Range) and C(If-Range), or starts over when the
     server cannot resume or the file changed. The sidecar also shows progress (bytes, total, rate, ETA).
@@ -100,9 +104,10 @@ options:
   format:
     description:
       - The expected image format. When given and the image is something else, the task fails.
-      - When omitted the format is detected (C(qcow2) or C(raw) by C(qemu-img), C(iso) by its ISO 9660 signature).
-      - With V(raw), C(qemu-img) is told so and does not probe, so a raw image that happens to contain a qcow2 header
-        is not misread.
+      - The format is always established from the bytes (the qcow2 magic, the signatures of the formats C(qemu-img)
+        probes, the ISO 9660 signature; none of them is V(raw)), never from this option or the name. V(raw) hides
+        nothing - a "raw" image whose bytes are a qcow2, a VMDK descriptor or a LUKS header is refused, because
+        the next C(qemu-img convert) without C(-f) would read it as that.
     type: str
     choices: [qcow2, raw, iso]
   extract:
@@ -149,6 +154,29 @@ options:
       - Seconds between updates of the progress sidecar C(.NAME.part.json).
     type: float
     default: 2.0
+  max_size:
+    description:
+      - The largest file accepted, in bytes or with a unit (V(50G), V(2T)), for the file as downloaded and for what
+        extraction produces (its apparent size). A larger image is refused, nothing is kept.
+      - Default 1 TiB. CloudStack's own C(max.template.iso.size) defaults to 50 GiB; set the size of the template
+        (with a margin) when it is known.
+    type: bytes
+  max_virtual_size:
+    description:
+      - The largest virtual disk accepted, in bytes or with a unit, from the qcow2 header (for raw and ISO, the file
+        size). Default 16 TiB.
+    type: bytes
+  max_expansion:
+    description:
+      - Extraction may produce at most this many times the compressed size (and always at least 64 MiB). A
+        decompression bomb (kilobytes that expand to gigabytes) is refused as soon as it passes the ratio, with
+        nothing kept. Default 100. Raise it for very sparse raw images (mostly holes) that compress better.
+    type: float
+  allow_encrypted:
+    description:
+      - Accept an encrypted qcow2 image. The hosts need its key to use it; by default it is refused.
+    type: bool
+    default: false
 notes:
   - Watch a long download with the sidecar, for example C(watch cat /var/lib/libvirt/images/.NAME.part.json), or run
     the task with C(async) and poll it.
@@ -189,6 +217,15 @@ EXAMPLES = r"""
     pool_path: /var/lib/libvirt/images
     connections: 2
 
+- name: A large raw image, with the caps of the safety gate raised for it
+  directdownload.kvm.download:
+    url: https://images.example.com/warehouse-4t.raw.zst
+    pool_path: /var/lib/libvirt/images
+    format: raw
+    max_size: 4T
+    max_virtual_size: 4T
+    max_expansion: 5000
+
 - name: A long download, watched with async (the sidecar .NAME.part.json shows progress)
   directdownload.kvm.download:
     url: https://images.example.com/big.raw
@@ -224,8 +261,8 @@ virtual_size:
   type: int
   sample: 21474836480
 format:
-  description: The image format.
-  returned: success
+  description: The image format; when the safety gate refused the image, the format its bytes showed.
+  returned: success, or when the image was refused
   type: str
   sample: qcow2
 checksum:
@@ -280,6 +317,20 @@ retryable:
   returned: failure
   type: bool
   sample: true
+rule:
+  description:
+    - When the safety gate refused the image, the rule that refused it (each is listed in the C(Safety gate)
+      section of C(docs/download.md)), for example V(backing_file), V(data_file), V(format), V(format_mismatch),
+      V(one_format), V(encrypted), V(max_size), V(max_virtual_size), V(max_expansion), V(trailing_data),
+      V(corrupt), V(qemu_img), V(zip_one_member), V(zip_member_name).
+  returned: when the image was refused
+  type: str
+  sample: backing_file
+backing_file:
+  description: The backing file a refused qcow2 names (non-printable characters escaped).
+  returned: when the image was refused for its backing file
+  type: str
+  sample: /etc/shadow
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -322,6 +373,10 @@ def build_request(module, settings):
         metalink_name=params["metalink_name"],
         metalink_locations=params["metalink_locations"],
         nfs_transport=params["nfs_transport"],
+        max_size=params["max_size"],
+        max_virtual_size=params["max_virtual_size"],
+        max_expansion=params["max_expansion"],
+        allow_encrypted=params["allow_encrypted"],
     )
 
 
@@ -363,6 +418,10 @@ def main():
             connections=dict(type="int", default=1),
             block_size=dict(type="int"),
             progress_interval=dict(type="float", default=2.0),
+            max_size=dict(type="bytes"),
+            max_virtual_size=dict(type="bytes"),
+            max_expansion=dict(type="float"),
+            allow_encrypted=dict(type="bool", default=False),
             **TRANSPORT_ARGUMENT_SPEC
         ),
         required_one_of=[("pool_path", "pool")],

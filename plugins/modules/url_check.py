@@ -18,7 +18,12 @@ description:
     (system CAs, O(ca_path) and the trust directory that M(directdownload.kvm.certificate) fills).
   - Then reads the first KiBs of the image with a ranged C(GET) to detect its format by content and, for qcow2, read
     the virtual size from its header (bytes 24 to 31, after checking the C(QFI\xfb) magic). A compressed image
-    (gzip, bzip2, xz, zip, zstd; detected by content) is decompressed from those first KiBs only.
+    (gzip, bzip2, xz, zip, zstd; detected by content) is decompressed from those first KiBs only, and never to more
+    than 4 KiB of output (a head of a few KiB can expand to gigabytes), so the probe costs the KVM host a few MiB of
+    memory whatever the URL serves.
+  - The format is read by the same signatures as the safety gate of M(directdownload.kvm.download); RV(notes) says
+    when the image would be refused there (a foreign format, two formats at once, a qcow2 backing file, a virtual
+    size above the default cap).
   - A Metalink URL (C(.metalink), C(.meta4), or a Metalink content type) is parsed and its mirrors probed in order;
     the sizes come from the image a mirror serves, never from the XML.
   - An unreachable URL is not a failure. RV(reachable) is V(false) and RV(error) says why, so that a playbook can
@@ -111,7 +116,8 @@ virtual_size:
 format_detected:
   description:
     - What the first bytes show, V(qcow2), V(iso), V(raw), a foreign format (V(vmdk), V(vhdx), V(vpc), V(qed),
-      V(luks), V(vdi)) or V(html) (an error page served as the image). Null when the header was not read.
+      V(luks), V(vdi), V(parallels), V(bochs), V(cloop), V(qcow)) or V(html) (an error page served as the image).
+      Null when the header was not read.
   returned: always
   type: str
   sample: qcow2
@@ -157,7 +163,8 @@ metalink:
   returned: when O(url) is a Metalink that could be parsed
   type: dict
 notes:
-  description: Things the operator should know (header not readable, HTML page served, ...).
+  description: Things the operator should know (header not readable, HTML page served, what the download's
+    safety gate would refuse, ...).
   returned: when the URL was reached
   type: list
   elements: str

@@ -226,6 +226,26 @@ def test_non_2xx_and_backing_file_are_refused(run_module, server, pool, www, qco
     assert os.listdir(pool) == []
 
 
+def test_safety_gate_options_and_rule_through_the_module(run_module, server, pool, www, qcow2_image):
+    # Issue 16 through ansible-playbook: the caps take units, a refusal names its rule, text from the image is
+    # escaped (a backing-file name with a newline cannot forge a line), and nothing is left in the pool.
+    images.sparse_raw(str(www / "four.raw"), 4 * MiB)
+    capped = download(run_module, args_for(server, "four.raw", pool, max_size="1M"))
+    assert capped["status"] == "failed" and capped["result"]["rule"] == "max_size"
+    assert capped["result"]["retryable"] is False and "max_size" in capped["result"]["msg"]
+    assert os.listdir(pool) == []
+    too_big = download(run_module, args_for(server, "disk.qcow2", pool, max_virtual_size="1M"))
+    assert too_big["status"] == "failed" and too_big["result"]["rule"] == "max_virtual_size"
+    subprocess.run([images.QEMU_IMG, "create", "-q", "-u", "-f", "qcow2", "-b", "/x\n[WARNING]: forged", "-F", "raw",
+                    str(www / "forged.qcow2"), "16M"], check=True)
+    forged = download(run_module, args_for(server, "forged.qcow2", pool, format="raw"))
+    assert forged["status"] == "failed" and forged["result"]["rule"] == "backing_file"
+    assert "\n" not in forged["result"]["msg"] and "/x\\n[WARNING]" in forged["result"]["msg"]
+    assert os.listdir(pool) == []
+    ok = download(run_module, args_for(server, "four.raw", pool, max_size="4M", max_expansion=10))
+    assert ok["status"] == "changed" and ok["result"]["format"] == "raw"
+
+
 def test_bad_inputs_fail_clearly(run_module, server, pool):
     cases = [
         (dict(checksum="{SHA-256}abc"), "64 hex characters"),

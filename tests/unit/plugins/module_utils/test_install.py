@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import zipfile
 
@@ -110,8 +111,12 @@ def test_xz_estimate_adds_up_concatenated_streams_and_padding(tmp_path):
     joined = tmp_path / "joined"
     joined.write_bytes(open(first, "rb").read() + b"\0" * 8 + open(second, "rb").read() + b"\0" * 4)
     assert _install.estimated_extracted_size(str(joined), "xz") == 300 * KiB + 5 * MiB
-    # Python's lzma reader stops at stream padding: refused rather than silently cut short.
-    with pytest.raises(ImageRejected, match="announced by the xz index"):
+    # Stream padding (NULs in multiples of 4) is part of the xz format: read through, as `xz -d` does.
+    assert _install.extract(str(joined), str(tmp_path / "out"), "xz") == 300 * KiB + 5 * MiB
+    os.unlink(str(tmp_path / "out"))
+    # Padding that is not a multiple of 4 is not xz: refused as trailing data, nothing kept.
+    joined.write_bytes(open(first, "rb").read() + b"\0" * 3)
+    with pytest.raises(ImageRejected, match="not a multiple of 4"):
         _install.extract(str(joined), str(tmp_path / "out"), "xz")
     assert not (tmp_path / "out").exists()
     # Concatenated streams without padding (what `cat a.xz b.xz` gives) extract whole.
@@ -213,11 +218,43 @@ def test_truncated_archive_is_refused_and_removed(tmp_path, kind):
     assert not dst.exists()
 
 
+def test_zip_with_an_offset_before_the_file_is_refused_not_an_io_error(tmp_path):
+    # The central directory says where the member is; one pointing before byte 0 made zipfile's seek fail with
+    # EINVAL, which was reported as a retryable I/O error (another host would get the same bytes).
+    src = tmp_path / "s"
+    src.write_bytes(bytes(4096))
+    packed = tmp_path / "z.zip"
+    with zipfile.ZipFile(str(packed), "w") as archive:
+        archive.write(str(src), "s")
+    data = bytearray(packed.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 16:end + 20] = struct.pack("<I", 0x670000)  # the central directory offset, past the end: zipfile
+    # subtracts it from where the directory really is and seeks the member to a negative offset
+    packed.write_bytes(bytes(data))
+    with pytest.raises(ImageRejected) as caught:
+        _install.extract(str(packed), str(tmp_path / "out"), "zip")
+    assert not caught.value.retryable
+    assert not (tmp_path / "out").exists()
+
+
 def test_zstd_with_trailing_garbage_is_refused(compressed, tmp_path):
     packed = tmp_path / "packed"
     packed.write_bytes(open(compressed["zstd"], "rb").read() + b"not zstd at all")
     with pytest.raises(ImageRejected, match="trailing garbage"):
         _install.extract(str(packed), str(tmp_path / "out"), "zstd")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind, argv", [("xz", ["xz", "-c", "--lzma2=dict=600MiB"]),
+                                        ("zstd", ["zstd", "-q", "-c", "--long=31"])])
+def test_a_decoder_window_above_the_limit_is_refused(tmp_path, kind, argv):
+    # The header of a compressed image chooses the decoder's memory: 600 MiB of xz dictionary, 2 GiB of zstd window.
+    packed = tmp_path / "packed"
+    with open(str(packed), "wb") as out:
+        subprocess.run(argv, input=b"x" * 100000, stdout=out, check=True)
+    with pytest.raises(ImageRejected, match="decoder window") as caught:
+        _install.extract(str(packed), str(tmp_path / "out"), kind)
+    assert caught.value.details["rule"] == "decoder_memory"
     assert not (tmp_path / "out").exists()
 
 
@@ -265,15 +302,26 @@ def test_human_size():
     assert _install.human_size(3 * 1024 ** 5) == "3072.0 TiB"
 
 
-def test_enospc_refused_before_writing_from_the_estimate(small_tmpfs, tmp_path):
+def test_enospc_refused_as_soon_as_the_real_bytes_pass_the_free_space(small_tmpfs, tmp_path):
+    # The space check counts the bytes really written (holes cost nothing): dense data that cannot fit is stopped
+    # as soon as it passes the free space, before the pool is full, and nothing is left.
     src = images.random_raw(tmp_path / "big", 2 * MiB, seed=8)
     packed = images.compress(src, tmp_path / "big.gz", "gzip")
     dst = small_tmpfs / "out"
-    with pytest.raises(NotEnoughSpace) as caught:
+    with pytest.raises(NotEnoughSpace, match="while extracting") as caught:
         _install.extract(packed, str(dst), "gzip")
-    assert "2.0 MiB needed" in caught.value.msg
+    assert caught.value.details["written"] <= MiB + 64 * KiB
     assert not dst.exists()
     assert os.listdir(str(small_tmpfs)) == []
+
+
+def test_sparse_image_larger_than_the_free_space_fits_by_its_data(small_tmpfs, tmp_path):
+    # 16 MiB apparent, 512 KiB of data, into a 1 MiB tmpfs: what is really written fits, so it is extracted.
+    src = images.sparse_raw(tmp_path / "thin", 16 * MiB, data=[(0, 256 * KiB), (8 * MiB, 256 * KiB)])
+    packed = images.compress(src, tmp_path / "thin.xz", "xz")
+    dst = small_tmpfs / "out"
+    assert _install.extract(packed, str(dst), "xz") == 16 * MiB
+    assert images.sha256_file(str(dst)) == images.sha256_file(src)
 
 
 def test_enospc_mid_way_removes_the_partial_file(small_tmpfs, tmp_path):
@@ -343,15 +391,15 @@ def test_external_data_file_is_refused(tmp_path):
         _install.check_policy(info, "qcow2")
 
 
-def test_raw_disk_holding_a_qcow2_header_is_read_as_raw_when_declared_raw(tmp_path):
+def test_raw_disk_holding_a_qcow2_header_is_refused_even_when_declared_raw(tmp_path):
+    # Declared raw does not hide what the bytes are: every later `qemu-img convert` without -f would probe it as
+    # the qcow2 it looks like and read its backing file (issue 16). qemu-img is not even run.
     raw = images.raw_containing_qcow2_header(tmp_path / "guest.raw", 4 * MiB, backing="/etc/hostname")
-    as_raw = _install.inspect_image(raw, "raw")
-    assert (as_raw.format, as_raw.virtual_size, as_raw.backing_file) == ("raw", 4 * MiB, None)
-    _install.check_policy(as_raw, "raw")
-    probed = _install.inspect_image(raw)
-    assert probed.format == "qcow2" and probed.backing_file == "/etc/hostname"
-    with pytest.raises(ImageRejected):
-        _install.check_policy(probed)
+    for declared in ("raw", None):
+        info = _install.inspect_image(raw, declared, qemu_img=str(tmp_path / "no-such-qemu-img"))
+        assert info.format == "qcow2" and info.backing_file == "/etc/hostname"
+        with pytest.raises(ImageRejected, match="backing file"):
+            _install.check_policy(info, declared)
 
 
 def test_format_mismatch_names_both_formats(tmp_path):
@@ -384,20 +432,23 @@ def test_encrypted_qcow2_is_refused(tmp_path):
 
 
 def test_missing_qemu_img_names_the_package(tmp_path):
-    raw = images.random_raw(tmp_path / "disk", 64 * KiB, seed=11)
+    disk = images.qcow2(tmp_path / "disk", 16 * MiB)  # raw and ISO never need qemu-img: their size is their size
     with pytest.raises(DirectDownloadError, match="qemu-utils on Debian/Ubuntu, qemu-img on RHEL") as caught:
-        _install.inspect_image(raw, qemu_img=str(tmp_path / "no-such-qemu-img"))
+        _install.inspect_image(disk, qemu_img=str(tmp_path / "no-such-qemu-img"))
     assert caught.value.retryable  # another host may have it
+    raw = images.random_raw(tmp_path / "disk.raw", 64 * KiB, seed=11)
+    assert _install.inspect_image(raw, qemu_img=str(tmp_path / "no-such-qemu-img")).format == "raw"
 
 
 def test_qemu_img_failure_carries_its_stderr(tmp_path):
     disk = images.qcow2(tmp_path / "disk.qcow2", 16 * MiB)
     with open(disk, "r+b") as handle:
-        handle.seek(20)
-        handle.write(b"\x00\x00\x00\x3f")  # cluster_bits 63: qemu-img refuses the header
+        handle.seek(40)
+        handle.write(struct.pack(">Q", 0x1234))  # an unaligned L1 table offset: qemu-img refuses the image
     with pytest.raises(ImageRejected, match="qemu-img could not read") as caught:
         _install.inspect_image(disk)
-    assert "cluster size" in caught.value.details["stderr"].lower()
+    assert "l1 table" in caught.value.details["stderr"].lower()
+    assert not caught.value.retryable and caught.value.details["rule"] == "qemu_img"
 
 
 # ---------------------------------------------------------------- atomic install

@@ -10,6 +10,9 @@ import lzma
 import os
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -17,7 +20,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils import _probe
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import plain_source_factory
-from ansible_collections.directdownload.kvm.tests.unit.lib import images
+from ansible_collections.directdownload.kvm.tests.unit.lib import hostile, images
 from ansible_collections.directdownload.kvm.tests.unit.lib import nfs as nfs_lib
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 from ansible_collections.directdownload.kvm.tests.unit.lib.tls import TestCA
@@ -294,3 +297,44 @@ def test_decompress_head_of_a_truncated_stream():
         assert _probe.qcow2_virtual_size(plain) == 777
     with pytest.raises(InvalidInput, match="gzip stream at the start of the image is corrupt"):
         _probe.decompress_head(b"\x1f\x8b\x08\x00garbage-garbage-garbage", "gzip")
+
+
+_COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(_probe.__file__), "..", "..", "..", "..", ".."))
+
+
+# ---------------------------------------------------------------- url_check's head is bounded
+
+def _peak_rss_mib(code):
+    script = textwrap.dedent("""\
+        import resource, sys
+        sys.path.insert(0, %r)
+        from ansible_collections.directdownload.kvm.plugins.module_utils import _probe
+        %s
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        """) % (_COLLECTIONS, code)
+    out = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, check=True).stdout
+    return int(out.split()[-1]) / 1024.0
+
+
+@pytest.mark.parametrize("builder", ["zstd", "gzip", "xz", "bzip2"])
+def test_url_check_head_decompression_has_bounded_memory(tmp_path, builder):
+    if builder == "zstd":
+        bomb = hostile.zstd_rle_bomb(tmp_path / "bomb", 1600 * MiB)  # ~49 KB
+    else:
+        bomb = hostile.concatenated_bomb(tmp_path / "bomb", builder, 64 * MiB, 4)
+    head = open(bomb, "rb").read(_probe.MAX_HEAD_BYTES)
+    baseline = _peak_rss_mib("pass")
+    peak = _peak_rss_mib("plain = _probe.decompress_head(open(%r, 'rb').read(), %r); assert len(plain) <= 4096"
+                         % (bomb, builder))
+    assert len(head) < _probe.MAX_HEAD_BYTES
+    assert peak - baseline < 64, "decompressing the head of a %s bomb cost %.0f MiB" % (builder, peak - baseline)
+
+
+def test_url_check_sees_what_the_gate_sees(tmp_path):
+    disk = hostile.vmdk_descriptor(tmp_path / "d.img", "/etc/shadow", "comment")
+    assert _probe.detect_format(open(disk, "rb").read(64 * 1024)) == "vmdk"
+    poly = hostile.qcow2_iso_polyglot(tmp_path / "p.iso", "/etc/shadow")
+    result = _probe.inspect_head(lambda count: open(poly, "rb").read(count))
+    assert result["format_detected"] == "qcow2"
+    assert any("iso" in note and "refuse" in note for note in result["notes"])
+    assert any("backing file" in note for note in result["notes"])
