@@ -14,8 +14,8 @@ description:
     C(directdownload.kvm.registration) and C(directdownload.kvm.deploy) roles run M(directdownload.kvm.url_check)
     and M(directdownload.kvm.download).
   - Returns one entry per item that ran (skipped items left out), in order, with C(host), C(outcome) (V(ok),
-    V(failed), V(unreachable)), C(error) (the message of a failure; for a host that could not be reached
-    C(host unreachable: ...); for a probe that ran but could not reach the URL, its C(error)) and C(retryable)
+    V(failed), V(unreachable)), C(error) (the message of a failure, prefixed with C(host unreachable) for a host that could not
+    be reached; for a probe that ran but could not reach the URL, its C(error)) and C(retryable)
     (false when the result said that no other host can succeed).
 author:
   - directdownload.kvm maintainers (@directdownload)

@@ -289,9 +289,8 @@ def test_rate_from_the_engine_or_from_bytes_over_seconds():
 
 def test_report_table_is_aligned_sorted_and_shows_errors_of_failed_pools():
     doc = document()
-    downloaded = finish(doc, take(doc, host="kvm2", shared=True), [unreachable("kvm2"), ok("kvm1", moved=3 * fleet.MiB,
-                                                                                          rate=10 ** 7)],
-                        host="kvm2", shared=True)["row"]
+    attempts = [unreachable("kvm2"), ok("kvm1", moved=3 * fleet.MiB, rate=10 ** 7)]
+    downloaded = finish(doc, take(doc, host="kvm2", shared=True), attempts, host="kvm2", shared=True)["row"]
     doc = document()
     failed_row = finish(doc, take(doc), [failed("kvm1", "HTTP 404")], host="kvm1", pool="local")["row"]
     lines = fleet.report_table([downloaded, failed_row])
