@@ -74,8 +74,8 @@ def test_the_waiter_takes_the_claim_once_the_other_run_released_it(registry):
     fake = FakeTime(on_sleep=other_run_gives_up)
     result = template_copy.claim_waiting(registry, params(wait_timeout=3600, wait_delay=5), False, fake.sleep,
                                          fake.clock)
-    assert (result["action"], result["timed_out"], result["waited"], result["changed"]) == ("download", False, 15.0,
-                                                                                           True)
+    outcome = (result["action"], result["timed_out"], result["waited"], result["changed"])
+    assert outcome == ("download", False, 15.0, True)
     [claim] = registry.read()["claims"]
     assert (claim["run_id"], claim["host"]) == ("mine", "kvm2")
 
@@ -85,10 +85,9 @@ def test_the_waiter_finds_the_copy_the_other_run_recorded(registry):
 
     def other_run_records(count):
         with registry.transaction() as doc:
-            template_copy.finish(doc, params(host="kvm1", state="finished", run_id="other",
-                                             acquired=other, attempts=[{"item": "kvm1", "changed": True,
-                                                                        "path": "/p/x", "bytes_downloaded": 5}]),
-                                 False)
+            attempts = [{"item": "kvm1", "changed": True, "path": "/p/x", "bytes_downloaded": 5}]
+            template_copy.finish(doc, params(host="kvm1", state="finished", run_id="other", acquired=other,
+                                             attempts=attempts), False)
 
     fake = FakeTime(on_sleep=other_run_records)
     result = template_copy.claim_waiting(registry, params(wait_timeout=60), False, fake.sleep, fake.clock)
