@@ -108,12 +108,14 @@ def one_round(hosts, workdir, count, url, checksum, round_no):
     busy_before, total_before = cpu_ticks()
     started = time.monotonic()
     run = run_playbook_in(workdir / "ansible", PLAYBOOKS / "deploy_template.yml", inventory=hosts.inventory,
-                          env=deploy_env,
-                          extra_vars={**common, "template_name": "scale", "deploy_hosts": limit,
+                          env=deploy_env, extra_args=["--limit", limit],
+                          extra_vars={**common, "template_name": "scale",
                                       "directdownload_pools": [{"libvirt_pool": "primary", "name": "primary"}]})
     wall = time.monotonic() - started
     busy_after, total_after = cpu_ticks()
-    downloads = [r for r in run.results if r["action"] == "directdownload.kvm.download" and r["status"] == "changed"]
+    # one download task per host, looping over the candidate hosts: its items are the attempts
+    downloads = [item for r in run.results if r["action"] == "directdownload.kvm.download"
+                 for item in r["result"].get("results", []) if item.get("changed")]
     if len(downloads) != count:
         raise RuntimeError(f"expected {count} downloads, saw {len(downloads)}")
     spans = task_spans(junit_dir)
@@ -122,9 +124,9 @@ def one_round(hosts, workdir, count, url, checksum, round_no):
         hosts.ssh(name, "find /var/lib/libvirt/images -maxdepth 1 -type f -delete && virsh -q pool-refresh primary")
     return {
         "hosts": count, "round": round_no, "wall": wall,
-        "claim": span_of(spans, "Claim the download onto the pool (waits while another deployment downloads it)"),
-        "record": span_of(spans, "Record the copy"),
-        "download": max(r["result"].get("elapsed", 0.0) for r in downloads),
+        "claim": span_of(spans, "Claim the download onto the pool, or find the copy"),
+        "record": span_of(spans, "Record the copy from the attempt that succeeded, or release the claim"),
+        "download": max(item.get("elapsed", 0.0) for item in downloads),
         "cpu_busy": (busy_after - busy_before) / max(1, total_after - total_before),
     }
 

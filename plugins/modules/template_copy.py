@@ -16,9 +16,18 @@ description:
   - A copy on a host-local pool is identified by template, O(host) and O(pool). A copy on a shared pool
     (O(shared=true)) is identified by template and O(pool) only, whichever host downloaded it (recorded in
     C(host)), so every host of the cluster sees it.
-  - O(state=claimed) and O(state=released) coordinate concurrent deployments. A claim marks a download of the
-    template onto the pool in progress, so that a second deployment waits (retrying the claim) instead of
-    downloading the same image again. CloudStack has no such lock for non-managed pools.
+  - O(state=claimed), O(state=finished) and O(state=released) coordinate concurrent deployments (the C(deploy)
+    role uses them). A claim marks a download of the template onto the pool in progress, so that a second
+    deployment waits instead of downloading the same image again. CloudStack has no such lock for non-managed
+    pools.
+  - O(state=claimed) decides, in one registry transaction, what the caller does (RV(action)) and takes the claim
+    when it downloads. With O(wait_timeout), a claim of another run (another O(run_id)) is waited for inside this
+    one task, polling every O(wait_delay) seconds, until that run recorded the copy or gave up (then the claim is
+    taken) or its claim expired. A claim of the same O(run_id) (another host of the same play) is never waited
+    for.
+  - O(state=finished) takes the per-host results of the download task that tried the candidate hosts
+    (O(attempts)) and records the copy from the attempt that succeeded, releasing the claim in the same write, or
+    releases the claim when none succeeded. It returns the report row of the host and pool (RV(report)).
   - Runs where the registry lives, like M(directdownload.kvm.template).
 author:
   - directdownload.kvm maintainers (@directdownload)
@@ -38,7 +47,7 @@ attributes:
     support: partial
     details:
       - V(present) and V(absent) are idempotent. V(claimed) takes a new claim each time there is none (use
-        O(claim_token) to retry the same claim), and V(released) releases it once.
+        O(claim_token) to retry the same claim), and V(released) releases it once. V(finished) records a copy once.
 options:
   registry:
     description:
@@ -74,9 +83,10 @@ options:
       - V(present) records the copy, V(absent) removes its record (the file is not touched).
       - V(claimed) claims the download of the template onto the pool; see RV(claim_status).
       - V(released) drops the claim with O(claim_token).
+      - V(finished) records the copy from O(attempts) or releases the claim of O(acquired); see RV(report).
     type: str
     default: present
-    choices: [present, absent, claimed, released]
+    choices: [present, absent, claimed, released, finished]
   install_path:
     description:
       - The path of the image on the host. Required with O(state=present).
@@ -112,6 +122,35 @@ options:
     description:
       - Who holds the claim, for people reading the registry (for example the playbook run and the host).
     type: str
+  run_id:
+    description:
+      - With O(state=claimed), the deployment run the claim belongs to (stored in the claim as C(run_id)). A claim
+        of the same run held by another host gives RV(action=same_run) and is never waited for.
+    type: str
+  wait_timeout:
+    description:
+      - With O(state=claimed), how many seconds to wait while another run holds the claim. V(0) does not wait.
+      - When the time is up, RV(action) stays V(busy) and RV(timed_out) is true (the task does not fail).
+      - Not in check mode, where nothing is claimed and nothing waits.
+    type: int
+    default: 0
+  wait_delay:
+    description:
+      - Seconds between two looks at the registry while waiting.
+    type: float
+    default: 5
+  acquired:
+    description:
+      - With O(state=finished), the result of the O(state=claimed) task (RV(action), RV(claim), RV(timed_out)).
+    type: dict
+  attempts:
+    description:
+      - With O(state=finished), the per-item results of the download loop over the candidate hosts (the
+        C(results) of the registered loop task), in order. The host of each item is its loop variable.
+      - Empty when no download was tried (another host of the run or another run downloaded it).
+    type: list
+    elements: dict
+    default: []
 seealso:
   - module: directdownload.kvm.template
   - module: directdownload.kvm.template_info
@@ -130,20 +169,44 @@ EXAMPLES = r"""
     checksum: "{{ dl.checksum }}"
     format: "{{ dl.format }}"
 
-# Waiting in a loop like this is for one host at a time: when several hosts of ONE play may claim the same pool,
-# claim once per host and wait only after the downloads (see the deploy role's tasks/pool.yml), or the holder
-# cannot reach its download while the others are still looping.
-- name: Wait for and take the claim of a download onto a shared pool
+- name: Claim the download onto a shared pool, waiting up to an hour for another run that holds it
   directdownload.kvm.template_copy:
     template: debian-12
     host: kvm1
     pool: nfs-primary
     shared: true
     state: claimed
-  register: claim
-  until: claim.claim_status != 'busy'
-  retries: 360
-  delay: 10
+    run_id: "{{ my_run_id }}"
+    wait_timeout: 3600
+    wait_delay: 5
+  register: acquired
+
+- name: Download on each candidate host in turn, until one succeeds or an error no other host can fix
+  directdownload.kvm.download:
+    url: https://mirror.example.com/debian-12.qcow2
+    pool_path: /mnt/nfs-primary
+    name: "{{ acquired.template.id }}"
+  delegate_to: "{{ candidate }}"
+  loop: [kvm1, kvm2, kvm3]
+  loop_control:
+    loop_var: candidate
+    break_when:
+      - dl is not failed and not (dl.unreachable | default(false)) or not (dl.retryable | default(true))
+  ignore_errors: true
+  ignore_unreachable: true
+  when: acquired.action in ['download', 'present']
+  register: dl
+
+- name: Record the copy from the attempt that succeeded, or release the claim
+  directdownload.kvm.template_copy:
+    template: debian-12
+    host: kvm1
+    pool: nfs-primary
+    shared: true
+    state: finished
+    acquired: "{{ acquired }}"
+    attempts: "{{ dl.results | default([]) }}"
+  register: finished
 
 - name: Forget the copy on kvm2 (the file stays)
   directdownload.kvm.template_copy:
@@ -174,6 +237,40 @@ template_copy:
     state: Ready
     download_state: DOWNLOADED
     downloaded_at: "2025-01-31T12:03:00Z"
+action:
+  description:
+    - With O(state=claimed), what the caller does. V(present) a copy is recorded (RV(template_copy)); check that its
+      file is still there. V(download) the caller holds the claim (RV(claim)); download, then O(state=finished).
+      V(busy) another run holds the claim (after O(wait_timeout) when waiting). V(same_run) another host of the same
+      O(run_id) holds it; look for its copy once that host finished.
+  returned: when O(state=claimed)
+  type: str
+  sample: download
+waited:
+  description: Seconds spent waiting for another run's claim.
+  returned: when O(state=claimed)
+  type: float
+  sample: 12.5
+timed_out:
+  description: The wait ended because O(wait_timeout) was reached while another run still held the claim.
+  returned: when O(state=claimed)
+  type: bool
+  sample: false
+report:
+  description:
+    - With O(state=finished), the report row of the host and pool.
+    - C(status) is V(downloaded), V(present), V(would download) (check mode), V(failed) or V(unreachable) (every
+      candidate host was unreachable); C(downloaded_on) the host that downloaded the copy or recorded it; C(bytes)
+      the bytes moved; C(seconds); C(rate_mb_s) (MB/s, 10^6 bytes); C(resumed_from) the offset a resumed transfer
+      started at; C(source) the URL that served the bytes; C(attempts) each candidate host tried with its
+      C(outcome) (ok, failed, unreachable) and C(error); C(error) the summary when the pool could not be deployed.
+  returned: when O(state=finished)
+  type: dict
+  sample: {host: kvm1, pool: nfs-primary, template: debian-12, status: downloaded, downloaded_on: kvm2,
+           path: /mnt/nfs-primary/6f1c..., bytes: 536870912, seconds: 4.2, rate_mb_s: 127.8, resumed_from: 0,
+           source: "https://mirror.example.com/debian-12.qcow2",
+           attempts: [{host: kvm1, outcome: failed, error: "connection refused"}, {host: kvm2, outcome: ok,
+                       error: null}], error: null}
 claim_status:
   description:
     - With O(state=claimed) V(granted) (the caller downloads, then records the copy with the C(token) of RV(claim) as
@@ -184,7 +281,7 @@ claim_status:
   sample: granted
 claim:
   description: The claim taken, held by someone else, or released.
-  returned: when O(state=claimed) or O(state=released)
+  returned: when O(state=claimed), O(state=released) or O(state=finished)
   type: dict
   sample: {template_id: 6f1c..., pool: nfs-primary, host: kvm1, shared: true, token: 3b9f..., holder: kvm1,
            claimed_at: "2025-01-31T12:00:00Z", expires_at: "2025-01-31T15:00:00Z"}
@@ -198,10 +295,15 @@ registry:
   type: str
 """
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fleet
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
+
+CLAIM_STATUS = {_fleet.PRESENT: "exists", _fleet.DOWNLOAD: "granted", _fleet.BUSY: "busy", _fleet.SAME_RUN: "busy"}
 
 
 def find_template(doc, params, required=True):
@@ -228,9 +330,47 @@ def copy_record(params, template):
     return record
 
 
-def apply(doc, params):
+def claim(doc, params):
+    """One look at the registry for O(state=claimed): the decision of _fleet.acquire, as a result dict."""
+    template = find_template(doc, params)
+    decision = _fleet.acquire(doc, template["id"], params["host"], params["pool"], shared=params["shared"],
+                              run_id=params["run_id"], holder=params["holder"], ttl=params["claim_ttl"],
+                              token=params["claim_token"])
+    action = decision["action"]
+    result = {"template": reg.public_template(template), "action": action, "claim_status": CLAIM_STATUS[action],
+              "changed": action == _fleet.DOWNLOAD and decision["claim"]["token"] != params["claim_token"]}
+    if decision["copy"] is not None:
+        result["template_copy"] = decision["copy"]
+    if decision["claim"] is not None:
+        result["claim"] = decision["claim"]
+    return result
+
+
+def finish(doc, params, check_mode):
+    template = find_template(doc, params)
+    acquired = params["acquired"] or {}
+    decision = {"action": acquired.get("action"), "claim": acquired.get("claim"),
+                "copy": acquired.get("template_copy")}
+    if decision["action"] not in _fleet.ACTIONS:
+        raise InvalidInput("state=finished needs acquired: the registered result of the state=claimed task")
+    outcome = _fleet.finish(doc, template, params["host"], params["pool"], params["shared"], decision,
+                            params["attempts"], check_mode=check_mode,
+                            wait_timed_out=bool(acquired.get("timed_out")))
+    result = {"template": reg.public_template(template), "changed": outcome["changed"], "report": outcome["row"]}
+    if outcome["copy"]:
+        result["template_copy"] = outcome["copy"]
+    if outcome["released"] is not None:
+        result["claim"] = outcome["released"]
+    return result
+
+
+def apply(doc, params, check_mode=False):
     """Apply the requested state to ``doc``. Returns a result dict (without ``registry``)."""
     state = params["state"]
+    if state == "claimed":
+        return claim(doc, params)
+    if state == "finished":
+        return finish(doc, params, check_mode)
     template = find_template(doc, params, required=state != "absent" and state != "released")
     result = {"changed": False}
     if template is not None:
@@ -248,20 +388,33 @@ def apply(doc, params):
         result.update(changed=before is not None, before=before)
         if before is not None:
             result["template_copy"] = before
-    elif state == "claimed":
-        status, record = reg.claim_copy(doc, template_id, params["host"], params["pool"], shared=params["shared"],
-                                        holder=params["holder"], ttl=params["claim_ttl"], token=params["claim_token"])
-        result.update(claim_status=status, changed=status == "granted" and record["token"] != params["claim_token"])
-        if status == "exists":
-            result["template_copy"] = record
-        else:
-            result["claim"] = record
     else:  # released
         if not params["claim_token"]:
             raise InvalidInput("state=released needs claim_token")
         released = reg.release_claim(doc, params["claim_token"])
         result.update(changed=released is not None, claim=released or {})
     return result
+
+
+def run_once(registry, params, check_mode):
+    if check_mode:
+        return apply(registry.read(), params, check_mode=True)
+    with registry.transaction() as doc:
+        return apply(doc, params)
+
+
+def claim_waiting(registry, params, check_mode, sleep=time.sleep, clock=time.monotonic):
+    """O(state=claimed), polling while another run holds the claim (never in check mode). Each look is one
+    transaction: a look that finds the claim busy changes nothing and writes nothing."""
+    started = clock()
+    timeout = 0 if check_mode else max(params["wait_timeout"], 0)
+    while True:
+        result = run_once(registry, params, check_mode)
+        waited = clock() - started
+        if result["action"] != _fleet.BUSY or waited >= timeout:
+            result.update(waited=round(waited, 1), timed_out=result["action"] == _fleet.BUSY and timeout > 0)
+            return result
+        sleep(max(min(params["wait_delay"], timeout - waited), 0.05))
 
 
 def main():
@@ -273,7 +426,8 @@ def main():
             host=dict(type="str", required=True),
             pool=dict(type="str", required=True),
             shared=dict(type="bool", default=False),
-            state=dict(type="str", default="present", choices=["present", "absent", "claimed", "released"]),
+            state=dict(type="str", default="present",
+                       choices=["present", "absent", "claimed", "released", "finished"]),
             install_path=dict(type="str"),
             size=dict(type="int"),
             virtual_size=dict(type="int"),
@@ -282,19 +436,24 @@ def main():
             claim_token=dict(type="str", no_log=False),
             claim_ttl=dict(type="int", default=10800),
             holder=dict(type="str"),
+            run_id=dict(type="str"),
+            wait_timeout=dict(type="int", default=0),
+            wait_delay=dict(type="float", default=5),
+            acquired=dict(type="dict"),
+            attempts=dict(type="list", elements="dict", default=[]),
         ),
         required_one_of=[("template", "template_id")],
-        required_if=[("state", "present", ("install_path",)), ("state", "released", ("claim_token",))],
+        required_if=[("state", "present", ("install_path",)), ("state", "released", ("claim_token",)),
+                     ("state", "finished", ("acquired",))],
         supports_check_mode=True,
     )
     params = module.params
     registry = reg.Registry(params["registry"])
     try:
-        if module.check_mode:
-            result = apply(registry.read(), params)
+        if params["state"] == "claimed":
+            result = claim_waiting(registry, params, module.check_mode)
         else:
-            with registry.transaction() as doc:
-                result = apply(doc, params)
+            result = run_once(registry, params, module.check_mode)
     except DirectDownloadError as exc:
         module.fail_json(msg=exc.msg, registry=registry.path)
     except ValueError as exc:

@@ -397,7 +397,7 @@ def test_role_failed_host_provision_drift_and_revoke(run_playbook, tmp_path):
 
     # Fix kvm3 and provision that one host.
     broken_properties.write_text("keystore.passphrase=%s\n" % PASSWORD)
-    provision = run_playbook(UPLOAD, inventory=inventory, extra_vars=dict(upload_vars, kvm_hosts="kvm3"))
+    provision = run_playbook(UPLOAD, inventory=inventory, extra_vars=upload_vars, extra_args=["--limit", "kvm3"])
     assert set(summary_of(provision)) == {"kvm3"}
     assert registry_hosts(registry, "fleet-ca") == {"kvm1": "UPLOADED", "kvm2": "UPLOADED", "kvm3": "UPLOADED"}
 

@@ -91,7 +91,8 @@ def test_story_across_three_hosts(kvm_hosts, mirror, run_playbook, tmp_path):
     shared_pool = tmp_path / "shared-pool"
     shared = {"libvirt_pool": "shared", "name": "shared", "shared": True, "cluster": "kvm_hosts"}
     # Claim waits bounded well below the test's time limit.
-    common = {"directdownload_registry": str(registry), "deploy_claim_delay": 1, "deploy_claim_retries": 60}
+    common = {"directdownload_registry": str(registry), "deploy_claim_delay": 1, "deploy_claim_timeout": 60}
+    report = tmp_path / "deploy-report.json"
 
     def play(playbook, extra_vars=None, **kwargs):
         return run_playbook(playbook, inventory=hosts.inventory, env=env, extra_vars={**common, **(extra_vars or {})},
@@ -110,7 +111,6 @@ def test_story_across_three_hosts(kvm_hosts, mirror, run_playbook, tmp_path):
     certificate_vars = {
         "certificate_alias": "mirror-ca",
         "certificate_src": str(mirror.ca_file),
-        "certificates_registry": str(registry),
         "certificates_create_keystore": True,
     }
     template_a = {"template_name": "tiny", "template_format": "qcow2",
@@ -155,8 +155,12 @@ def test_story_across_three_hosts(kvm_hosts, mirror, run_playbook, tmp_path):
 
     # 4. Deploy to the three hosts' pools in parallel (forks=3): one download per host, one copy recorded per host.
     gets_before = len(_image_gets(mirror, "/tiny.qcow2"))
-    run = play(PLAYBOOKS / "deploy_template.yml", extra_vars=deploy_a)
+    run = play(PLAYBOOKS / "deploy_template.yml", extra_vars={**deploy_a, "deploy_report_path": str(report)})
     assert len(_image_gets(mirror, "/tiny.qcow2")) - gets_before == HOST_COUNT
+    rows = json.loads(report.read_text())
+    assert sorted((r["host"], r["status"], r["downloaded_on"]) for r in rows) == [
+        (name, "downloaded", name) for name in hosts.names]
+    assert all(r["bytes"] > 0 and r["rate_mb_s"] > 0 and r["source"].startswith("https://") for r in rows)
     view = _registry(run_playbook, registry, "tiny")
     assert sorted((c["host"], c["pool"]) for c in view["copies"]) == [(name, "primary") for name in hosts.names]
     install_name = view["template"]["id"]
@@ -183,9 +187,14 @@ def test_story_across_three_hosts(kvm_hosts, mirror, run_playbook, tmp_path):
     run = play(PLAYBOOKS / "register_template.yml", extra_vars=template_b)
     view = _registry(run_playbook, registry, "tiny-b")
     assert view["template"]["checked_on"] in ("kvmhost1", "kvmhost3")
-    run = play(PLAYBOOKS / "deploy_template.yml",
-               extra_vars={"template_name": "tiny-b", "deploy_hosts": "kvmhost2", "directdownload_pools": [shared]})
+    run = play(PLAYBOOKS / "deploy_template.yml", extra_args=["--limit", "kvmhost2"],
+               extra_vars={"template_name": "tiny-b", "directdownload_pools": [shared],
+                           "deploy_report_path": str(report)})
     view = _registry(run_playbook, registry, "tiny-b")
+    [row] = json.loads(report.read_text())
+    assert (row["host"], row["status"]) == ("kvmhost2", "downloaded")
+    assert row["attempts"][0]["host"] == "kvmhost2" and row["attempts"][0]["outcome"] == "unreachable"
+    assert row["downloaded_on"] == row["attempts"][-1]["host"]
     assert [c["pool"] for c in view["copies"]] == ["shared"]
     downloaded_on = view["copies"][0]["host"]
     assert downloaded_on in ("kvmhost1", "kvmhost3")

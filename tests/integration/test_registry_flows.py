@@ -12,14 +12,17 @@ Images are made with qemu-img at run time and served by the loopback ImageServer
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ansible_collections.directdownload.kvm.tests.integration.conftest import REPO_ROOT, VENV_PYTHON, run_playbook_in
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
@@ -95,18 +98,9 @@ def image_gets(server, name):
     return [r for r in server.requests_for("/" + name, "GET") if "range" not in r.headers]
 
 
-def task_records(run, name, host=None):
-    """Result records of the task ``name``, with or without its role prefix (``directdownload.kvm.deploy : ``)."""
-    return [
-        r
-        for r in run.results
-        if (r["task"] == name or r["task"].split(" : ", 1)[-1] == name) and (host is None or r["host"] == host)
-    ]
-
-
 def task(run, name, host=None):
-    """The one result record of the task ``name`` (see :func:`task_records`)."""
-    found = task_records(run, name, host)
+    """The one result record of the task ``name`` (module tests only: flows are checked by what they did)."""
+    found = [r for r in run.results if name in (r["task"], r.get("name")) and (host is None or r["host"] == host)]
     assert len(found) == 1, "expected one result for %r (host=%s), got %d\n%s" % (
         name,
         host,
@@ -116,9 +110,48 @@ def task(run, name, host=None):
     return found[0]
 
 
-def tasks_starting(run, prefix):
-    """Records of the tasks whose name (without role prefix) starts with ``prefix``, not skipped."""
-    return [r for r in run.results if r["task"].split(" : ", 1)[-1].startswith(prefix) and r["status"] != "skipped"]
+def loop_items(run, action, host=None):
+    """The items that ran (not skipped) of every loop task running the module ``action``, in run order; each item
+    gets ``tried_on`` (its loop variable: the host it was delegated to) and ``play_host``."""
+    items = []
+    for record in run.results:
+        if record["action"] != action or (host is not None and record["host"] != host):
+            continue
+        for item in record["result"].get("results", []):
+            if item.get("skipped"):
+                continue
+            items.append(dict(item, tried_on=item.get(item.get("ansible_loop_var", "item")), play_host=record["host"]))
+    return items
+
+
+def probes(run):
+    """The url_check probes, in order."""
+    return loop_items(run, "directdownload.kvm.url_check")
+
+
+def download_attempts(run, host=None):
+    """The download attempts for the pools of ``host`` (every host when None), in order."""
+    return loop_items(run, "directdownload.kvm.download", host)
+
+
+def claims(run, host):
+    """The decisions template_copy state=claimed returned for ``host``, in order (action: present, download, busy,
+    same_run)."""
+    return [r["result"] for r in run.results
+            if r["host"] == host and r["action"] == "directdownload.kvm.template_copy" and "action" in r["result"]]
+
+
+def failure_messages(run):
+    return [r["result"].get("msg", "") for r in run.failed_tasks()]
+
+
+def rows_by_host(run):
+    """{host: report row} of a deployment of one pool per host (the JSON report the role wrote)."""
+    rows = {}
+    for row in run.report:
+        assert row["host"] not in rows, "one row per host x pool"
+        rows[row["host"]] = row
+    return rows
 
 
 def register(run_playbook, inv, registry, url, expect_rc=0, **extra):
@@ -132,22 +165,31 @@ def register(run_playbook, inv, registry, url, expect_rc=0, **extra):
     return run_playbook(PLAYBOOKS / "register_template.yml", inventory=inv, extra_vars=extra_vars, expect_rc=expect_rc)
 
 
-def deploy(run_playbook, inv, registry, expect_rc=0, timeout=900, extra_args=(), **extra):
+def deploy(run_playbook, inv, registry, expect_rc=0, timeout=900, extra_args=(), check=False, **extra):
+    """Run deploy_template.yml; ``run.report`` holds the rows of the JSON report the role wrote."""
+    report = Path(registry).parent / ("report-%s.json" % next(_REPORTS))
     extra_vars = {
         "directdownload_registry": str(registry),
         "template_name": extra.pop("name", "disk"),
         "deploy_claim_delay": 1,
         "deploy_download_retries": 0,
+        "deploy_report_path": str(report),
     }
     extra_vars.update(extra)
-    return run_playbook(
+    run = run_playbook(
         PLAYBOOKS / "deploy_template.yml",
         inventory=inv,
         extra_vars=extra_vars,
         expect_rc=expect_rc,
         timeout=timeout,
         extra_args=extra_args,
+        check=check,
     )
+    run.report = json.loads(report.read_text()) if report.exists() else None
+    return run
+
+
+_REPORTS = itertools.count()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -382,25 +424,21 @@ def test_url_check_module_is_read_only_and_reports(run_module, mirror, mirror_ro
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def probe_records(run):
-    return tasks_starting(run, "Probe the URL from kvm")
-
-
 def test_register_good_url_then_rerun_changes_nothing_and_probes_nothing(run_playbook, tmp_path, mirror):
     inv = inventory(tmp_path, local_pools(tmp_path, ["kvm1", "kvm2", "kvm3"]))
     registry = tmp_path / "registry.json"
     first = register(run_playbook, inv, registry, mirror.url("disk.qcow2.gz"))
-    probes = probe_records(first)
-    assert len(probes) == 1 and probes[0]["result"]["reachable"] is True
-    template = task(first, "Register the template")["result"]["template"]
-    assert task(first, "Register the template")["status"] == "changed"
+    tried = probes(first)
+    assert len(tried) == 1 and tried[0]["reachable"] is True, "the loop stops at the first host that reaches it"
+    template = read_registry(registry)["templates"]["disk"]
     assert template["virtual_size"] == VIRTUAL and template["size"] > 0
-    assert template["checked_on"] in ("kvm1", "kvm2", "kvm3")
+    assert template["checked_on"] == tried[0]["tried_on"] and template["checked_on"] in ("kvm1", "kvm2", "kvm3")
+    assert first.changed_tasks() != []
 
     second = register(run_playbook, inv, registry, mirror.url("disk.qcow2.gz"))
     assert second.changed_tasks() == []
-    assert probe_records(second) == []
-    assert read_registry(registry)["templates"]["disk"]["id"] == template["id"]
+    assert probes(second) == []
+    assert read_registry(registry)["templates"]["disk"] == template
 
 
 def test_register_reachable_only_from_the_third_host(run_playbook, tmp_path, mirror_root):
@@ -426,14 +464,10 @@ def test_register_reachable_only_from_the_third_host(run_playbook, tmp_path, mir
             template_http_headers={"Authorization": SECRET},
         )
         requests = list(server.requests)
-    probes = probe_records(run)
-    assert [(r["task"][-4:], r["result"]["reachable"]) for r in probes] == [
-        ("kvm1", False),
-        ("kvm2", False),
-        ("kvm3", True),
-    ]
-    assert "certificate" in probes[0]["result"]["error"].lower()
-    template = task(run, "Register the template")["result"]["template"]
+    tried = probes(run)
+    assert [(r["tried_on"], r["reachable"]) for r in tried] == [("kvm1", False), ("kvm2", False), ("kvm3", True)]
+    assert "certificate" in tried[0]["error"].lower()
+    template = read_registry(registry)["templates"]["disk"]
     assert template["checked_on"] == "kvm3" and template["virtual_size"] == VIRTUAL
     # the template's headers were sent on the probe (CloudStack never sends them), and never shown
     assert requests and all(r.headers.get("authorization") == SECRET for r in requests)
@@ -444,16 +478,32 @@ def test_register_reachable_from_none_names_every_host(run_playbook, tmp_path, m
     inv = inventory(tmp_path, local_pools(tmp_path, ["kvm1", "kvm2", "kvm3", "kvm4"]))
     registry = tmp_path / "registry.json"
     run = register(run_playbook, inv, registry, mirror.url("missing.qcow2"), expect_rc=2)
-    failure = task(run, "Fail when no host could reach the URL")
-    msg = failure["result"]["msg"]
-    probes = probe_records(run)
-    assert len(probes) == 3, "up to three distinct hosts, not all four"
-    tried = [r["task"][-4:] for r in probes]
-    assert len(set(tried)) == 3
+    [msg] = failure_messages(run)
+    tried = [r["tried_on"] for r in probes(run)]
+    assert len(tried) == 3 and len(set(tried)) == 3, "up to three distinct hosts, not all four"
     for host in tried:
         assert "%s: %s answered HTTP 404" % (host, mirror.url("missing.qcow2")) in msg
     assert "validation failed on every host tried (3)" in msg
     assert not registry.exists() or read_registry(registry)["templates"] == {}
+
+
+def test_register_probes_past_a_host_that_cannot_be_reached(run_playbook, tmp_path, mirror):
+    """kvm1 is down (its SSH port is closed): the probe goes on to kvm2, and kvm1 is named as unreachable."""
+    hosts = local_pools(tmp_path, ["kvm1", "kvm2"])
+    inv = inventory(tmp_path, hosts)
+    doc = json.loads(Path(inv).read_text())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    doc["all"]["children"]["kvm_hosts"]["hosts"]["kvm1"].update(
+        ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=closed_port)
+    Path(inv).write_text(json.dumps(doc))
+    registry = tmp_path / "registry.json"
+    run = register(run_playbook, inv, registry, mirror.url("disk.qcow2.gz"), probe_hosts=["kvm1", "kvm2"])
+    tried = probes(run)
+    assert [r["tried_on"] for r in tried] == ["kvm1", "kvm2"]
+    assert tried[0]["unreachable"] is True and tried[1]["reachable"] is True
+    assert read_registry(registry)["templates"]["disk"]["checked_on"] == "kvm2"
 
 
 @pytest.mark.parametrize(
@@ -467,30 +517,28 @@ def test_register_reachable_from_none_names_every_host(run_playbook, tmp_path, m
 def test_register_refuses_bad_input_before_probing(run_playbook, tmp_path, mirror, name, extra, message):
     inv = inventory(tmp_path, local_pools(tmp_path, ["kvm1"]))
     run = register(run_playbook, inv, tmp_path / "registry.json", mirror.url(name), expect_rc=2, **extra)
-    assert message in task(run, "Validate the registration (nothing written, no host contacted)")["result"]["msg"]
-    assert probe_records(run) == [] and mirror.requests == []
+    [msg] = failure_messages(run)
+    assert message in msg
+    assert probes(run) == [] and mirror.requests == []
 
 
 def test_register_refuses_size_zero(run_playbook, tmp_path, mirror):
     inv = inventory(tmp_path, local_pools(tmp_path, ["kvm1"]))
     registry = tmp_path / "registry.json"
     run = register(run_playbook, inv, registry, mirror.url("empty.raw"), expect_rc=2, format="raw")
-    assert "size is 0 or unknown" in task(run, "Register the template")["result"]["msg"]
+    [msg] = failure_messages(run)
+    assert "size is 0 or unknown" in msg
     assert not registry.exists() or read_registry(registry)["templates"] == {}
-    allowed = register(
-        run_playbook, inv, registry, mirror.url("empty.raw"), format="raw", template_allow_unknown_size=True
-    )
-    assert task(allowed, "Register the template")["status"] == "changed"
+    register(run_playbook, inv, registry, mirror.url("empty.raw"), format="raw", template_allow_unknown_size=True)
+    assert read_registry(registry)["templates"]["disk"]["size"] in (0, None)
 
 
 def test_register_refuses_a_url_that_serves_another_format(run_playbook, tmp_path, mirror):
     inv = inventory(tmp_path, local_pools(tmp_path, ["kvm1"]))
     registry = tmp_path / "registry.json"
     run = register(run_playbook, inv, registry, mirror.url("disk.img"), expect_rc=2, format="raw")
-    assert (
-        "serves a qcow2 image (kvm1 read its first bytes), not raw"
-        in task(run, "Refuse a URL that serves another format")["result"]["msg"]
-    )
+    [msg] = failure_messages(run)
+    assert "serves a qcow2 image (kvm1 read its first bytes), not raw" in msg
     assert not registry.exists() or read_registry(registry)["templates"] == {}
 
 
@@ -512,7 +560,7 @@ def registered(run_playbook, tmp_path, mirror, hosts, groups=None, probe_host=No
     return inv, registry, template
 
 
-def test_deploy_two_hosts_local_pools_then_nothing_to_do(run_playbook, tmp_path, mirror):
+def test_deploy_two_hosts_local_pools_then_nothing_to_do(run_playbook, tmp_path, mirror, mirror_root):
     inv, registry, template = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1", "kvm2"]))
     run = deploy(run_playbook, inv, registry)
     assert len(image_gets(mirror, "disk.qcow2.gz")) == 2
@@ -525,34 +573,49 @@ def test_deploy_two_hosts_local_pools_then_nothing_to_do(run_playbook, tmp_path,
         assert copy["virtual_size"] == VIRTUAL and copy["format"] == "qcow2" and copy["state"] == "Ready"
         assert copy["checksum"].startswith("{SHA-256}")
     assert read_registry(registry)["claims"] == []
-    assert {r["host"] for r in task_records(run, "Record the copy")} == {"kvm1", "kvm2"}
+    # the report: one row per host x pool, with what moved and from where
+    gz_size = os.path.getsize(mirror_root / "disk.qcow2.gz")
+    rows = rows_by_host(run)
+    for host in ("kvm1", "kvm2"):
+        row = rows[host]
+        assert (row["status"], row["downloaded_on"], row["pool"]) == ("downloaded", host, str(tmp_path / ("pool-" + host)))
+        assert row["bytes"] == gz_size and row["seconds"] > 0 and row["rate_mb_s"] > 0 and row["resumed_from"] == 0
+        assert row["source"] == mirror.url("disk.qcow2.gz")
+        assert row["attempts"] == [{"host": host, "outcome": "ok", "error": None}]
+    # ... and as a table in the play output
+    table = [line for line in run.stdout.splitlines() if "  downloaded  " in line]
+    assert "HOST  POOL" in run.stdout and len(table) == 2
+    assert all("1.6 KiB" in line and "MB/s" in line and mirror.url("disk.qcow2.gz") in line for line in table)
 
     again = deploy(run_playbook, inv, registry)
     assert again.changed_tasks() == []
     assert len(image_gets(mirror, "disk.qcow2.gz")) == 2, "the second run downloads nothing"
-    assert tasks_starting(again, "Download the template into") == []
+    assert [a["changed"] for a in download_attempts(again)] == [False, False], "the files were checked in place"
+    assert {h: r["status"] for h, r in rows_by_host(again).items()} == {"kvm1": "present", "kvm2": "present"}
+    assert all(r["bytes"] == 0 for r in again.report)
 
 
 def test_deploy_check_real_check(run_playbook, tmp_path, mirror):
     inv, registry, template = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1"]))
-    extra = {"directdownload_registry": str(registry), "template_name": "disk"}
     image = tmp_path / "pool-kvm1" / template["id"]
 
-    pre = run_playbook(PLAYBOOKS / "deploy_template.yml", inventory=inv, check=True, extra_vars=extra)
-    assert task(pre, "Record the copy", host="kvm1")["status"] == "changed"
+    pre = deploy(run_playbook, inv, registry, check=True)
+    assert [r["status"] for r in pre.report] == ["would download"]
+    assert "would download" in pre.stdout
     assert image_gets(mirror, "disk.qcow2.gz") == [] and not image.exists()
     assert read_registry(registry)["copies"] == [] and read_registry(registry)["claims"] == []
 
-    real = run_playbook(PLAYBOOKS / "deploy_template.yml", inventory=inv, extra_vars=extra)
-    assert task(real, "Record the copy", host="kvm1")["status"] == "changed" and image.is_file()
+    real = deploy(run_playbook, inv, registry)
+    assert [r["status"] for r in real.report] == ["downloaded"] and image.is_file()
 
-    post = run_playbook(PLAYBOOKS / "deploy_template.yml", inventory=inv, check=True, extra_vars=extra)
+    post = deploy(run_playbook, inv, registry, check=True)
     assert post.changed_tasks() == [] and len(image_gets(mirror, "disk.qcow2.gz")) == 1
+    assert [r["status"] for r in post.report] == ["present"]
 
     # check mode notices a vanished file too
     image.unlink()
-    vanished = run_playbook(PLAYBOOKS / "deploy_template.yml", inventory=inv, check=True, extra_vars=extra)
-    assert task(vanished, "Record the copy", host="kvm1")["status"] == "changed"
+    vanished = deploy(run_playbook, inv, registry, check=True)
+    assert [r["status"] for r in vanished.report] == ["would download"]
     assert len(read_registry(registry)["copies"]) == 1 and len(image_gets(mirror, "disk.qcow2.gz")) == 1
 
 
@@ -567,25 +630,27 @@ def test_deploy_shared_pool_rotates_when_the_first_host_cannot_reach_the_mirror(
     inv, registry, _unused = registered(
         run_playbook, tmp_path, mirror, hosts, groups={"cluster1": ["kvm1", "kvm2", "kvm3"]}, probe_host="kvm2"
     )
-    run = deploy(run_playbook, inv, registry, deploy_hosts="kvm1")
-    attempts = tasks_starting(run, "Download the template into the pool on")
-    assert attempts[0]["task"].endswith("kvm1") and attempts[0]["status"] == "failed"
-    assert "127.0.0.1" in attempts[0]["result"]["msg"]
-    assert len(attempts) == 2 and attempts[1]["status"] == "changed"
-    downloader = attempts[1]["task"][-4:]
+    run = deploy(run_playbook, inv, registry, extra_args=["--limit", "kvm1"])
+    attempts = download_attempts(run)
+    assert attempts[0]["tried_on"] == "kvm1" and attempts[0]["failed"] and "127.0.0.1" in attempts[0]["msg"]
+    assert len(attempts) == 2 and attempts[1]["changed"], "the loop stops at the first host that succeeds"
+    downloader = attempts[1]["tried_on"]
     assert downloader in ("kvm2", "kvm3")
     copies = read_registry(registry)["copies"]
     assert len(copies) == 1 and copies[0]["host"] == downloader and copies[0]["shared"] is True
     assert copies[0]["pool"] == "nfs-primary" and Path(copies[0]["install_path"]).parent == shared
     assert len(image_gets(mirror, "disk.qcow2.gz")) == 1
+    [row] = run.report
+    assert (row["host"], row["status"], row["downloaded_on"]) == ("kvm1", "downloaded", downloader)
+    assert [(a["host"], a["outcome"]) for a in row["attempts"]] == [("kvm1", "failed"), (downloader, "ok")]
+    assert "127.0.0.1" in row["attempts"][0]["error"]
 
     # every host of the cluster now sees the shared copy: nothing more to download
     everyone = deploy(run_playbook, inv, registry)
     assert everyone.changed_tasks() == [] and len(image_gets(mirror, "disk.qcow2.gz")) == 1
-    for host in ("kvm1", "kvm2", "kvm3"):
-        assert task(everyone, "Show what was done", host=host)["result"]["msg"] == [
-            "nfs-primary | present | " + downloader
-        ]
+    assert {h: (r["status"], r["downloaded_on"]) for h, r in rows_by_host(everyone).items()} == {
+        h: ("present", downloader) for h in ("kvm1", "kvm2", "kvm3")
+    }
 
 
 def test_deploy_checksum_mismatch_stops_without_rotation(run_playbook, tmp_path, mirror):
@@ -601,14 +666,36 @@ def test_deploy_checksum_mismatch_stops_without_rotation(run_playbook, tmp_path,
         groups={"cluster1": ["kvm1", "kvm2", "kvm3"]},
         template_checksum="sha256:" + "0" * 64,
     )
-    run = deploy(run_playbook, inv, registry, deploy_hosts="kvm1", expect_rc=2)
-    attempts = tasks_starting(run, "Download the template into the pool on")
-    assert [a["task"][-4:] for a in attempts] == ["kvm1"], "a checksum mismatch is not retried on other hosts"
-    assert attempts[0]["result"]["retryable"] is False
-    failure = task(run, "Fail when no host could download the template", host="kvm1")["result"]["msg"]
-    assert "after trying kvm1 (stopped: the error is not retryable on another host)" in failure
+    run = deploy(run_playbook, inv, registry, extra_args=["--limit", "kvm1"], expect_rc=2)
+    attempts = download_attempts(run)
+    assert [a["tried_on"] for a in attempts] == ["kvm1"], "a checksum mismatch is not retried on other hosts"
+    assert attempts[0]["retryable"] is False
+    [row] = run.report
+    assert row["status"] == "failed"
+    assert "after trying kvm1 (stopped: the error is not retryable on another host)" in row["error"]
+    assert failure_messages(run) == [row["error"]]
     assert read_registry(registry)["copies"] == [] and read_registry(registry)["claims"] == [], "claim released"
     assert [p.name for p in shared.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_deploy_reports_an_unreachable_host_as_unreachable(run_playbook, tmp_path, mirror):
+    """kvm1 is down (its SSH port is closed) and may not rotate: its pool is reported unreachable, and kvm2 is
+    deployed all the same."""
+    inv, registry, _unused = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1", "kvm2"]))
+    doc = json.loads(Path(inv).read_text())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    doc["all"]["children"]["kvm_hosts"]["hosts"]["kvm1"].update(
+        ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=closed_port)
+    Path(inv).write_text(json.dumps(doc))
+    run = deploy(run_playbook, inv, registry, expect_rc=2)
+    rows = rows_by_host(run)
+    assert rows["kvm1"]["status"] == "unreachable" and rows["kvm1"]["attempts"][0]["outcome"] == "unreachable"
+    assert rows["kvm2"]["status"] == "downloaded"
+    assert [c["host"] for c in read_registry(registry)["copies"]] == ["kvm2"]
+    assert read_registry(registry)["claims"] == []
+    assert "unreachable" in run.stdout
 
 
 def test_deploy_vanished_copy_is_downloaded_again(run_playbook, tmp_path, mirror):
@@ -618,8 +705,7 @@ def test_deploy_vanished_copy_is_downloaded_again(run_playbook, tmp_path, mirror
     vanished = tmp_path / "pool-kvm1" / template["id"]
     vanished.unlink()
     run = deploy(run_playbook, inv, registry)
-    assert task(run, "Forget the recorded copy whose file has vanished", host="kvm1")["status"] == "changed"
-    assert task(run, "Forget the recorded copy whose file has vanished", host="kvm2")["status"] == "skipped"
+    assert {h: r["status"] for h, r in rows_by_host(run).items()} == {"kvm1": "downloaded", "kvm2": "present"}
     assert len(image_gets(mirror, "disk.qcow2.gz")) == 3
     assert vanished.is_file()
     assert len(read_registry(registry)["copies"]) == 2
@@ -648,19 +734,19 @@ def test_hosts_of_one_play_sharing_a_pool_download_once(run_playbook, tmp_path, 
     assert len(copies) == 1 and read_registry(registry)["claims"] == []
     downloader = copies[0]["host"]
     assert copies[0]["install_path"] == str(shared / template["id"]) and Path(copies[0]["install_path"]).is_file()
-    assert [r["host"] for r in task_records(run, "Record the copy")] == [downloader]
+    for host, row in rows_by_host(run).items():
+        assert (row["status"], row["downloaded_on"]) == ("downloaded" if host == downloader else "present", downloader)
     for host in names:
-        status = "downloaded" if host == downloader else "present"
-        report = task(run, "Show what was done", host=host)["result"]["msg"]
-        assert report == ["nfs-primary | %s | %s" % (status, downloader)]
+        if host != downloader:
+            assert claims(run, host)[0]["action"] == "same_run", "a neighbour's claim is never waited for"
 
 
 def test_host_of_one_play_downloads_when_its_neighbour_holding_the_claim_fails(
     run_playbook, tmp_path, mirror, dead_proxy
 ):
     """kvm1 cannot reach the mirror and may not rotate to another host (deploy_other_hosts=0). With one fork the
-    hosts run each task in inventory order, so kvm1 takes the claim first; kvm2 finds it busy, and once kvm1 failed
-    and released it, kvm2 downloads the template itself."""
+    hosts run each task in inventory order, so kvm1 takes the claim first; kvm2 finds it held by this run, and once
+    kvm1 failed and released it, kvm2 downloads the template itself."""
     names = ["kvm1", "kvm2"]
     _shared, hosts = shared_pool_hosts(tmp_path, names)
     hosts["kvm1"]["directdownload_proxy"] = dead_proxy
@@ -676,13 +762,11 @@ def test_host_of_one_play_downloads_when_its_neighbour_holding_the_claim_fails(
         extra_args=["--forks", "1"],
         deploy_other_hosts=0,
     )
-    assert task(run, "Claim the download onto the pool", host="kvm1")["result"]["claim_status"] == "granted"
-    assert task(run, "Claim the download onto the pool", host="kvm2")["result"]["claim_status"] == "busy"
-    assert task(run, "Release the claim so that another deployment can try", host="kvm1")["status"] == "changed"
-    waited = task(run, "Wait while a deployment of another run downloads the template onto the pool", host="kvm2")
-    assert waited["result"]["claim_status"] == "granted"
-    assert task(run, "Record the copy", host="kvm2")["status"] == "changed"
-    assert task(run, "Show what was done", host="kvm2")["result"]["msg"] == ["nfs-primary | downloaded | kvm2"]
+    assert [c["action"] for c in claims(run, "kvm1")] == ["download"]
+    assert [c["action"] for c in claims(run, "kvm2")] == ["same_run", "download"]
+    rows = rows_by_host(run)
+    assert rows["kvm1"]["status"] == "failed" and "could not be downloaded" in rows["kvm1"]["error"]
+    assert (rows["kvm2"]["status"], rows["kvm2"]["downloaded_on"]) == ("downloaded", "kvm2")
     assert len(image_gets(mirror, "disk.qcow2.gz")) == 1
     copies = read_registry(registry)["copies"]
     assert [c["host"] for c in copies] == ["kvm2"] and read_registry(registry)["claims"] == []
@@ -697,11 +781,12 @@ def claim_for_a_dead_deployment(run_module, registry, template):
         "pool": "nfs-primary",
         "shared": True,
         "state": "claimed",
+        "run_id": "a-controller-that-crashed",
         "holder": "deploy_template run of a controller that crashed",
         # still held when the play claims (ansible-playbook takes seconds to start, more on a busy machine)
         "claim_ttl": 20,
     }
-    assert run_module("directdownload.kvm.template_copy", stale)[0]["result"]["claim_status"] == "granted"
+    assert run_module("directdownload.kvm.template_copy", stale)[0]["result"]["action"] == "download"
 
 
 def test_hosts_of_one_play_take_over_the_expired_claim_of_a_dead_deployment_once(
@@ -714,21 +799,17 @@ def test_hosts_of_one_play_take_over_the_expired_claim_of_a_dead_deployment_once
     inv, registry, template = registered(run_playbook, tmp_path, mirror, hosts, groups={"cluster1": names})
     claim_for_a_dead_deployment(run_module, registry, template)
     run = deploy(run_playbook, inv, registry, timeout=NO_HANG_TIMEOUT)
-    for host in names:
-        assert task(run, "Claim the download onto the pool", host=host)["result"]["claim_status"] == "busy"
     assert len(image_gets(mirror, "disk.qcow2.gz")) == 1
     copies = read_registry(registry)["copies"]
     assert len(copies) == 1 and read_registry(registry)["claims"] == []
     downloader = copies[0]["host"]
     other = "kvm2" if downloader == "kvm1" else "kvm1"
-    waits = "Wait while a deployment of another run downloads the template onto the pool"
-    assert task(run, waits, host=downloader)["result"]["claim_status"] == "granted"
-    assert task(run, waits, host=other)["result"]["claim_status"] == "busy", "not waiting for its neighbour"
-    found = task(run, "Find the copy that another host of this play downloaded after waiting", host=other)
-    assert found["status"] == "ok" and found["result"]["copies"][0]["host"] == downloader
-    for host, status in ((downloader, "downloaded"), (other, "present")):
-        report = task(run, "Show what was done", host=host)["result"]["msg"]
-        assert report == ["nfs-primary | %s | %s" % (status, downloader)]
+    first, waited = claims(run, downloader)
+    assert first["action"] == "busy" and waited["action"] == "download" and waited["waited"] > 0
+    assert [c["action"] for c in claims(run, other)] == ["busy", "same_run"], "not waiting for its neighbour"
+    rows = rows_by_host(run)
+    assert (rows[downloader]["status"], rows[other]["status"]) == ("downloaded", "present")
+    assert rows[other]["downloaded_on"] == downloader
 
 
 def test_host_of_one_play_fails_clearly_when_its_neighbour_took_over_the_claim_and_failed(
@@ -752,10 +833,11 @@ def test_host_of_one_play_fails_clearly_when_its_neighbour_took_over_the_claim_a
         extra_args=["--forks", "1"],
         deploy_other_hosts=0,
     )
-    assert "could not be downloaded" in task(run, "Fail with the reason", host="kvm1")["result"]["msg"]
-    failure = task(run, "Fail when the host of this play that claimed the download recorded no copy", host="kvm2")
-    assert "claimed its download and did not record a copy" in failure["result"]["msg"]
-    assert " for kvm1 " in failure["result"]["msg"]
+    rows = rows_by_host(run)
+    assert rows["kvm1"]["status"] == "failed" and "could not be downloaded" in rows["kvm1"]["error"]
+    assert rows["kvm2"]["status"] == "failed"
+    assert "kvm1 claimed its download in this run and did not record a copy" in rows["kvm2"]["error"]
+    assert sorted(failure_messages(run)) == sorted([rows["kvm1"]["error"], rows["kvm2"]["error"]])
     assert image_gets(mirror, "disk.qcow2.gz") == []
     assert read_registry(registry)["copies"] == [] and read_registry(registry)["claims"] == []
 
@@ -764,10 +846,12 @@ def test_two_concurrent_deploys_of_one_template_to_one_pool_download_once(run_pl
     inv, registry, _unused = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1"]))
     # slow the image down so that both runs overlap: the second must wait for the first one's claim
     mirror.set_fault("/disk.qcow2.gz", rate=1 * MiB)
-    extra = {"directdownload_registry": str(registry), "template_name": "disk", "deploy_claim_delay": 1}
-    runs = {}
+    runs, reports = {}, {}
 
     def run_in(name):
+        reports[name] = tmp_path / (name + "-report.json")
+        extra = {"directdownload_registry": str(registry), "template_name": "disk", "deploy_claim_delay": 1,
+                 "deploy_report_path": str(reports[name])}
         runs[name] = run_playbook_in(
             tmp_path / name, PLAYBOOKS / "deploy_template.yml", inventory=inv, extra_vars=extra, expect_rc=None
         )
@@ -779,13 +863,53 @@ def test_two_concurrent_deploys_of_one_template_to_one_pool_download_once(run_pl
         thread.join(600)
     assert all(run.rc == 0 for run in runs.values()), [run.output_tail() for run in runs.values()]
     assert len(image_gets(mirror, "disk.qcow2.gz")) == 1, "exactly one download"
-    downloads = [name for name, run in runs.items() if task_records(run, "Record the copy", host="kvm1")]
-    assert len(downloads) == 1
-    assert task(runs[downloads[0]], "Record the copy", host="kvm1")["status"] == "changed"
-    waiter = runs["second" if downloads == ["first"] else "first"]
-    report = task(waiter, "Show what was done", host="kvm1")["result"]["msg"]
-    assert report == [str(tmp_path / "pool-kvm1") + " | present | kvm1"]
+    statuses = sorted(json.loads(reports[name].read_text())[0]["status"] for name in runs)
+    assert statuses == ["downloaded", "present"]
+    waiter = [name for name in runs if json.loads(reports[name].read_text())[0]["status"] == "present"][0]
+    decisions = claims(runs[waiter], "kvm1")
+    assert [c["action"] for c in decisions] == ["busy", "present"] and decisions[1]["waited"] > 0
     assert len(read_registry(registry)["copies"]) == 1 and read_registry(registry)["claims"] == []
+
+
+def test_claim_waits_inside_one_task_for_another_run(run_module, tmp_path):
+    """The waiter polls inside one module run: it ends at its timeout with busy (the task does not fail), never
+    waits for a claim of its own run, and takes the claim once the other run released it."""
+    registry = str(tmp_path / "registry.json")
+    run_module("directdownload.kvm.template", {"registry": registry, "name": "t", "size": 10, "format": "qcow2",
+                                               "url": "https://m.example/t.qcow2"})
+    base = {"registry": registry, "template": "t", "host": "kvm1", "pool": "p", "shared": True, "state": "claimed"}
+    other = run_module("directdownload.kvm.template_copy", dict(base, run_id="other"))[0]["result"]
+    assert other["action"] == "download" and other["claim"]["run_id"] == "other"
+    timed_out = run_module("directdownload.kvm.template_copy",
+                           dict(base, host="kvm2", run_id="mine", wait_timeout=1, wait_delay=0.2))[0]
+    assert timed_out["status"] == "ok"
+    assert (timed_out["result"]["action"], timed_out["result"]["timed_out"]) == ("busy", True)
+    assert timed_out["result"]["waited"] >= 1
+    same = run_module("directdownload.kvm.template_copy", dict(base, host="kvm2", run_id="other", wait_timeout=30))[0]
+    assert same["result"]["action"] == "same_run" and same["result"]["waited"] < 1, "never waits for its own run"
+
+    waiter = {}
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [{
+        "name": "Wait", "directdownload.kvm.template_copy": dict(base, host="kvm2", run_id="mine", wait_timeout=300,
+                                                                 wait_delay=0.5)}]}]
+    thread = threading.Thread(target=lambda: waiter.update(run=run_playbook_in(tmp_path / "waiter", play)))
+    thread.start()
+    try:
+        # the waiter is polling (its run has started and not ended) when the other run gives up
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "waiter").glob("results-*.jsonl")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(10)  # ansible-playbook starting up, then polling
+        assert thread.is_alive(), "the waiter must still be waiting"
+        release = dict(base, state="released", claim_token=other["claim"]["token"])
+        assert run_module("directdownload.kvm.template_copy", release)[0]["status"] == "changed"
+    finally:
+        thread.join(300)
+    [record] = waiter["run"].results
+    taken = record["result"]
+    assert taken["action"] == "download" and taken["timed_out"] is False and taken["waited"] > 1
+    [claim] = read_registry(registry)["claims"]
+    assert (claim["run_id"], claim["host"], claim["token"]) == ("mine", "kvm2", taken["claim"]["token"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -799,21 +923,19 @@ def test_unregister_keeps_copies_then_purge_by_id_deletes_them(run_playbook, tmp
     files = [tmp_path / ("pool-" + h) / template["id"] for h in ("kvm1", "kvm2")]
     assert all(f.is_file() for f in files)
 
-    run = run_playbook(
+    run_playbook(
         PLAYBOOKS / "unregister_template.yml",
         inventory=inv,
         extra_vars={"directdownload_registry": str(registry), "template_name": "disk"},
     )
-    assert task(run, "Unregister the template")["status"] == "changed"
     doc = read_registry(registry)
     assert doc["templates"] == {} and len(doc["copies"]) == 2 and all(f.is_file() for f in files)
 
-    purge = run_playbook(
+    run_playbook(
         PLAYBOOKS / "unregister_template.yml",
         inventory=inv,
         extra_vars={"directdownload_registry": str(registry), "template_id": template["id"], "purge": True},
     )
-    assert len(task_records(purge, "Delete the copies from their pools")) == 1
     assert read_registry(registry)["copies"] == [] and not any(f.exists() for f in files)
     assert not any(
         p.name.endswith(".ddinfo.json") for h in ("kvm1", "kvm2") for p in (tmp_path / ("pool-" + h)).iterdir()
@@ -824,11 +946,91 @@ def test_unregister_with_purge_deletes_files_and_records(run_playbook, tmp_path,
     inv, registry, template = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1", "kvm2"]))
     deploy(run_playbook, inv, registry)
     extra = {"directdownload_registry": str(registry), "template_name": "disk", "purge": True}
-    run = run_playbook(PLAYBOOKS / "unregister_template.yml", inventory=inv, extra_vars=extra)
-    assert task(run, "Unregister the template")["status"] == "changed"
+    run_playbook(PLAYBOOKS / "unregister_template.yml", inventory=inv, extra_vars=extra)
     doc = read_registry(registry)
     assert doc["templates"] == {} and doc["copies"] == []
     assert not (tmp_path / "pool-kvm1" / template["id"]).exists()
     assert not (tmp_path / "pool-kvm2" / template["id"]).exists()
     again = run_playbook(PLAYBOOKS / "unregister_template.yml", inventory=inv, extra_vars=extra)
     assert again.changed_tasks() == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one registry, set in the inventory only
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def awx_inventory():
+    """The inventory docs/awx.md shows (the first YAML block of its section 2)."""
+    text = (REPO_ROOT / "docs" / "awx.md").read_text()
+    section = text[text.index("## 2. Inventory"):]
+    block = section[section.index("```yaml\n") + len("```yaml\n"):]
+    return yaml.safe_load(block[:block.index("```")])
+
+
+def test_every_playbook_uses_the_registry_set_in_the_inventory(run_playbook, tmp_path, mirror):
+    """The AWX inventory of docs/awx.md, with local connections and paths: directdownload_registry and
+    directdownload_registry_host are set there only (no -e). Upload a certificate, register, deploy, revoke and
+    unregister: one registry file on the registry host holds all of it, and the default path stays empty."""
+    doc = awx_inventory()
+    top = doc["all"]["vars"]
+    registry_host = top["directdownload_registry_host"]
+    assert registry_host in doc["all"]["children"]["registry"]["hosts"]
+    registry = tmp_path / "srv" / "registry.json"
+    top["directdownload_registry"] = str(registry)
+    kvm = doc["all"]["children"]["kvm_hosts"]
+    names = list(kvm["hosts"])
+    shared_dirs = {}
+    for name in names:
+        pools = []
+        for pool in kvm["vars"]["directdownload_pools"]:
+            if pool.get("shared"):
+                path = shared_dirs.setdefault(pool["name"], tmp_path / ("shared-" + pool["name"]))
+            else:
+                path = tmp_path / ("%s-%s" % (name, pool["name"]))
+            path.mkdir(exist_ok=True)
+            local = {key: value for key, value in pool.items() if key != "libvirt_pool"}
+            pools.append(dict(local, path=str(path)))
+        (tmp_path / ("trust-" + name)).mkdir()
+        kvm["hosts"][name] = {"directdownload_pools": pools, "certificates_manage_keystore": False,
+                              "certificates_trust_dir": str(tmp_path / ("trust-" + name))}
+    for group in doc["all"]["children"].values():
+        for name in group["hosts"]:
+            group["hosts"][name] = dict(group["hosts"][name] or {}, ansible_connection="local",
+                                        ansible_python_interpreter=VENV_PYTHON)
+    inv = tmp_path / "awx-inventory.yml"
+    inv.write_text(yaml.safe_dump(doc))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
+    ca = TestCA(common_name="Inventory Test CA")
+
+    def play(name, **extra_vars):
+        return run_playbook(PLAYBOOKS / name, inventory=inv, extra_vars=extra_vars, env=env)
+
+    play("upload_certificate.yml", certificate_alias="mirror-ca", certificate_content=ca.cert_pem)
+    play("register_template.yml", template_name="disk", template_url=mirror.url("disk.qcow2.gz"),
+         template_format="qcow2")
+    deployed = play("deploy_template.yml", template_name="disk")
+    assert deployed.failed_tasks() == []
+
+    held = read_registry(registry)
+    template = held["templates"]["disk"]
+    assert template["checked_on"] in names
+    assert sorted((c["host"], c["pool"]) for c in held["copies"] if not c["shared"]) == [(n, "primary") for n in names]
+    assert [c["pool"] for c in held["copies"] if c["shared"]] == ["nfs-primary"]
+    assert all(Path(c["install_path"]).is_file() for c in held["copies"])
+    assert {h: s["status"] for h, s in held["certificates"]["mirror-ca"]["hosts"].items()} == {
+        n: "UPLOADED" for n in names}
+    assert held["claims"] == []
+
+    play("revoke_certificate.yml", certificate_alias="mirror-ca")
+    assert {s["status"] for s in read_registry(registry)["certificates"]["mirror-ca"]["hosts"].values()} == {"REVOKED"}
+    play("unregister_template.yml", template_name="disk", purge=True)
+    after = read_registry(registry)
+    assert after["templates"] == {} and after["copies"] == []
+    assert not any(Path(c["install_path"]).exists() for c in held["copies"])
+
+    default = home / ".local" / "state" / "directdownload"
+    assert not default.exists() or list(default.iterdir()) == [], "nothing at the default registry path"
+    assert sorted(p.name for p in registry.parent.iterdir()) == ["registry.json", "registry.json.lock"]
