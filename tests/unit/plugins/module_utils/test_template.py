@@ -138,11 +138,12 @@ def test_bare_hex_with_another_default_algorithm():
 
 
 @pytest.mark.parametrize("given, message", [
-    (SHA256, "a MD5 checksum has 32 hex characters, got 64"),        # bare 64 hex is MD5, as in CloudStack
-    ("{MD5}" + SHA256, "a MD5 checksum has 32 hex characters, got 64"),
+    # bare 64 hex is MD5, as in CloudStack, and the message says what to write
+    (SHA256, r"the bare checksum has 64 hex characters, not the 32 of MD5 .*write sha256:<hex>"),
+    ("{MD5}" + SHA256, "an MD5 checksum has 32 hex characters, got 64; 64 hex characters fit SHA-256"),
     ("{SHA-256}" + "z" * 64, "must be hexadecimal"),
     ("{SHA3-256}" + SHA256, "unknown checksum algorithm"),
-    ("sha256:https://m.example/SHA256SUMS", "checksum files given by URL are not supported"),
+    ("sha256:https://m.example/SHA256SUMS", "a checksum file URL .* is read by directdownload.kvm.download only"),
 ])
 def test_bad_checksums(given, message):
     with pytest.raises(InvalidInput, match=message):
