@@ -107,4 +107,25 @@ options:
     type: list
     elements: str
     default: []
+  url_username:
+    description:
+      - The user name for HTTP Basic authentication, as in M(ansible.builtin.get_url). It wins over a user name in
+        the URL.
+      - Sent only to the host of the URL (and its https upgrade), never to another host after a redirect.
+      - Also used to read a checksum file given to M(directdownload.kvm.download) as C(checksum: sha256:<URL>).
+    type: str
+    aliases: [username]
+  url_password:
+    description:
+      - The password for HTTP Basic authentication. A secret, never shown.
+    type: str
+    aliases: [password]
+  force_basic_auth:
+    description:
+      - Send the O(url_username) and O(url_password) credentials with the first request. When V(false) they are
+        sent only after the server answers C(401 Unauthorized), as M(ansible.builtin.get_url) does; requests that
+        follow to the same server send them at once.
+      - An C(Authorization) header in O(headers) is sent as given and wins over these options.
+    type: bool
+    default: false
 """

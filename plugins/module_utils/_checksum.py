@@ -245,6 +245,19 @@ def checksum_from_file(text, file_name, algorithm, source="the checksum file"):
     return Checksum(algorithm, digest)
 
 
+def as_given(text, checksum):
+    """``checksum`` written in the form the user wrote ``text``: ``{SHA-256}hex`` for the CloudStack form,
+    ``sha256:hex`` for the Ansible form (also for ``sha256:<URL>`` and a BSD line), bare ``hex`` for a bare digest
+    or a pasted ``sha256sum`` line. Hex is lower case. So ``result.checksum == my_checksum`` holds for a
+    lower-case digest written as the docs show."""
+    value = str(text or "").strip()
+    if value.startswith("{"):
+        return checksum.cloudstack
+    if _GNU_LINE.match(value) or _HEX.match(value):
+        return checksum.hexdigest
+    return checksum.ansible
+
+
 def new_hash(algorithm):
     """A hashlib object for a canonical or CloudStack algorithm name.
 

@@ -65,6 +65,8 @@ FORMATS = ("qcow2", "raw", "iso")
 MAX_RETRIES = 100
 MAX_RETRY_DELAY = 3600
 MAX_CONNECTIONS = 16
+# The mode of a newly installed image, downloaded or extracted alike (the download module's mode option).
+DEFAULT_IMAGE_MODE = 0o644
 
 
 class DownloadRequest:
@@ -74,7 +76,7 @@ class DownloadRequest:
                  source_options=None, retries=3, retry_delay=1.0, resume=True, force=False,
                  block_size=DEFAULT_BLOCK_SIZE, progress_interval=2.0, qemu_img="qemu-img",
                  connections=1, metalink_name=None, metalink_locations=(), nfs_transport="auto",
-                 max_size=None, max_virtual_size=None, max_expansion=None, allow_encrypted=False):
+                 max_size=None, max_virtual_size=None, max_expansion=None, allow_encrypted=False, mode=None):
         if not url:
             raise InvalidInput("url is required")
         scheme = url_scheme(url)
@@ -117,6 +119,7 @@ class DownloadRequest:
             self.limits = _gate.Limits(max_size, max_virtual_size, max_expansion, allow_encrypted)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(str(exc)) from None
+        self.mode = DEFAULT_IMAGE_MODE if mode is None else mode
 
     @property
     def final_path(self):
@@ -438,6 +441,7 @@ def _download_and_install(request, decision, open_source, log, started, now):
         ready, info = _prepare_image(request, part)
         served_url = redact_url(fetched.served_url)
         record = _make_record(request, info, fetched.digests, checksum, served_url)
+        os.chmod(ready, request.mode)  # before the rename: the image never shows another mode
         _install.install_file(ready, request.final_path)
         _install.write_record(request.final_path, record)
         part.discard()

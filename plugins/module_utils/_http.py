@@ -130,9 +130,17 @@ class SourceOptions:
                  client_cert=None, client_key=None, connect_timeout=BUILTIN_DEFAULTS["connect_timeout"],
                  read_timeout=BUILTIN_DEFAULTS["read_timeout"], follow_redirects=False,
                  max_redirects=DEFAULT_MAX_REDIRECTS, proxy=None, user_agent=DEFAULT_USER_AGENT,
-                 headers_on_redirect=None):
+                 headers_on_redirect=None,
+                 url_username=None, url_password=None, force_basic_auth=False):
         self.headers = check_headers(headers)
         self.headers_on_redirect = check_headers_on_redirect(headers_on_redirect)
+        # Basic auth from url_username/url_password (they win over credentials in the URL). Sent on the first
+        # request with force_basic_auth, else only after a 401; never to another host after a redirect.
+        self.basic_auth = None
+        if url_username is not None or url_password is not None:
+            self.basic_auth = "Basic " + base64.b64encode(
+                ("%s:%s" % (url_username or "", url_password or "")).encode("utf-8")).decode("ascii")
+        self.force_basic_auth = bool(force_basic_auth)
         self.ca_path = ca_path
         self.trust_dir = trust_dir
         self.validate_certs = bool(validate_certs)
@@ -170,6 +178,8 @@ class SourceOptions:
             follow_redirects=pick("follow_redirects", False), max_redirects=pick("max_redirects", DEFAULT_MAX_REDIRECTS),
             proxy=pick("proxy"), user_agent=pick("user_agent", DEFAULT_USER_AGENT),
             headers_on_redirect=params.get("headers_on_redirect"),
+            url_username=params.get("url_username"), url_password=params.get("url_password"),
+            force_basic_auth=params.get("force_basic_auth") or False,
         )
 
     def ssl_context(self):
@@ -442,6 +452,7 @@ class HttpSource:
         self.options = options or SourceOptions()
         _Target(url)  # a bad URL fails here, before any connection
         self.url = url
+        self._challenged = False  # the origin asked for credentials once: later requests send them at once
 
     def __repr__(self):
         return "HttpSource(%s)" % redact_url(self.url)
@@ -575,12 +586,22 @@ class HttpSource:
             headers = {"User-Agent": options.user_agent, "Accept-Encoding": "identity"}
             if target.authorization and keep_credentials:
                 headers["Authorization"] = target.authorization
+            send_basic = options.basic_auth and keep_credentials
+            if send_basic and (options.force_basic_auth or self._challenged):
+                headers["Authorization"] = options.basic_auth
             for name, value in options.headers.items():
                 # Another origin gets only the headers the user let through (never a credential header).
                 if keep_credentials or name.lower() in options.headers_on_redirect:
                     headers[name] = value
             headers.update(extra_headers)
             connection, response = self._send(method, target, headers)
+            if response.status == 401 and send_basic and not (options.force_basic_auth or self._challenged):
+                # The server asks for credentials: send url_username/url_password once more, with them.
+                response.close()
+                connection.close()
+                self._challenged = True
+                headers["Authorization"] = options.basic_auth
+                connection, response = self._send(method, target, headers)
             if response.status not in REDIRECT_STATUSES:
                 return connection, response, url
             location = response.getheader("Location")

@@ -33,11 +33,41 @@ TRANSPORT_ARGUMENT_SPEC = dict(
     metalink_locations=dict(type="list", elements="str", default=[]),
 )
 
+# HTTP credentials, named as ansible.builtin.get_url and uri name them (the url doc fragment).
+TRANSPORT_ARGUMENT_SPEC.update(
+    url_username=dict(type="str", aliases=["username"]),
+    url_password=dict(type="str", no_log=True, aliases=["password"]),
+    force_basic_auth=dict(type="bool", default=False),
+)
+
 
 def source_options_from_params(params, settings):
     """SourceOptions from the transport options of a module; agent settings fill what the user left out.
     ``use_proxy: false`` means "no proxy", even when the environment names one."""
     return SourceOptions.from_params(dict(params, proxy=params["proxy"] if params["use_proxy"] else ""), settings)
+
+
+def read_small_file(url, request, limit):
+    """The whole body of a small file (a checksum list) at an http(s) or nfs ``url``, read with the request's
+    transport options. Raises InvalidInput when it is larger than ``limit`` bytes: it is held in memory."""
+    source = open_plain_source(url, request)
+    body = source.open(0)
+    try:
+        if body.size is not None and body.size > limit:
+            raise InvalidInput("%s is %d bytes, more than the %d a checksum file may have"
+                               % (redact_url(url), body.size, limit))
+        data = bytearray()
+        buf = bytearray(64 * 1024)
+        while True:
+            count = body.readinto(buf)
+            if not count:
+                break
+            data += buf[:count]
+            if len(data) > limit:
+                raise InvalidInput("%s has more than the %d bytes a checksum file may have" % (redact_url(url), limit))
+        return bytes(data)
+    finally:
+        body.close()
 
 
 def open_source(url, request):

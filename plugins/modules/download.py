@@ -66,7 +66,14 @@ options:
     description:
       - The expected digest of the bytes as downloaded (before extraction).
       - CloudStack form C({SHA-256}hex), Ansible form C(sha256:hex), or bare hex (see O(checksum_algorithm)).
-        Algorithms MD5, SHA-1, SHA-224, SHA-256, SHA-384 and SHA-512; hex in upper or lower case.
+        Algorithms MD5, SHA-1, SHA-224, SHA-256, SHA-384 and SHA-512; hex in upper or lower case. A pasted line of
+        C(sha256sum) output (C(hex  file)) counts as bare hex; a BSD line (C(SHA256 (file\) = hex)) names its
+        algorithm.
+      - C(<algorithm>:<URL>), as in M(ansible.builtin.get_url), for example
+        C(sha256:https://images.example.com/SHA256SUMS), reads a checksum file (GNU C(sha256sum) or BSD format,
+        or a file with a single digest such as C(image.qcow2.sha256)) and takes the line for the file name of O(url).
+        The file is read over the same transport as the image (same O(headers), O(url_username), CA, proxy and
+        timeouts), also in check mode, and may be at most 1 MiB.
       - Empty means no verification; a SHA-256 digest is still computed and returned.
       - On a mismatch the image is downloaded again (three downloads in all), then the task fails showing the
         expected and actual digests, with nothing left in the pool.
@@ -177,6 +184,24 @@ options:
       - Accept an encrypted qcow2 image. The hosts need its key to use it; by default it is refused.
     type: bool
     default: false
+  mode:
+    description:
+      - The permissions of the installed image, as in M(ansible.builtin.file) (octal like V('0640'), or symbolic
+        like V(u=rw,g=r,o=)). Quote octal values.
+      - When omitted, a newly installed image gets V('0644'), downloaded or extracted alike, and an installed
+        image keeps its mode.
+      - Changing only O(mode), O(owner) or O(group) of an installed image changes nothing else: nothing is
+        downloaded, and the task reports V(changed) with a diff.
+    type: raw
+  owner:
+    description:
+      - The user that should own the installed image (a name or a uid). Set after the image is renamed into place.
+        Root needed to change it.
+    type: str
+  group:
+    description:
+      - The group of the installed image (a name or a gid), set like O(owner).
+    type: str
 notes:
   - Watch a long download with the sidecar, for example C(watch cat /var/lib/libvirt/images/.NAME.part.json), or run
     the task with C(async) and poll it.
@@ -226,6 +251,24 @@ EXAMPLES = r"""
     max_virtual_size: 4T
     max_expansion: 5000
 
+- name: Verify against the SHA256SUMS file published next to the image, as get_url does
+  directdownload.kvm.download:
+    url: https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2
+    checksum: sha256:https://cloud.debian.org/images/cloud/bookworm/latest/SHA256SUMS
+    pool_path: /var/lib/libvirt/images
+    mode: "0640"
+    owner: libvirt-qemu
+    group: kvm
+
+- name: A mirror behind HTTP Basic authentication
+  directdownload.kvm.download:
+    url: https://mirror.example.com/private/alma-9.qcow2
+    checksum: sha256:https://mirror.example.com/private/alma-9.qcow2.sha256
+    url_username: deploy
+    url_password: "{{ mirror_password }}"
+    force_basic_auth: true
+    pool_path: /var/lib/libvirt/images
+
 - name: A long download, watched with async (the sidecar .NAME.part.json shows progress)
   directdownload.kvm.download:
     url: https://images.example.com/big.raw
@@ -266,12 +309,23 @@ format:
   type: str
   sample: qcow2
 checksum:
-  description: The digest verified (or, without O(checksum), computed) over the downloaded bytes, C({ALG}hex).
+  description:
+    - The digest verified over the downloaded bytes, in the form O(checksum) was written (C({SHA-256}hex),
+      C(sha256:hex), or bare hex; C(sha256:hex) for a checksum file URL), hex in lower case, so that it compares
+      equal to a lower-case O(checksum).
+    - Without O(checksum), the SHA-256 computed while downloading (or recorded at install), as C({SHA-256}hex).
   returned: success
   type: str
   sample: "{SHA-256}0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
 url:
-  description: The URL that served the bytes (after redirects; the mirror for a Metalink), credentials redacted.
+  description: O(url) as given, credentials redacted, as in M(directdownload.kvm.url_check).
+  returned: always
+  type: str
+  sample: https://images.example.com/debian-12.qcow2
+final_url:
+  description:
+    - The URL that served the bytes (after redirects; the mirror for a Metalink), credentials redacted, as
+      RV(directdownload.kvm.url_check#module:final_url). For an image already installed, the one recorded at install.
   returned: success
   type: str
   sample: https://mirror-a.example.com/debian-12.qcow2
@@ -336,15 +390,28 @@ backing_file:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _download
-from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
+from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import (
+    MAX_CHECKSUM_FILE_SIZE,
+    as_given,
+    checksum_from_file,
+    parse_checksum,
+    split_checksum_url,
+)
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
+from ansible_collections.directdownload.kvm.plugins.module_utils._probe import PlainSourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import (
     TRANSPORT_ARGUMENT_SPEC,
     open_source,
+    read_small_file,
     source_options_from_params,
 )
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import protect_url_options, redact_url
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
+    file_name_from_url,
+    protect_url_options,
+    redact_url,
+    url_secret_values,
+)
 
 
 def build_request(module, settings):
@@ -359,7 +426,7 @@ def build_request(module, settings):
         url=params["url"],
         pool_path=pool_path,
         name=params["name"],
-        checksum=parse_checksum(params["checksum"], params["checksum_algorithm"]),
+        checksum=resolve_checksum(params, source_options),
         image_format=params["format"],
         extract=params["extract"],
         source_options=source_options,
@@ -377,7 +444,42 @@ def build_request(module, settings):
         max_virtual_size=params["max_virtual_size"],
         max_expansion=params["max_expansion"],
         allow_encrypted=params["allow_encrypted"],
+        mode=octal_mode(params["mode"]),
     )
+
+
+def resolve_checksum(params, source_options):
+    """The expected Checksum: the option itself, or (``sha256:<URL>``) the line for the image's file name in the
+    checksum file at that URL, read with the image's transport options (at most MAX_CHECKSUM_FILE_SIZE bytes)."""
+    by_url = split_checksum_url(params["checksum"])
+    if by_url is None:
+        return parse_checksum(params["checksum"], params["checksum_algorithm"])
+    algorithm, checksum_url = by_url
+    data = read_small_file(checksum_url, PlainSourceOptions(source_options, params["nfs_transport"]),
+                           MAX_CHECKSUM_FILE_SIZE)
+    return checksum_from_file(data.decode("utf-8", "replace"), file_name_from_url(params["url"]), algorithm,
+                              source=redact_url(checksum_url))
+
+
+def octal_mode(mode):
+    """An octal ``mode`` option as an int, to install the image with it; None for symbolic modes (applied after
+    the rename, by AnsibleModule) and when no mode is given (the engine's default)."""
+    if mode is None:
+        return None
+    if isinstance(mode, int):
+        return mode
+    text = str(mode).strip()
+    return int(text, 8) if text and all(char in "01234567" for char in text) else None
+
+
+def apply_file_attributes(module, path, changed, diff):
+    """The mode, owner and group options on the installed image; True when something changed (or would)."""
+    params = module.params
+    if not any(params[name] is not None for name in ("mode", "owner", "group")):
+        return changed
+    changed = module.set_owner_if_different(path, params["owner"], changed, diff)
+    changed = module.set_group_if_different(path, params["group"], changed, diff)
+    return module.set_mode_if_different(path, params["mode"], changed, diff)
 
 
 def diff_for(decision, request):
@@ -388,7 +490,7 @@ def diff_for(decision, request):
     if decision.record:
         before.update(checksum=decision.record.get("checksum"), url=decision.record.get("url"))
     if not decision.changes:
-        after = before
+        after = dict(before)
     return {"before": before, "after": after}
 
 
@@ -422,6 +524,9 @@ def main():
             max_virtual_size=dict(type="bytes"),
             max_expansion=dict(type="float"),
             allow_encrypted=dict(type="bool", default=False),
+            mode=dict(type="raw"),
+            owner=dict(type="str"),
+            group=dict(type="str"),
             **TRANSPORT_ARGUMENT_SPEC
         ),
         required_one_of=[("pool_path", "pool")],
@@ -435,15 +540,27 @@ def main():
         module.warn("validate_certs is false: the server certificate and host name are not verified, anyone on the "
                     "path can serve these bytes; the image record says so")
     try:
+        checksum_url = split_checksum_url(params["checksum"])
+        if checksum_url:
+            module.no_log_values.update(url_secret_values(checksum_url[1]))
         settings = load_settings()
         request = build_request(module, settings)
         decision = _download.plan(request)
         diff = diff_for(decision, request) if module._diff else None
         if module.check_mode:
-            module.exit_json(changed=decision.changes, path=request.final_path, name=request.name,
-                             msg="would %s: %s" % (decision.action, decision.reason) if decision.changes
-                             else decision.reason, diff=diff)
+            changed = decision.changes
+            msg = "would %s: %s" % (decision.action, decision.reason) if changed else decision.reason
+            if not changed and apply_file_attributes(module, request.final_path, False, diff):
+                changed, msg = True, "would change the file attributes"
+            module.exit_json(changed=changed, path=request.final_path, name=request.name, msg=msg, diff=diff,
+                             url=redact_url(params["url"]))
         result = _download.run(request, open_source, log=module.log)
+        if apply_file_attributes(module, request.final_path, False, diff) and not result["changed"]:
+            result.update(changed=True, msg="changed the file attributes")
+        result["final_url"] = result.get("url")
+        result["url"] = redact_url(params["url"])
+        if request.checksum is not None:
+            result["checksum"] = as_given(params["checksum"], request.checksum)
         if params["pool"] and result["changed"]:
             from ansible_collections.directdownload.kvm.plugins.module_utils import _libvirt  # pylint: disable=import-outside-toplevel
             _libvirt.refresh_pool(params["pool"], params["libvirt_uri"])

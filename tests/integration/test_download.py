@@ -91,7 +91,7 @@ def test_download_check_real_check_then_idempotent(run_module, server, pool, qco
     assert result["virtual_size"] == 64 * MiB
     assert result["checksum"] == "{SHA-256}" + sha256(qcow2_image)
     assert result["bytes_downloaded"] == os.path.getsize(qcow2_image) and result["attempts"] == 1
-    assert result["resumed_from"] == 0 and result["url"] == server.url("disk.qcow2")
+    assert result["resumed_from"] == 0 and result["url"] == result["final_url"] == server.url("disk.qcow2")
     assert sha256(pool / "disk.qcow2") == sha256(qcow2_image)
     assert visible(pool) == ["disk.qcow2"]
     assert sorted(os.listdir(pool)) == [".disk.qcow2.ddinfo.json", "disk.qcow2"]
@@ -102,6 +102,81 @@ def test_download_check_real_check_then_idempotent(run_module, server, pool, qco
     assert post["status"] == "ok" and again["status"] == "ok"
     assert again["result"]["bytes_downloaded"] == 0 and again["result"]["format"] == "qcow2"
     assert len(server.requests_for("/disk.qcow2")) == gets_before, "a re-run must not touch the network"
+
+
+def test_checksum_from_a_checksum_file_url_over_the_same_transport(run_module, server, pool, www, qcow2_image):
+    """get_url's ``sha256:<URL>``: the SHA256SUMS file is read with the image's credentials, and its line for the
+    file decides; the result echoes the Ansible form; a file without a line for the image fails before any byte."""
+    digest = sha256(qcow2_image)
+    (www / "SHA256SUMS").write_text("%s  other.qcow2\n%s *disk.qcow2\n" % ("0" * 64, digest.upper()))
+    (www / "disk.qcow2.sha256").write_text(digest + "\n")
+    secret = "s3cr3t-basic-pw"
+    basic = "Basic " + __import__("base64").b64encode(("ops:" + secret).encode()).decode()
+    for path in ("/SHA256SUMS", "/disk.qcow2"):
+        server.set_fault(path, require_headers={"Authorization": basic})
+    creds = {"url_username": "ops", "url_password": secret, "force_basic_auth": True}
+    record = download(run_module, args_for(server, "disk.qcow2", pool, checksum="sha256:" + server.url("SHA256SUMS"),
+                                           **creds), diff=True)
+    assert record["status"] == "changed", record["result"]
+    assert record["result"]["checksum"] == "sha256:" + digest
+    assert secret not in json.dumps(record)
+    assert [r.headers.get("authorization") for r in server.requests_for("/SHA256SUMS")] == [basic]
+    # A single-digest file (.sha256) and check mode: the checksum file is read, the image is not.
+    gets = len(server.requests_for("/disk.qcow2"))
+    again = download(run_module, args_for(server, "disk.qcow2", pool,
+                                          checksum="sha256:" + server.url("disk.qcow2.sha256"), **creds), check=True)
+    assert again["status"] == "ok" and len(server.requests_for("/disk.qcow2")) == gets
+    # Nothing for the file: a clear message, nothing downloaded.
+    (www / "SHA256SUMS").write_text("%s  other.qcow2\n" % ("0" * 64))
+    failed = download(run_module, args_for(server, "disk.qcow2", pool, name="second.qcow2",
+                                           checksum="sha256:" + server.url("SHA256SUMS"), **creds))
+    assert failed["status"] == "failed"
+    assert "no SHA-256 checksum for disk.qcow2 in %s (it lists other.qcow2)" % server.url("SHA256SUMS") \
+        in failed["result"]["msg"]
+    assert len(server.requests_for("/disk.qcow2")) == gets and visible(pool) == ["disk.qcow2"]
+
+
+def test_credentials_without_force_follow_a_401_challenge(run_module, server, pool, qcow2_image):
+    basic = "Basic " + __import__("base64").b64encode(b"ops:pw-123456").decode()
+    server.set_fault("/disk.qcow2", require_headers={"Authorization": basic})
+    record = download(run_module, args_for(server, "disk.qcow2", pool, username="ops", password="pw-123456"))
+    assert record["status"] == "changed", record["result"]
+    statuses = [(r.status, r.headers.get("authorization")) for r in server.requests_for("/disk.qcow2")]
+    assert statuses[:2] == [(401, None), (200, basic)]
+
+
+def test_one_default_mode_then_mode_owner_group_changes_alone(run_module, server, pool, www, qcow2_image):
+    """A plain and an extracted image get the same documented mode (0644); changing only the mode, owner or
+    group of an installed image reports changed with a diff and downloads nothing; the next run is ok."""
+    images.compress(str(qcow2_image), str(www / "disk.qcow2.xz"), "xz")
+    plain = download(run_module, args_for(server, "disk.qcow2", pool))
+    packed = download(run_module, args_for(server, "disk.qcow2.xz", pool, name="packed.qcow2"))
+    assert plain["status"] == packed["status"] == "changed"
+    modes = {name: oct(os.stat(pool / name).st_mode & 0o7777) for name in ("disk.qcow2", "packed.qcow2")}
+    assert modes == {"disk.qcow2": "0o644", "packed.qcow2": "0o644"}
+
+    gets = len(server.requests_for("/disk.qcow2"))
+    group = __import__("grp").getgrgid(os.getgid()).gr_name
+    owner = __import__("pwd").getpwuid(os.getuid()).pw_name
+    args = args_for(server, "disk.qcow2", pool, mode="0640", owner=owner, group=group)
+    check = download(run_module, args, check=True, diff=True)
+    assert check["status"] == "changed" and oct(os.stat(pool / "disk.qcow2").st_mode & 0o777) == "0o644"
+    changed = download(run_module, args, diff=True)
+    assert changed["status"] == "changed", changed["result"]
+    assert changed["result"]["msg"] == "changed the file attributes"
+    assert changed["result"]["diff"]["before"]["mode"] == "0644"
+    assert changed["result"]["diff"]["after"]["mode"] == "0640"
+    assert oct(os.stat(pool / "disk.qcow2").st_mode & 0o777) == "0o640"
+    assert len(server.requests_for("/disk.qcow2")) == gets and changed["result"]["bytes_downloaded"] == 0
+    again = download(run_module, args)
+    assert again["status"] == "ok" and again["result"]["mode"] == "0640"
+    # Symbolic modes, as ansible.builtin.file takes them; the record stays valid (no re-hash, no download).
+    symbolic = download(run_module, dict(args, mode="u=rw,g=,o="))
+    assert symbolic["status"] == "changed" and oct(os.stat(pool / "disk.qcow2").st_mode & 0o777) == "0o600"
+    assert len(server.requests_for("/disk.qcow2")) == gets
+    # A new image with an octal mode is installed with it (set before the rename).
+    fresh = download(run_module, args_for(server, "disk.qcow2", pool, name="fresh.qcow2", mode="0600"))
+    assert fresh["status"] == "changed" and oct(os.stat(pool / "fresh.qcow2").st_mode & 0o777) == "0o600"
 
 
 def test_changed_checksum_replaces_and_force_redownloads(run_module, server, pool, www, qcow2_image):

@@ -83,7 +83,7 @@ def test_failover_to_the_first_good_mirror(run_module, mirrors, pool, www, image
     result = record["result"]
     assert record["status"] == "changed", result
     assert result["path"] == str(pool / "disk.qcow2") and result["format"] == "qcow2"
-    assert result["url"] == good.url("disk.qcow2")
+    assert result["final_url"] == good.url("disk.qcow2")
     assert [e["url"] for e in result["mirror_errors"]] == [refused_url, missing.url("disk.qcow2")]
     assert sha256(pool / "disk.qcow2") == sha256(image)
     assert spare.requests_for("/disk.qcow2") == []

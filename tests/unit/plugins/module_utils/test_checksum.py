@@ -15,6 +15,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._checksum impor
     checksum_from_file,
     file_digest,
     new_hash,
+    as_given,
     parse_checksum,
     split_checksum_url,
     strongest,
@@ -165,3 +166,15 @@ def test_checksum_file_without_a_line_for_the_file(text, algorithm, fragment):
 
 def test_checksum_file_size_bound_is_small():
     assert MAX_CHECKSUM_FILE_SIZE == 1024 * 1024
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("{SHA-256}" + SHA256.upper(), "{SHA-256}" + SHA256),
+    ("sha256:" + SHA256, "sha256:" + SHA256),
+    ("sha256:https://example.com/SHA256SUMS", "sha256:" + SHA256),
+    ("SHA256 (f) = " + SHA256, "sha256:" + SHA256),
+    (SHA256, SHA256),
+    (SHA256 + "  f", SHA256),
+])
+def test_results_echo_the_form_given(text, shown):
+    assert as_given(text, Checksum("sha256", SHA256)) == shown

@@ -321,6 +321,53 @@ def test_url_credentials_become_basic_auth(server, data):
     assert "p%40ss" not in repr(source)
 
 
+def _basic(user, password):
+    return "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode()).decode()
+
+
+def test_url_username_password_after_a_401_challenge(server, data):
+    """get_url's url_username/url_password without force_basic_auth: the first request carries no credentials,
+    the 401 answer brings them, and later requests to the same server send them at once."""
+    server.set_fault("/f.bin", require_headers={"Authorization": _basic("ops", SECRET)})
+    source = HttpSource(server.url("f.bin"), opts(url_username="ops", url_password=SECRET))
+    assert read_all(source.open()) == data
+    first, second = server.requests_for("/f.bin")
+    assert "authorization" not in first.headers and first.status == 401
+    assert second.headers["authorization"] == _basic("ops", SECRET) and second.status == 200
+    server.clear_requests()
+    assert read_all(source.open(offset=10)) == data[10:]
+    assert [r.status for r in server.requests_for("/f.bin")] == [206]
+    assert SECRET not in repr(source) and SECRET not in repr(source.options)
+
+
+def test_force_basic_auth_sends_credentials_with_the_first_request(server, data):
+    server.set_fault("/f.bin", require_headers={"Authorization": _basic("ops", SECRET)})
+    source = HttpSource(server.url("f.bin"), opts(url_username="ops", url_password=SECRET, force_basic_auth=True))
+    assert source.probe()["status"] == 200
+    assert [r.headers.get("authorization") for r in server.requests_for("/f.bin")] == [_basic("ops", SECRET)]
+
+
+def test_url_username_wins_over_url_credentials_and_wrong_ones_fail_clearly(server, data):
+    server.set_fault("/f.bin", require_headers={"Authorization": _basic("ops", SECRET)})
+    url = "http://other:pw@127.0.0.1:%d/f.bin" % server.port
+    assert read_all(HttpSource(url, opts(url_username="ops", url_password=SECRET)).open()) == data
+    with pytest.raises(HTTPStatusError, match="401.*check the credentials") as info:
+        HttpSource(server.url("f.bin"), opts(url_username="ops", url_password="wrong")).open()
+    assert "wrong" not in info.value.msg
+
+
+def test_url_credentials_never_follow_a_redirect_to_another_host(root, data):
+    with ImageServer(root) as first, ImageServer(root) as second:
+        first.set_fault("/away", redirect_to=second.url("f.bin"))
+        second.set_fault("/f.bin", require_headers={"Authorization": _basic("ops", SECRET)})
+        for force in (True, False):
+            options = opts(follow_redirects=True, url_username="ops", url_password=SECRET, force_basic_auth=force)
+            with pytest.raises(HTTPStatusError, match="401"):
+                HttpSource(first.url("away"), options).open()
+        assert all("authorization" not in r.headers for r in second.requests_for("/f.bin"))
+        assert first.requests_for("/away")[0].headers["authorization"] == _basic("ops", SECRET)
+
+
 @pytest.mark.parametrize("headers,words", [
     ({"X-Bad": "a\r\nInjected: 1"}, "line break"),
     ({"Bad Name": "x"}, "not a valid HTTP header name"),

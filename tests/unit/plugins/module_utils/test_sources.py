@@ -1,0 +1,58 @@
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""_sources: the transport option group and the small-file reader (checksum lists), against a loopback server."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import HTTPStatusError, InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
+from ansible_collections.directdownload.kvm.plugins.module_utils._probe import PlainSourceOptions
+from ansible_collections.directdownload.kvm.plugins.module_utils._sources import (
+    TRANSPORT_ARGUMENT_SPEC,
+    read_small_file,
+    source_options_from_params,
+)
+from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
+
+
+@pytest.fixture()
+def server(tmp_path):
+    (tmp_path / "SHA256SUMS").write_bytes(b"ab" * 32 + b"  f.qcow2\n")
+    (tmp_path / "big").write_bytes(b"x" * 5000)
+    with ImageServer(tmp_path) as srv:
+        yield srv
+
+
+def request(**options):
+    return PlainSourceOptions(SourceOptions(trust_dir=None, proxy="", **options))
+
+
+def test_read_small_file(server):
+    assert read_small_file(server.url("SHA256SUMS"), request(), 1024) == b"ab" * 32 + b"  f.qcow2\n"
+
+
+@pytest.mark.parametrize("fault", [{}, {"no_length": True}, {"chunked": True}])
+def test_read_small_file_refuses_a_large_file(server, fault):
+    if fault:
+        server.set_fault("/big", **fault)
+    with pytest.raises(InvalidInput, match="more than the 4096"):
+        read_small_file(server.url("big"), request(), 4096)
+
+
+def test_read_small_file_uses_the_transport_credentials(server):
+    server.set_fault("/SHA256SUMS", require_headers={"X-Token": "t"})
+    with pytest.raises(HTTPStatusError, match="401"):
+        read_small_file(server.url("SHA256SUMS"), request(), 1024)
+    assert read_small_file(server.url("SHA256SUMS"), request(headers={"X-Token": "t"}), 1024).endswith(b"f.qcow2\n")
+
+
+def test_credential_options_in_the_transport_group():
+    assert TRANSPORT_ARGUMENT_SPEC["url_password"]["no_log"] is True
+    assert TRANSPORT_ARGUMENT_SPEC["force_basic_auth"]["default"] is False
+    params = {name: spec.get("default") for name, spec in TRANSPORT_ARGUMENT_SPEC.items()}
+    params.update(url_username="u", url_password="p", force_basic_auth=True, trust_dir="/nonexistent")
+    options = source_options_from_params(params, {})
+    assert options.basic_auth == "Basic dTpw" and options.force_basic_auth
