@@ -57,14 +57,43 @@ attributes:
 """
 
     # For modules listed in the C(directdownload) action group of meta/runtime.yml.
-    ACTION_GROUP = r"""
+    # module_defaults groups (meta/runtime.yml action_groups): the members of a group share the options a user
+    # would set once for all of them.
+    ACTION_GROUP_REGISTRY = r"""
 options: {}
 attributes:
   action_group:
-    description: Use C(group/directdownload.kvm.directdownload) in C(module_defaults) to set defaults for this module.
+    description:
+      - Use C(group/directdownload.kvm.registry) in C(module_defaults) to set defaults for this module and the other
+        modules that read or write the registry (for example O(registry)).
     support: full
     membership:
-      - directdownload.kvm.directdownload
+      - directdownload.kvm.registry
+"""
+
+    ACTION_GROUP_TRANSFER = r"""
+options: {}
+attributes:
+  action_group:
+    description:
+      - Use C(group/directdownload.kvm.transfer) in C(module_defaults) to set defaults for this module and the other
+        module that reaches image URLs (the transport options, for example O(headers), O(ca_path) or O(proxy)).
+    support: full
+    membership:
+      - directdownload.kvm.transfer
+"""
+
+    ACTION_GROUP_CERTIFICATES = r"""
+options: {}
+attributes:
+  action_group:
+    description:
+      - Use C(group/directdownload.kvm.certificates) in C(module_defaults) to set defaults for this module and the
+        other module that reads the KVM host's keystore and trust directory (for example O(keystore) or
+        O(trust_dir)).
+    support: full
+    membership:
+      - directdownload.kvm.certificates
 """
 
     # For modules that have an action plugin of the same name (controller-side part).

@@ -40,6 +40,7 @@ author:
   - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
+  - directdownload.kvm._attributes.action_group_certificates
 attributes:
   check_mode:
     support: full

@@ -28,6 +28,7 @@ author:
   - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
+  - directdownload.kvm._attributes.action_group_registry
 attributes:
   check_mode:
     support: full
@@ -96,10 +97,10 @@ options:
     type: str
   hypervisor:
     description:
-      - Recorded with the certificate, as CloudStack does. Only KVM is supported.
+      - Recorded with the certificate, as CloudStack does. Only KVM is supported; the case does not matter (V(kvm)
+        and V(KVM) are the same, as in M(directdownload.kvm.template)). Stored as C(KVM).
     type: str
     default: KVM
-    choices: [KVM]
 notes:
   - Several tasks may write the registry at the same time (one per KVM host, delegated to the registry host). Every
     write takes a lock and is atomic, so no status is lost.
@@ -160,8 +161,12 @@ certificate:
     validity:
       description: "CloudStack's form, C(From: [not_before] - To: [not_after])."
       type: str
+    fingerprint:
+      description: SHA-256 fingerprint, as RV(directdownload.kvm.certificate#module:fingerprint) shows it.
+      type: str
     fingerprint_sha256:
-      description: SHA-256 fingerprint.
+      description: The same as RV(certificate.fingerprint), under the registry's field name (kept for existing
+        playbooks).
       type: str
     hypervisor:
       description: C(KVM).
@@ -214,8 +219,15 @@ def certificate_record(params):
     metadata = {key: info[key] for key in ("subject", "issuer", "serial", "not_before", "not_after", "is_ca")}
     metadata["fingerprint_sha256"] = info["fingerprint"]
     metadata["validity"] = "From: [%s] - To: [%s]" % (info["not_before"], info["not_after"])
-    metadata["hypervisor"] = params["hypervisor"]
+    metadata["hypervisor"] = hypervisor(params["hypervisor"])
     return _certs.to_pem(cert).decode("ascii"), metadata
+
+
+def hypervisor(value):
+    """``kvm``, ``KVM``, `` Kvm `` -> ``KVM``; anything else is refused (direct download is KVM only)."""
+    if (value or "").strip().upper() != "KVM":
+        raise InvalidInput("only the KVM hypervisor supports direct download, got hypervisor %r" % value)
+    return "KVM"
 
 
 def apply(doc, params, alias, record):
@@ -248,6 +260,7 @@ def public(record):
         return None
     shown = copy.deepcopy(record)
     shown.pop("pem", None)
+    shown["fingerprint"] = shown.get("fingerprint_sha256")  # the name certificate and certificate_info use
     return shown
 
 
@@ -263,7 +276,7 @@ def main():
             status=dict(type="str", choices=["UPLOADED", "FAILED", "REVOKED", "SKIPPED"]),
             details=dict(type="str"),
             fingerprint=dict(type="str"),
-            hypervisor=dict(type="str", default="KVM", choices=["KVM"]),
+            hypervisor=dict(type="str", default="KVM"),
             allow_non_ca=dict(type="bool", default=False),
         ),
         mutually_exclusive=[("content", "src")],

@@ -32,6 +32,7 @@ author:
   - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
+  - directdownload.kvm._attributes.action_group_transfer
   - directdownload.kvm._transport
 attributes:
   check_mode:
@@ -190,8 +191,8 @@ options:
         like V(u=rw,g=r,o=)). Quote octal values.
       - When omitted, a newly installed image gets V('0644'), downloaded or extracted alike, and an installed
         image keeps its mode.
-      - Changing only O(mode), O(owner) or O(group) of an installed image changes nothing else: nothing is
-        downloaded, and the task reports V(changed) with a diff.
+      - Changing only O(mode), O(owner) or O(group) of an installed image changes nothing else (nothing is
+        downloaded); the task reports V(changed) with a diff.
     type: raw
   owner:
     description:

@@ -30,6 +30,7 @@ author:
   - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
+  - directdownload.kvm._attributes.action_group_registry
 attributes:
   check_mode:
     support: full
@@ -102,7 +103,7 @@ options:
     default: true
   hypervisor:
     description:
-      - Only V(kvm) supports direct download.
+      - Only V(kvm) supports direct download. The case does not matter (V(KVM) is the same); stored as C(kvm).
     type: str
     default: kvm
   zone:
@@ -113,12 +114,15 @@ options:
     description:
       - The guest OS type, as free text. Not interpreted.
     type: str
-  http_headers:
+  headers:
     description:
       - HTTP headers that hosts send when they probe and download the URL (CloudStack's C(HTTP_HEADER:<name>) template
-        details; keys in that form are accepted and stripped to the header name).
+        details; keys in that form are accepted and stripped to the header name). The same option as
+        O(directdownload.kvm.download#module:headers).
       - Values are secrets. They are stored in the registry file and never shown.
+      - The stored template keeps them under C(http_headers), the registry's field name.
     type: dict
+    aliases: [http_headers]
   size:
     description:
       - The size of the image at the URL in bytes (C(Content-Length)), normally RV(directdownload.kvm.url_check#module:size)
@@ -171,7 +175,7 @@ EXAMPLES = r"""
     name: alma-9-boot
     url: https://mirror.example.com/isos/AlmaLinux-9-boot.iso
     format: iso
-    http_headers:
+    headers:
       Authorization: "Bearer {{ mirror_token }}"
     size: 1059061760
   delegate_to: registry.example.com
@@ -277,7 +281,7 @@ def main():
             hypervisor=dict(type="str", default="kvm"),
             zone=dict(type="str"),
             os_type=dict(type="str"),
-            http_headers=dict(type="dict", no_log=True),
+            headers=dict(type="dict", no_log=True, aliases=["http_headers"]),
             size=dict(type="int"),
             virtual_size=dict(type="int"),
             checked_on=dict(type="str"),
@@ -287,9 +291,10 @@ def main():
         required_if=[("state", "present", ("url", "format"))],
         supports_check_mode=True,
     )
-    params = module.params
     # url is no_log (never in the host's log); in results only its password and signatures are masked.
     protect_url_options(module, ("url",))
+    # The registry field keeps its name: _template reads http_headers.
+    params = dict(module.params, http_headers=module.params["headers"])
     registry = reg.Registry(params["registry"])
     result = {"changed": False, "registry": registry.path}
     stamp = reg.timestamp()

@@ -33,6 +33,7 @@ author:
   - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
+  - directdownload.kvm._attributes.action_group_registry
 attributes:
   check_mode:
     support: full

@@ -20,6 +20,7 @@ author:
   - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
+  - directdownload.kvm._attributes.action_group_registry
   - directdownload.kvm._attributes.info_module
   - directdownload.kvm._attributes.idempotent_not_modify_state
 options:
@@ -95,8 +96,12 @@ copies:
   type: list
   elements: dict
 certificates:
-  description: The certificates, sorted by alias, with C(hosts) holding the status per host (only the O(host) one
-    when O(host) is given).
+  description:
+    - The certificates, sorted by alias, with C(hosts) holding the status per host (only the O(host) one when O(host)
+      is given).
+    - C(fingerprint) is the SHA-256 fingerprint, the key M(directdownload.kvm.certificate) and
+      M(directdownload.kvm.certificate_info) return; C(fingerprint_sha256) holds the same value, the registry's field
+      name, kept for existing playbooks.
   returned: always
   type: list
   elements: dict
@@ -144,7 +149,8 @@ def collect(doc, params):
         "templates": [show(t) for t in templates],
         "copies": copies,
         "claims": claims,
-        "certificates": reg.list_certificates(doc, alias=params["alias"], host=params["host"]),
+        "certificates": [dict(c, fingerprint=c.get("fingerprint_sha256"))
+                         for c in reg.list_certificates(doc, alias=params["alias"], host=params["host"])],
         "schema_version": doc["schema_version"],
     }
     if (params["name"] is not None or params["template_id"] is not None) and len(templates) == 1:

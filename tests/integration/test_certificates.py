@@ -254,7 +254,7 @@ def test_certificate_registry_module(run_playbook, tmp_path):
         task("Plan", module, record, check_mode=True),
         task("Registry after plan", "ansible.builtin.stat", {"path": registry}),
         task("Record", module, record, diff=True),
-        task("Record again", module, dict(record, alias="reg-ca")),
+        task("Record again", module, dict(record, alias="reg-ca", hypervisor="kvm")),
         task("Status for another certificate", module, dict(status, fingerprint=fingerprint_of(other_pem))),
         task("Status", module, dict(status, fingerprint=fingerprint_of(ca_pem))),
         task("Status again", module, dict(status, fingerprint=fingerprint_of(ca_pem))),
@@ -267,7 +267,9 @@ def test_certificate_registry_module(run_playbook, tmp_path):
     recorded = run.task("Record")
     cert = recorded["result"]["certificate"]
     assert recorded["status"] == "changed" and cert["alias"] == "reg-ca" and "pem" not in cert
-    assert cert["fingerprint_sha256"] == fingerprint_of(ca_pem)
+    # one fingerprint name across the certificate modules; the registry's field name kept beside it
+    assert cert["fingerprint"] == cert["fingerprint_sha256"] == fingerprint_of(ca_pem)
+    assert cert["hypervisor"] == "KVM"
     assert cert["validity"] == "From: [%s] - To: [%s]" % (cert["not_before"], cert["not_after"])
     assert run.task("Record again")["status"] == "ok"
     refused = run.task("Status for another certificate")

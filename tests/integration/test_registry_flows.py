@@ -249,6 +249,12 @@ def test_template_module_check_real_check_idempotence_and_diff(run_module, tmp_p
         "directdownload.kvm.template", dict(args, http_headers={"Authorization": SECRET + "x"}, checked_on="kvm2")
     )
     assert same["status"] == "ok"
+    # One name per idea: `headers` as in download and url_check (http_headers is its alias), hypervisor in any case
+    by_new_name = {k: v for k, v in args.items() if k != "http_headers"}
+    renamed, _unused = run_module("directdownload.kvm.template", dict(
+        by_new_name, headers={"Authorization": SECRET + "x"}, checked_on="kvm2", hypervisor="KVM"))
+    assert renamed["status"] == "ok", renamed["result"]
+    assert renamed["result"]["template"]["hypervisor"] == "kvm"
 
     # absent: check, real, check
     gone_args = {"registry": str(registry), "name": "debian", "state": "absent"}
