@@ -4,7 +4,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 #
 # Idempotent set-up shared by `make demo` and `make test` (Debian 12, as root):
-#   1. system packages: every platform:dpkg line of bindep.txt that is not installed yet (apt-get update only then)
+#   1. system packages: the platform:dpkg lines of bindep.txt for the profiles in BINDEP_PROFILES (default "kvm test":
+#      everything the tests need) that are not installed yet (apt-get update only then)
 #   2. .venv with Python 3.11 and requirements-dev.txt (skipped while the requirement files are unchanged)
 #   3. the collection importable from .build/collections: a relative symlink to this checkout, plus
 #      community.libvirt, community.general and ansible.posix taken from PyPI's `ansible` wheel (no Galaxy)
@@ -28,12 +29,32 @@ say() { printf '==> setup: %s\n' "$*"; }
 quiet_pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v 'is ignored' || true; }; return "${PIPESTATUS[0]}"; }
 
 # ---------------------------------------------------------------- 1. system packages
+# The bindep profiles to install (bindep.txt: none = execution environment, kvm, test, demo). Lines without a
+# profile are always installed.
+BINDEP_PROFILES="${BINDEP_PROFILES:-kvm test}"
+
 dpkg_packages_from_bindep() {
-    # Lines look like `name [platform:dpkg test]`; take those that apply to dpkg (or name no platform).
+    # Lines look like `name [platform:dpkg kvm test]`: take those that apply to dpkg (or name no platform) and
+    # that have no profile or one of BINDEP_PROFILES.
     sed -e 's/#.*//' bindep.txt | while read -r name rest; do
         [ -n "$name" ] || continue
-        if [[ "$rest" == *platform:* && "$rest" != *platform:dpkg* ]]; then
+        local selectors="${rest#[}" platforms=() profiles=() word wanted
+        selectors="${selectors%]}"
+        for word in $selectors; do
+            case "$word" in
+                platform:*) platforms+=("$word") ;;
+                *) profiles+=("$word") ;;
+            esac
+        done
+        if [ "${#platforms[@]}" -gt 0 ] && [[ " ${platforms[*]} " != *" platform:dpkg "* ]]; then
             continue
+        fi
+        if [ "${#profiles[@]}" -gt 0 ]; then
+            wanted=0
+            for word in "${profiles[@]}"; do
+                [[ " $BINDEP_PROFILES " == *" $word "* ]] && wanted=1
+            done
+            [ "$wanted" -eq 1 ] || continue
         fi
         printf '%s\n' "$name"
     done
@@ -49,7 +70,7 @@ install_system_packages() {
         dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$pkg")
     done < <(dpkg_packages_from_bindep)
     if [ "${#missing[@]}" -eq 0 ]; then
-        say "system packages: all of bindep.txt installed"
+        say "system packages: all of bindep.txt installed (profiles: $BINDEP_PROFILES)"
         return 0
     fi
     local sudo=()
