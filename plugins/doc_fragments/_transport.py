@@ -111,7 +111,8 @@ options:
     description:
       - The user name for HTTP Basic authentication, as in M(ansible.builtin.get_url). It wins over a user name in
         the URL.
-      - Sent only to the host of the URL (and its https upgrade), never to another host after a redirect.
+      - Sent only to the host of the URL (and its https upgrade), never to another host after a redirect. The
+        mirrors a Metalink lists count as URLs given, as for O(headers).
       - Also used to read a checksum file given to M(directdownload.kvm.download) as C(checksum=sha256:<URL>).
     type: str
     aliases: [username]
