@@ -131,7 +131,7 @@ def test_metalink_hash_rejects_a_corrupt_mirror_without_a_user_checksum(run_modu
     record = run_module(MODULE, args_for(good.url("disk.qcow2.meta4"), pool))[0]
     result = record["result"]
     assert record["status"] == "changed", result
-    assert result["checksum"] == "{SHA-256}" + sha256(image) and result["url"] == good.url("disk.qcow2")
+    assert result["checksum"] == "{SHA-256}" + sha256(image) and result["final_url"] == good.url("disk.qcow2")
     assert any("mismatch" in e["error"] for e in result["mirror_errors"])
     assert sha256(pool / "disk.qcow2") == sha256(image)
 
@@ -160,7 +160,7 @@ def test_metalink_recognised_by_content_type(run_module, mirrors, pool, www, ima
     server.set_fault("/get", content_type="application/metalink4+xml")
     record = run_module(MODULE, args_for(server.url("get"), pool, name="disk.qcow2"))[0]
     assert record["status"] == "changed", record["result"]
-    assert record["result"]["url"] == server.url("disk.qcow2")
+    assert record["result"]["final_url"] == server.url("disk.qcow2")
     assert sha256(pool / "disk.qcow2") == sha256(image)
 
 

@@ -225,7 +225,7 @@ def test_metalink_prefers_the_nfs_mirror(run_module, nfs_export, image, pool, ww
     record = run_module(MODULE, args_for(http.url("disk.qcow2.meta4"), pool, format="qcow2"))[0]
     result = record["result"]
     assert record["status"] == "changed", result
-    assert result["url"].startswith("nfs://127.0.0.1%s/disk.qcow2" % nfs_export.path)
+    assert result["final_url"].startswith("nfs://127.0.0.1%s/disk.qcow2" % nfs_export.path)
     assert result["mirror_errors"] == []
     assert sha256(pool / "disk.qcow2") == sha256(image)
     assert http.requests_for("/disk.qcow2") == []  # the HTTP mirror was never needed
@@ -239,7 +239,7 @@ def test_metalink_fails_over_from_a_broken_nfs_mirror_to_http(run_module, nfs_ex
     record = run_module(MODULE, args_for(http.url("disk.qcow2.meta4"), pool, checksum="sha256:" + sha256(image)))[0]
     result = record["result"]
     assert record["status"] == "changed", result
-    assert result["url"] == http.url("disk.qcow2")
+    assert result["final_url"] == http.url("disk.qcow2")
     assert [error["url"].split("?")[0] for error in result["mirror_errors"]] == [broken.split("?")[0]]
     assert sha256(pool / "disk.qcow2") == sha256(image)
 
