@@ -46,12 +46,10 @@ def test_each_group_carries_a_shared_option(run_playbook, tmp_path, www, pool):
                                                           "keystore": str(tmp_path / "no-keystore.jks")},
             },
             "tasks": [
-                {"name": "Probe", "directdownload.kvm.url_check": {"url": server.url("disk.qcow2"),
-                                                                  "fail_on_unreachable": True},
-                 "register": "probe"},
-                {"name": "Download", "directdownload.kvm.download": {"url": server.url("disk.qcow2"),
-                                                                    "pool_path": str(pool)},
-                 "register": "downloaded"},
+                {"name": "Probe", "register": "probe",
+                 "directdownload.kvm.url_check": {"url": server.url("disk.qcow2"), "fail_on_unreachable": True}},
+                {"name": "Download", "register": "downloaded",
+                 "directdownload.kvm.download": {"url": server.url("disk.qcow2"), "pool_path": str(pool)}},
                 {"name": "Register", "directdownload.kvm.template": {
                     "name": "t", "url": server.url("disk.qcow2"), "format": "qcow2",
                     "size": "{{ probe.size }}", "virtual_size": "{{ probe.virtual_size }}"}},

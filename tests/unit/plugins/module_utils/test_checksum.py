@@ -154,8 +154,7 @@ def test_checksum_file_other_names_and_dotslash():
     (BSD_SUMS.replace("debian-12", "x"), "sha512", "(it lists SHA-256 digests: write sha256:<URL>)"),
     (MD5 + "  missing.qcow2\n", "sha256", "SUMS gives missing.qcow2 a digest of 32 hex characters"),
     ("%s  a/missing.qcow2\n%s  b/missing.qcow2\n" % (SHA256, OTHER), "sha256", "several directories"),
-    (MD5 + "\n", "sha256", "gives missing.qcow2 a digest of 32 hex characters, not a SHA-256 one; 32 hex "
-                            "characters fit MD5"),
+    (MD5 + "\n", "sha256", "gives missing.qcow2 a digest of 32 hex characters, not a SHA-256 one; 32 hex characters fit MD5"),
     ("", "sha256", "no SHA-256 checksum for missing.qcow2 in SUMS"),
 ])
 def test_checksum_file_without_a_line_for_the_file(text, algorithm, fragment):
