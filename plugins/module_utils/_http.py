@@ -23,6 +23,8 @@ ours to apply:
 * proxies from ``http_proxy``/``https_proxy``/``no_proxy`` (or the ``proxy`` option); https goes through a CONNECT
   tunnel, http as an absolute-form request; http:// proxy URLs only;
 * separate connect and read timeouts (the read timeout is an inactivity timeout, not a total time);
+* ``url_username``/``url_password`` (get_url's names): HTTP Basic credentials sent after a 401 answer, or with the
+  first request when ``force_basic_auth``; like the other credentials, never to another host after a redirect;
 * header values are secrets: they never appear in messages, exceptions or reprs.
 
 One connection per request, closed with the body: image bodies are large, so a connection pool would save
