@@ -27,10 +27,11 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import time
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _gate, _install
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _gate, _install, _progress
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import Checksum, file_digest, new_hash
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     ChecksumMismatch,
@@ -76,7 +77,8 @@ class DownloadRequest:
                  source_options=None, retries=3, retry_delay=1.0, resume=True, force=False,
                  block_size=DEFAULT_BLOCK_SIZE, progress_interval=2.0, qemu_img="qemu-img",
                  connections=1, metalink_name=None, metalink_locations=(), nfs_transport="auto",
-                 max_size=None, max_virtual_size=None, max_expansion=None, allow_encrypted=False, mode=None):
+                 max_size=None, max_virtual_size=None, max_expansion=None, allow_encrypted=False, mode=None,
+                 progress_group=None, lease=None):
         if not url:
             raise InvalidInput("url is required")
         scheme = url_scheme(url)
@@ -120,6 +122,9 @@ class DownloadRequest:
         except (TypeError, ValueError) as exc:
             raise InvalidInput(str(exc)) from None
         self.mode = DEFAULT_IMAGE_MODE if mode is None else mode
+        # The progress sidecar: readable by this group (agent settings progress_group); the controller's lease.
+        self.progress_gid = _progress.group_id(progress_group)
+        self.lease = lease
 
     @property
     def final_path(self):
@@ -527,11 +532,29 @@ def _fetch_segmented(request, part, source, expected, log, totals):
     if source.size is not None:
         _install.ensure_free_space(request.pool_path, source.size, "the download")
     result = source.download_segmented(part.path, checksums=expected, block_size=request.block_size, log=log,
-                                       resume=request.resume, algorithms=[DEFAULT_COMPUTED_ALGORITHM])
+                                       resume=request.resume, algorithms=[DEFAULT_COMPUTED_ALGORITHM],
+                                       progress=_segmented_progress(request, part, source, log),
+                                       save_interval=max(request.progress_interval, 0.5))
     totals["attempts"] += 1
     totals["bytes"] += result["bytes_downloaded"]
     served = getattr(result, "served_urls", None) or [request.url]
     return _Fetched(result["digests"], served[0], result.get("resumed_bytes", 0))
+
+
+def _segmented_progress(request, part, source, log):
+    """``progress(bytes_done, total)`` for a segmented download: the same ``.part.json`` sidecar as one stream
+    (without an identity: its resume state is the ``.segments.json`` bitmap)."""
+    state = {}
+
+    def report(done, total):
+        progress = state.get("progress")
+        if progress is None:
+            progress = state["progress"] = _Progress(
+                request, part, log, time.time, done, total, redact_url(request.url),
+                connections=getattr(source, "connections", None))
+        progress.total = total
+        progress.save(done - progress.start_offset)
+    return report
 
 
 def _keep_only_resumable(part, exc):
@@ -590,10 +613,11 @@ class _Transfer:
         self.resumed_from = 0
         self.served_url = request.url
         self.digests = {}
-        self.identity = {
+        # One digest in the sidecar (one line), of what must not have changed for the part to be resumed.
+        self.identity = hashlib.sha256(json.dumps({
             "url_id": request.url_id,
             "checksums": sorted(checksum.cloudstack for checksum in expected),
-        }
+        }, sort_keys=True).encode("utf-8")).hexdigest()
 
     def _algorithms(self):
         """What to hash while streaming: the expected algorithms only (a second digest on the same core costs
@@ -735,7 +759,9 @@ class _Transfer:
                 _install.ensure_free_space(request.pool_path, max(0, total - offset), "the download")
             fd = self.part.open_for_write(offset)
             writer = SparseWriter(fd, offset=offset, block_size=request.block_size)
-            progress = _Progress(self, offset, total, body)
+            progress = _Progress(request, self.part, self.log, self.now, offset, total,
+                                 redact_url(getattr(body, "url", None) or request.url),
+                                 identity=self.identity, validators=getattr(body, "validators", None))
             try:
                 progress.save_absolute(offset)
                 copied = stream_to_file(body, writer, list(hashers.values()), on_progress=progress.save,
@@ -769,24 +795,34 @@ class _Transfer:
 
 
 class _Progress:
-    """Writes the part's sidecar: resume state and progress figures for operators (bytes, total, rate, ETA), and
-    logs a progress line every LOG_INTERVAL seconds (module.log: syslog or the journal on the host)."""
+    """Writes the part's sidecar: resume state and progress figures for operators (bytes, total, rate, ETA, and
+    the same as one line, ``progress``: see _progress), and logs a progress line every LOG_INTERVAL seconds
+    (module.log: syslog or the journal on the host). Each periodic update also checks the controller's lease."""
 
     LOG_INTERVAL = 30.0
 
-    def __init__(self, transfer, start_offset, total, body):
-        self.transfer = transfer
+    def __init__(self, request, part, log, now, start_offset, total, source, identity=None, validators=None,
+                 connections=None):
+        self.request = request
+        self.part = part
+        self.log = log
+        self.now = now
         self.start_offset = start_offset
         self.total = total
-        self.body = body
+        self.source = source
+        self.identity = identity
+        self.validators = validators
+        self.connections = connections
         self.started = time.monotonic()
         self.last_log = self.started
-        self.started_at = int(transfer.now())
-        transfer.log("downloading %s into %s from byte %d of %s" % (
-            redact_url(getattr(body, "url", None) or transfer.request.url), transfer.part.path, start_offset,
-            total if total is not None else "an unknown size"))
+        self.started_at = int(now())
+        log("downloading %s into %s from byte %d of %s" % (
+            source, part.path, start_offset, total if total is not None else "an unknown size"))
 
     def save(self, copied):
+        """The periodic update (every progress_interval seconds of streaming)."""
+        if self.request.lease is not None:
+            self.request.lease.check()
         self.save_absolute(self.start_offset + copied)
 
     def save_absolute(self, done):
@@ -797,18 +833,22 @@ class _Progress:
             eta = round((self.total - done) / rate, 1)
         if time.monotonic() - self.last_log >= self.LOG_INTERVAL:
             self.last_log = time.monotonic()
-            self.transfer.log("%d of %s bytes, %.1f MB/s, ETA %s s" % (
+            self.log("%d of %s bytes, %.1f MB/s, ETA %s s" % (
                 done, self.total if self.total is not None else "?", rate / 1e6, eta if eta is not None else "?"))
-        self.transfer.part.save_state({
-            "identity": self.transfer.identity,
-            "validators": getattr(self.body, "validators", None),
-            "source": redact_url(getattr(self.body, "url", None) or self.transfer.request.url),
+        state = {
+            "source": self.source,
             "bytes_done": done,
             "total": self.total,
             "percent": round(100.0 * done / self.total, 1) if self.total else None,
             "rate": int(rate),
             "eta": eta,
             "started_at": self.started_at,
-            "updated_at": int(self.transfer.now()),
+            "updated_at": int(self.now()),
             "pid": os.getpid(),
-        })
+        }
+        if self.identity is not None:
+            state.update(identity=self.identity, validators=self.validators)
+        if self.connections:
+            state["connections"] = self.connections
+        state["progress"] = _progress.describe(state)
+        self.part.save_state(state, gid=self.request.progress_gid)

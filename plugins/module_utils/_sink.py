@@ -16,6 +16,7 @@ import time
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import NotEnoughSpace
+from ansible_collections.directdownload.kvm.plugins.module_utils._progress import SIDECAR_MODE
 
 DEFAULT_BLOCK_SIZE = 64 * 1024
 # Start writing dirty pages back every this many bytes, so that the fsync before the rename finds little left to
@@ -135,9 +136,13 @@ class PartFile:
             return None
         return state if state["bytes_done"] > 0 else None
 
-    def save_state(self, state):
-        # Not durable: a hint that survives a killed process; every byte it vouches for is verified again.
-        _fs.write_json_atomic(self.sidecar_path, state, durable=False)
+    def save_state(self, state, gid=None):
+        """Replace the sidecar: mode SIDECAR_MODE (0640, exactly), group ``gid`` when given (the operator group of
+        the agent settings), so operators can ``cat`` it without root. Not durable: a hint that survives a killed
+        process; every byte it vouches for is verified again."""
+        _fs.write_json_atomic(self.sidecar_path, state, durable=False, mode=SIDECAR_MODE)
+        if gid is not None:
+            os.chown(self.sidecar_path, -1, gid, follow_symlinks=False)
 
     def open_for_write(self, offset):
         """Open the part for writing from ``offset``: the file is cut (or extended with a hole) to exactly that

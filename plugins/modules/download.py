@@ -390,7 +390,7 @@ backing_file:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _download
+from ansible_collections.directdownload.kvm.plugins.module_utils import _download, _progress
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import (
     MAX_CHECKSUM_FILE_SIZE,
     as_given,
@@ -446,6 +446,8 @@ def build_request(module, settings):
         max_expansion=params["max_expansion"],
         allow_encrypted=params["allow_encrypted"],
         mode=octal_mode(params["mode"]),
+        progress_group=settings.get("progress_group"),
+        lease=_progress.Lease.from_environment(),  # set when the download action plugin runs this as a job
     )
 
 

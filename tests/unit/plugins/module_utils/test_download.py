@@ -131,8 +131,8 @@ def test_progress_sidecar_and_resume_identity(server, pool, www):
     assert failure.value.retryable and failure.value.details["attempts"] == 1
     sidecar = json.loads((pool / ".disk.qcow2.part.json").read_text())
     assert sidecar["bytes_done"] > 0 and sidecar["total"] == size
-    assert sidecar["source"] == server.url("disk.qcow2") and sidecar["identity"]["checksums"]
-    assert {"rate", "eta", "percent", "updated_at"} <= set(sidecar)
+    assert sidecar["source"] == server.url("disk.qcow2") and len(sidecar["identity"]) == 64
+    assert {"rate", "eta", "percent", "updated_at", "progress"} <= set(sidecar)
 
     # Another checksum is another identity: the part is not resumed for it.
     other = request_for(server, pool, retries=0)
