@@ -1,0 +1,249 @@
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Action plugin of ``directdownload.kvm.download``: progress lines in the play output while the image downloads.
+
+The module runs on the host as an async job (as ``async:`` would run it); meanwhile this plugin reads the download's
+progress sidecar ``<pool>/.<name>.part.json`` on the host about every second and prints a line every
+``directdownload_progress_interval`` seconds (default 5; 0 turns it off), then returns the module's own result.
+Every read also renews the job's lease (``_progress.Lease``): a download whose controller went away stops by itself
+within a minute, keeping its ``.part``, as a synchronous one does when its SSH session ends.
+
+The module runs as before, without a job, in check mode, when the task has its own ``async:``, when the interval is
+0, on connections that cannot run async jobs (Windows shells, always-pipelining or natively async connections), and
+when the job cannot be started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+
+from ansible.errors import AnsibleError
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+from ansible.utils.vars import merge_hash
+
+from ansible_collections.directdownload.kvm.plugins.module_utils._download import default_name
+from ansible_collections.directdownload.kvm.plugins.module_utils._progress import (
+    LEASE_ENV,
+    LEASE_SECONDS_ENV,
+    progress_line,
+)
+from ansible_collections.directdownload.kvm.plugins.module_utils._sink import PartFile
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import safe_file_name
+
+# Seconds between progress lines (0: no job, no lines): variable, else controller environment, else default.
+INTERVAL_VAR, INTERVAL_ENV, DEFAULT_INTERVAL = "directdownload_progress_interval", "DIRECTDOWNLOAD_PROGRESS_INTERVAL", 5
+# The job's lease: without a renewal for this long the download stops (the controller is gone).
+LEASE_VAR, LEASE_ENV_CONTROLLER, DEFAULT_LEASE = "directdownload_progress_lease", "DIRECTDOWNLOAD_PROGRESS_LEASE", 60
+# The async wrapper's own limit; the lease is what stops an abandoned download.
+JOB_TIME_LIMIT = 7 * 24 * 3600
+_SEPARATOR = "--directdownload-job--"
+# Keys the async machinery adds to a module result; the task returns the module's result as it is.
+_ASYNC_KEYS = ("ansible_job_id", "started", "finished", "results_file")
+
+
+class ActionModule(ActionBase):
+
+    _supports_check_mode = True
+    _supports_async = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp
+        task_vars = task_vars or {}
+        interval = self._seconds(task_vars, INTERVAL_VAR, INTERVAL_ENV, DEFAULT_INTERVAL)
+        self._lease_seconds = max(5, int(self._seconds(task_vars, LEASE_VAR, LEASE_ENV_CONTROLLER, DEFAULT_LEASE)))
+        sidecar = None
+        if interval > 0 and self._can_run_a_job():
+            sidecar = self._sidecar_path(task_vars)
+        if sidecar is None:
+            return self._run_module(result, task_vars)
+        job = self._start_job(task_vars)
+        if job is None:
+            return self._run_module(result, task_vars)
+        return merge_hash(result, self._watch(job, sidecar, interval, task_vars))
+
+    # -- the plain run (today's behaviour, the user's own async included)
+
+    def _run_module(self, result, task_vars):
+        wrap_async = bool(self._task.async_val) and not self._connection.has_native_async
+        result = merge_hash(result, self._execute_module(task_vars=task_vars, wrap_async=wrap_async))
+        if not wrap_async:
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result
+
+    # -- deciding
+
+    def _seconds(self, task_vars, variable, environment, default):
+        value = task_vars.get(variable)
+        if value is None:
+            value = os.environ.get(environment, default)
+        try:
+            return max(0.0, float(self._templar.template(value)))
+        except (AnsibleError, TypeError, ValueError):
+            raise AnsibleError("%s must be a number of seconds, got %r" % (variable, value)) from None
+
+    def _can_run_a_job(self):
+        if self._task.async_val or self._task.check_mode:
+            return False
+        connection = self._connection
+        if connection.has_native_async or connection.always_pipeline_modules:
+            return False
+        return not getattr(connection._shell, "_IS_WINDOWS", False)
+
+    def _sidecar_path(self, task_vars):
+        """Where the module will write progress: computed from the options like the module does, or, for a
+        libvirt pool or a pool_path the host must expand, asked of the module itself in check mode with force
+        (which decides from the options alone: no network, no hashing). None when it cannot be known."""
+        args = self._task.args
+        pool_path, name, url = args.get("pool_path"), args.get("name"), args.get("url")
+        try:
+            name = safe_file_name(name) if name else default_name(url)
+        except Exception:  # pylint: disable=broad-except
+            return None  # the module reports the bad name
+        if pool_path and not args.get("pool") and pool_path.startswith("/") and "$" not in pool_path \
+                and "~" not in pool_path:
+            return PartFile(pool_path, name).sidecar_path
+        saved = self._task.check_mode
+        self._task.check_mode = True
+        try:
+            probe = self._execute_module(module_args=dict(args, force=True), task_vars=task_vars)
+        except AnsibleError:
+            return None
+        finally:
+            self._task.check_mode = saved
+        path = probe.get("path")
+        if probe.get("failed") or not isinstance(path, str) or not path.startswith("/"):
+            return None  # the real run reports the error
+        return PartFile(os.path.dirname(path), os.path.basename(path)).sidecar_path
+
+    # -- the job
+
+    def _shell_quote(self, text):
+        return self._connection._shell.quote(text)
+
+    def _start_job(self, task_vars):
+        """Start the module as an async job holding a lease in its temporary directory. None: not started."""
+        if self._connection._shell.tmpdir is None:
+            self._make_tmp_path()
+        lease = self._connection._shell.join_path(self._connection._shell.tmpdir, "directdownload-lease")
+        touched = self._low_level_execute_command("touch %s" % self._shell_quote(lease))
+        environment = self._task.environment
+        if environment is None:
+            environment = self._task.environment = []
+        added = None
+        if touched.get("rc") == 0:
+            added = {LEASE_ENV: lease, LEASE_SECONDS_ENV: str(self._lease_seconds)}
+            environment.append(added)
+        self._task.async_val = JOB_TIME_LIMIT
+        cleanup = self._cleanup_remote_tmp
+        try:
+            started = self._execute_module(task_vars=task_vars, wrap_async=True)
+            # The job removes its own temporary directory; the ones of later calls (async_status) are ours.
+            self._cleanup_remote_tmp = cleanup
+        except AnsibleError as exc:
+            self._display.vvv("directdownload.kvm.download: cannot start an async job (%s): running it directly"
+                              % to_text(exc))
+            return None
+        finally:
+            self._task.async_val = 0
+            if added is not None:
+                environment.remove(added)
+        if started.get("failed") or not started.get("ansible_job_id"):
+            self._display.vvv("directdownload.kvm.download: the async job did not start (%s): running it directly"
+                              % started.get("msg", ""))
+            return None
+        started["lease"] = lease if added is not None else None
+        return started
+
+    def _read(self, job, sidecar):
+        """One cheap look at the host (no Python): renew the lease, read the sidecar and the job file."""
+        commands = []
+        if job.get("lease"):
+            commands.append("touch %s 2>/dev/null" % self._shell_quote(job["lease"]))
+        commands.append("cat %s 2>/dev/null" % self._shell_quote(sidecar))
+        commands.append("echo; echo %s" % _SEPARATOR)
+        commands.append("cat %s 2>/dev/null" % self._shell_quote(job.get("results_file") or "/nonexistent"))
+        out = self._low_level_execute_command("; ".join(commands) + "; true").get("stdout", "")
+        state_text, _sep, job_text = to_text(out).partition(_SEPARATOR)
+        return _json_object(state_text), _json_object(job_text)
+
+    def _watch(self, job, sidecar, interval, task_vars):
+        host = task_vars.get("inventory_hostname", "?")
+        if self._task.delegate_to and self._task.delegate_to != host:
+            host = "%s -> %s" % (host, self._task.delegate_to)
+        name = os.path.basename(sidecar)[1:-len(".part.json")]
+        baseline = shown = None
+        started = last_shown = last_seen = time.monotonic()
+        last_check = started
+        while True:
+            time.sleep(0.5 if time.monotonic() - started < 5 else 1.0)
+            try:
+                state, job_file = self._read(job, sidecar)
+            except AnsibleError as exc:
+                self._display.vvvv("directdownload.kvm.download: reading the progress failed: %s" % to_text(exc))
+                if time.monotonic() - last_seen > self._lease_seconds + 30:
+                    return dict(failed=True, retryable=True, ansible_job_id=job["ansible_job_id"], msg=(
+                        "lost the host while watching the download (%s); the download stopped there within %d s, "
+                        "keeping its .part: run again to resume" % (to_text(exc), self._lease_seconds)))
+                continue
+            now = time.monotonic()
+            last_seen = now
+            seen = _version(state)
+            if baseline is None:
+                baseline = shown = seen  # what a run before this one left: not this download's progress
+            # A line for each new figure (the module rewrites the sidecar every progress_interval seconds), not for
+            # the first save, which has moved no byte yet.
+            if state and seen not in (baseline, shown) and state.get("rate") and now - last_shown >= interval:
+                last_shown, shown = now, seen
+                self._display.display(progress_line(host, name, state))
+            finished = job_file is not None and (job_file.get("finished") or "started" not in job_file)
+            if finished or now - last_check >= 60:  # the job file is a hint; async_status decides
+                last_check = now
+                status = self._async_status(job["ansible_job_id"], "status", task_vars)
+                if status.get("finished") or (status.get("failed") and "finished" not in status):
+                    self._async_status(job["ansible_job_id"], "cleanup", task_vars)
+                    return _module_result(status, job)
+
+    def _async_status(self, jid, mode, task_vars):
+        task = self._task.copy()
+        task.args = {"jid": jid, "mode": mode}
+        task.async_val = 0
+        handler = self._shared_loader_obj.action_loader.get(
+            "ansible.legacy.async_status", task=task, connection=self._connection, play_context=self._play_context,
+            loader=self._loader, templar=self._templar, shared_loader_obj=self._shared_loader_obj)
+        return handler.run(task_vars=task_vars)
+
+
+def _version(state):
+    return (state or {}).get("updated_at"), (state or {}).get("bytes_done")
+
+
+def _json_object(text):
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None  # being replaced, or half written: read again next time
+    return data if isinstance(data, dict) else None
+
+
+def _module_result(status, job):
+    """The module's result from async_status: without the async keys, with interpreter discovery kept."""
+    result = dict(status)
+    for key in _ASYNC_KEYS:
+        result.pop(key, None)
+    for key in ("stdout", "stderr"):
+        if not result.get(key):
+            result.pop(key, None)
+            result.pop(key + "_lines", None)
+    facts = job.get("ansible_facts")
+    if facts:
+        result["ansible_facts"] = merge_hash(facts, result.get("ansible_facts") or {})
+    return result

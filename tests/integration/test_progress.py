@@ -1,0 +1,188 @@
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Progress in the play output (the ``download`` action plugin), through real ``ansible-playbook`` runs against
+rate-limited loopback servers: the lines, the unchanged module result, check mode and the user's own ``async:``,
+segmented Metalink downloads, and a controller killed mid-download (its lease stops the job on the host)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import NS_V4
+from ansible_collections.directdownload.kvm.tests.unit.lib import images
+from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
+
+from ansible_collections.directdownload.kvm.tests.integration.conftest import (
+    _venv_tool,
+    _write_inventory,
+    _write_playbook,
+    kill_tree,
+    playbook_env,
+)
+
+MiB = 1024 * 1024
+LINE = re.compile(r"^\[localhost\] slow\.raw: (\d+\.\d)%, [\d.]+ (?:KiB|MiB) of 24\.0 MiB, [\d.]+ MB/s(?:, ETA [^,]+)?"
+                  r"(?:, 2 connections)?, from (http://127\.0\.0\.1:\d+/\S+)$", re.M)
+
+
+@pytest.fixture
+def slow(www):
+    images.random_raw(str(www / "slow.raw"), size=24 * MiB)
+    with ImageServer(www) as srv:
+        srv.set_fault("/slow.raw", rate=4 * MiB)
+        yield srv
+
+
+def download_play(args, **task):
+    task = dict({"name": "Download", "directdownload.kvm.download": args}, **task)
+    return [{"hosts": "all", "gather_facts": False, "tasks": [task]}]
+
+
+def args_for(server, pool, **extra):
+    args = {"url": server.url("slow.raw"), "pool_path": str(pool), "retry_delay": 0.1, "read_timeout": 5}
+    args.update(extra)
+    return args
+
+
+def isolated(tmp_path):
+    """Async job files and remote temporary directories in the test's own directories, to see them cleaned up."""
+    dirs = {"ANSIBLE_ASYNC_DIR": tmp_path / "async", "ANSIBLE_REMOTE_TMP": tmp_path / "remote-tmp"}
+    for path in dirs.values():
+        path.mkdir()
+    return dirs
+
+
+def leftovers(dirs):
+    return sorted(str(p) for d in dirs.values() for p in d.iterdir())
+
+
+def test_progress_lines_for_a_slow_download(run_playbook, slow, pool, tmp_path):
+    dirs = isolated(tmp_path)
+    run = run_playbook(download_play(args_for(slow, pool), vars={"directdownload_progress_interval": 1}), env=dirs)
+    lines = LINE.findall(run.stdout)
+    assert len(lines) >= 2, run.output_tail()
+    percents = [float(percent) for percent, _url in lines]
+    assert percents == sorted(percents) and 0 < percents[0] < 100
+    assert {url for _percent, url in lines} == {slow.url("slow.raw")}
+    record = run.task("Download")
+    assert record["status"] == "changed" and record["result"]["bytes_downloaded"] == 24 * MiB
+    assert leftovers(dirs) == [], "the async job and its temporary files must be cleaned up"
+    assert sorted(os.listdir(pool)) == [".slow.raw.ddinfo.json", "slow.raw"]
+
+    # The result is the module's own: the same keys as a run without progress (interval 0: no job at all).
+    other = tmp_path / "pool2"
+    other.mkdir()
+    plain = run_playbook(download_play(args_for(slow, other), vars={"directdownload_progress_interval": 0}),
+                         env=dirs)
+    assert not LINE.findall(plain.stdout)
+    assert sorted(plain.task("Download")["result"]) == sorted(record["result"])
+    assert "ansible_job_id" not in record["result"] and "invocation" in record["result"]
+
+
+def test_check_mode_and_the_users_async_run_the_module_as_before(run_playbook, slow, pool, tmp_path):
+    dirs = isolated(tmp_path)
+    watched = {"directdownload_progress_interval": 1}
+    check = run_playbook(download_play(args_for(slow, pool), vars=watched), check=True, env=dirs)
+    result = check.task("Download")["result"]
+    assert check.task("Download")["status"] == "changed" and result["msg"] == "would download: not installed"
+    assert not LINE.findall(check.stdout) and os.listdir(pool) == []
+    assert slow.requests_for("/slow.raw", "GET") == []
+
+    run = run_playbook(download_play(args_for(slow, pool), vars=watched, **{"async": 120, "poll": 1}), env=dirs)
+    record = run.task("Download")
+    assert record["status"] == "changed", run.output_tail()
+    assert record["result"]["ansible_job_id"] and record["result"]["bytes_downloaded"] == 24 * MiB
+    assert not LINE.findall(run.stdout), "the user's own async job is polled by Ansible, not by the plugin"
+    assert sorted(os.listdir(pool)) == [".slow.raw.ddinfo.json", "slow.raw"]
+
+
+def test_progress_for_a_pool_path_the_host_expands(run_playbook, slow, pool, tmp_path):
+    """$VAR in pool_path is expanded by the module on the host: the plugin asks the module (check mode) where."""
+    play = download_play(args_for(slow, "$DD_TEST_POOL"), vars={"directdownload_progress_interval": 1},
+                         environment={"DD_TEST_POOL": str(pool)})
+    run = run_playbook(play, env=isolated(tmp_path))
+    assert len(LINE.findall(run.stdout)) >= 2, run.output_tail()
+    assert run.task("Download")["result"]["path"] == str(pool / "slow.raw")
+
+
+def test_segmented_metalink_download_shows_progress(run_playbook, www, pool, tmp_path):
+    images.random_raw(str(www / "slow.raw"), size=24 * MiB)
+    data = (www / "slow.raw").read_bytes()
+    with ImageServer(www) as first, ImageServer(www) as second:
+        for server in (first, second):
+            server.set_fault("/slow.raw", rate=2 * MiB)
+        (www / "slow.raw.meta4").write_text(
+            '<?xml version="1.0" encoding="UTF-8"?>\n<metalink xmlns="%s"><file name="slow.raw"><size>%d</size>'
+            '<hash type="sha-256">%s</hash><url priority="1">%s</url><url priority="2">%s</url></file></metalink>\n'
+            % (NS_V4, len(data), hashlib.sha256(data).hexdigest(), first.url("slow.raw"), second.url("slow.raw")))
+        args = {"url": first.url("slow.raw.meta4"), "pool_path": str(pool), "connections": 2, "read_timeout": 5,
+                "progress_interval": 0.5}
+        run = run_playbook(download_play(args, vars={"directdownload_progress_interval": 1}), env=isolated(tmp_path))
+    lines = [line for line in run.stdout.splitlines() if LINE.match(line)]
+    assert len(lines) >= 2 and all(", 2 connections, from " + first.url("slow.raw.meta4") in line for line in lines), \
+        run.output_tail()
+    assert run.task("Download")["result"]["bytes_downloaded"] == len(data)
+
+
+def _sidecar(pool):
+    try:
+        return json.loads((pool / ".slow.raw.part.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open("/proc/%d/stat" % pid) as handle:  # a zombie has finished too
+        return handle.read().split(") ")[-1][:1] != "Z"
+
+
+def test_a_killed_controller_stops_the_download_by_its_lease(tmp_path, www, pool, run_playbook):
+    images.random_raw(str(www / "slow.raw"), size=24 * MiB)
+    with ImageServer(www) as srv:
+        srv.set_fault("/slow.raw", rate=MiB)
+        play = download_play(args_for(srv, pool), vars={"directdownload_progress_interval": 1,
+                                                        "directdownload_progress_lease": 5})
+        workdir = tmp_path / "killed"
+        workdir.mkdir()
+        (workdir / "ansible.cfg").touch()
+        argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
+                str(_write_playbook(play, workdir))]
+        proc = subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir), stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while _sidecar(pool).get("bytes_done", 0) < 2 * MiB:
+                assert time.monotonic() < deadline and proc.poll() is None, "the download never started"
+                time.sleep(0.1)
+        finally:
+            kill_tree(proc)
+        pid = _sidecar(pool)["pid"]
+        try:
+            # The job is daemonized: it outlives the controller, until its lease (5 s) runs out; without the lease
+            # it would go on for 20 s more and install the image.
+            deadline = time.monotonic() + 15
+            while _alive(pid):
+                assert time.monotonic() < deadline, "the abandoned download did not stop"
+                time.sleep(0.2)
+        finally:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        assert os.path.exists(pool / ".slow.raw.part") and not os.path.exists(pool / "slow.raw")
+        stopped_at = _sidecar(pool)["bytes_done"]
+        assert 2 * MiB <= stopped_at < 24 * MiB
+        srv.clear_faults()
+        again = run_playbook(download_play(args_for(srv, pool)))
+        assert again.task("Download")["result"]["resumed_from"] >= 2 * MiB
