@@ -7,11 +7,13 @@ segmented Metalink downloads, and a controller killed mid-download (its lease st
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import time
 
@@ -186,3 +188,37 @@ def test_a_killed_controller_stops_the_download_by_its_lease(tmp_path, www, pool
         srv.clear_faults()
         again = run_playbook(download_play(args_for(srv, pool)))
         assert again.task("Download")["result"]["resumed_from"] >= 2 * MiB
+
+
+def test_the_agent_roles_operator_group_reads_the_sidecar(run_playbook, slow, pool, tmp_path):
+    """agent_progress_group: the role creates the group and writes progress_group; sidecars get it, mode 0640."""
+    group = "ddtest-%d" % os.getpid()
+    etc = tmp_path / "etc"
+    try:
+        run_playbook([{"hosts": "all", "gather_facts": False, "tasks": [{
+            "name": "Apply the agent role", "ansible.builtin.include_role": {"name": "directdownload.kvm.agent"},
+            "vars": {"agent_install_packages": False, "agent_config_dir": str(etc),
+                     "agent_tmp_dir": str(tmp_path / "agent-tmp"), "agent_progress_group": group}}]}])
+        assert json.loads((etc / "agent.json").read_text())["progress_group"] == group
+        gid = grp.getgrnam(group).gr_gid
+        play = download_play(args_for(slow, pool), vars={"directdownload_progress_interval": 0})
+        workdir = tmp_path / "watched"
+        workdir.mkdir()
+        (workdir / "ansible.cfg").touch()
+        argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
+                str(_write_playbook(play, workdir))]
+        env = playbook_env(workdir, env={"DIRECTDOWNLOAD_SETTINGS": str(etc / "agent.json")})
+        with subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) as proc:
+            seen = None
+            deadline = time.monotonic() + 60
+            while seen is None and proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    seen = os.stat(pool / ".slow.raw.part.json")
+                except FileNotFoundError:
+                    time.sleep(0.05)
+            assert proc.wait(120) == 0
+        assert seen is not None, "the sidecar was never seen"
+        assert stat.S_IMODE(seen.st_mode) == 0o640 and seen.st_gid == gid
+    finally:
+        subprocess.run(["groupdel", group], check=False, capture_output=True)
