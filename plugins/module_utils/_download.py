@@ -443,7 +443,7 @@ def _download_and_install(request, decision, open_source, log, started, now):
         source, fetched, expected = _fetch_verified(request, part, source, log, now, totals)
         checksum = request.checksum or (expected[-1] if expected else None) or Checksum(
             DEFAULT_COMPUTED_ALGORITHM, fetched.digests[DEFAULT_COMPUTED_ALGORITHM])
-        ready, info = _prepare_image(request, part)
+        ready, info, compression = _prepare_image(request, part)
         served_url = redact_url(fetched.served_url)
         record = _make_record(request, info, fetched.digests, checksum, served_url)
         os.chmod(ready, request.mode)  # before the rename: the image never shows another mode
@@ -468,7 +468,7 @@ def _download_and_install(request, decision, open_source, log, started, now):
     log("installed %s (%d bytes downloaded in %.1f s)" % (request.final_path, totals["bytes"], elapsed))
     return _result_from_record(
         request, record, started, url=served_url, bytes_downloaded=totals["bytes"],
-        resumed_from=fetched.resumed_from, attempts=totals["attempts"],
+        resumed_from=fetched.resumed_from, attempts=totals["attempts"], extracted_from=compression,
         rate=int(totals["bytes"] / elapsed) if elapsed > 0 else None,
         mirror_errors=list(getattr(source, "mirror_errors", [])),
         msg="%s %s" % ("replaced" if decision.action == "replace" else "installed", request.final_path),
@@ -567,7 +567,8 @@ def _keep_only_resumable(part, exc):
 def _prepare_image(request, part):
     """Turn the verified ``.part`` into the file to install: extracted when compressed, inspected, policed.
 
-    Returns (path ready to rename, ImageInfo). Removes what it created when anything fails.
+    Returns (path ready to rename, ImageInfo, the compression extracted or None). Removes what it created when
+    anything fails.
     """
     ready = part.path
     try:
@@ -595,7 +596,7 @@ def _prepare_image(request, part):
         _fs.unlink_if_present(ready)
         part.discard()
         raise
-    return ready, info
+    return ready, info, kind
 
 
 class _Transfer:

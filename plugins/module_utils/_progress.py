@@ -6,7 +6,8 @@
 """What an operator sees of a running download, in one place for both ends:
 
 - on the KVM host, the engine writes the progress sidecar ``<pool>/.<name>.part.json`` (figures plus the one-line
-  ``progress`` summary made by :func:`describe`), mode :data:`SIDECAR_MODE`, group from the agent settings;
+  ``progress`` summary made by :func:`describe`; ``_sink.PartFile.save_state``: mode 0640, group from the agent
+  settings);
 - on the controller, the ``download`` action plugin reads that sidecar while the module runs as an async job and
   prints :func:`progress_line` in the play output; the job holds a :class:`Lease` that the plugin renews, so that a
   download whose controller went away (Ctrl-C, killed, network gone) stops, keeping its resumable ``.part``, as a
@@ -19,24 +20,11 @@ import os
 import time
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput, SourceError
-
-# The sidecar holds no secret (the URL is redacted, the identity is a digest): owner read-write, and readable by
-# the operator group of the agent settings (``progress_group``; without it, root's group).
-SIDECAR_MODE = 0o640
+from ansible_collections.directdownload.kvm.plugins.module_utils._install import human_size
 
 # Set by the download action plugin for the async job it starts (see Lease).
 LEASE_ENV = "DIRECTDOWNLOAD_LEASE"
 LEASE_SECONDS_ENV = "DIRECTDOWNLOAD_LEASE_SECONDS"
-
-
-def human_bytes(count):
-    """``1536`` -> ``'1.5 KiB'``; binary units, as ``ls -lh`` and ``qemu-img info`` show sizes."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return ("%d %s" % (value, unit)) if unit == "B" else ("%.1f %s" % (value, unit))
-        value /= 1024
-    return "%d B" % count  # pragma: no cover - the loop always returns
 
 
 def human_rate(bytes_per_second):
@@ -62,9 +50,9 @@ def describe(state):
     parts = []
     if isinstance(done, int) and isinstance(total, int) and total > 0:
         parts.append("%.1f%%" % (100.0 * done / total))
-        parts.append("%s of %s" % (human_bytes(done), human_bytes(total)))
+        parts.append("%s of %s" % (human_size(done), human_size(total)))
     elif isinstance(done, int):
-        parts.append("%s of an unknown size" % human_bytes(done))
+        parts.append("%s of an unknown size" % human_size(done))
     if isinstance(state.get("rate"), (int, float)):
         parts.append(human_rate(state["rate"]))
     if isinstance(state.get("eta"), (int, float)):

@@ -16,7 +16,6 @@ import time
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import NotEnoughSpace
-from ansible_collections.directdownload.kvm.plugins.module_utils._progress import SIDECAR_MODE
 
 DEFAULT_BLOCK_SIZE = 64 * 1024
 # Start writing dirty pages back every this many bytes, so that the fsync before the rename finds little left to
@@ -108,6 +107,11 @@ class SparseWriter:
                 raise NotEnoughSpace("the pool filled up while writing (%s)" % exc.strerror, errno=exc.errno) from exc
             raise
         return self.offset
+
+
+# The progress sidecar holds no secret (the URL is redacted, the identity is a digest): owner read-write, and
+# readable by the operator group of the agent settings (``progress_group``; without it, root's group).
+SIDECAR_MODE = 0o640
 
 
 class PartFile:

@@ -345,6 +345,12 @@ elapsed:
   returned: success
   type: float
   sample: 3.2
+extracted_from:
+  description: The compression of the downloaded bytes that was extracted (C(gzip), C(bzip2), C(xz), C(zip),
+    C(zstd)), or null when the image was installed as downloaded.
+  returned: when bytes were transferred
+  type: str
+  sample: gzip
 attempts:
   description: Transfer attempts made (0 when nothing was transferred).
   returned: success

@@ -84,12 +84,18 @@ def test_plan_then_run_then_plan_again(server, pool, www):
     assert _download.plan(request).action == "download"
     result = _download.run(request, open_source)
     assert result["changed"] and result["format"] == "qcow2" and result["virtual_size"] == 16 * MiB
-    assert result["checksum"] == good.cloudstack
+    assert result["checksum"] == good.cloudstack and result["extracted_from"] is None
     decision = _download.plan(request)
     assert (decision.action, decision.reason) == ("none", "installed with this checksum")
     again = _download.run(request, open_source)
     assert not again["changed"] and again["bytes_downloaded"] == 0
     assert sorted(os.listdir(pool)) == [".disk.qcow2.ddinfo.json", "disk.qcow2"], "no lock or part left behind"
+
+
+def test_the_result_names_the_compression_it_extracted(server, pool, www):
+    images.compress(www / "disk.qcow2", www / "disk.qcow2.gz", "gzip")
+    result = _download.run(request_for(server, pool, path="disk.qcow2.gz"), open_source)
+    assert result["extracted_from"] == "gzip" and result["format"] == "qcow2" and result["name"] == "disk.qcow2"
 
 
 def test_plan_decisions_for_existing_files(server, pool, www):

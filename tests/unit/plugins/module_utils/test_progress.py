@@ -89,7 +89,7 @@ def test_describe_in_human_units():
     assert _progress.progress_line("kvm-a", "x.raw", state).startswith("[kvm-a] x.raw: 47.0%, ")
     assert _progress.progress_line("kvm-a", "x.raw", state).endswith(", from http://m/x.raw")
     assert _progress.describe({"bytes_done": 1536, "total": None}) == "1.5 KiB of an unknown size"
-    assert _progress.human_bytes(3 * 1024 ** 3) == "3.0 GiB" and _progress.human_seconds(7260) == "2 h 01 min"
+    assert _progress.human_size(3 * 1024 ** 3) == "3.0 GiB" and _progress.human_seconds(7260) == "2 h 01 min"
     assert _progress.describe({}) == ""
 
 
