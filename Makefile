@@ -1,5 +1,6 @@
 # directdownload.kvm: the two commands of the README are `make demo` and `make test`.
-# Both start with `make setup` (idempotent: system packages from bindep.txt, .venv, collections in .build/).
+# `make test` starts with `make setup` (idempotent: system packages from bindep.txt, .venv, collections in .build/);
+# `make demo` with the demo's lighter set-up (scripts/setup.sh --demo: qemu-img, ansible-core in .venv).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -7,7 +8,7 @@ SHELL := /bin/bash
 .PHONY: help setup demo test sanity unit units integration molecule lint bench clean
 
 help:
-	@echo "make demo         set up, then run the demo (scripts/demo.sh)"
+	@echo "make demo         set up what the demo needs, then run it (scripts/demo.sh; DEMO_VERBOSE=1 for every task)"
 	@echo "make test         set up, then run every test stage: sanity, unit, integration, molecule, lint"
 	@echo "make setup        system packages (bindep.txt), .venv, collections under .build/ (idempotent)"
 	@echo "make sanity | unit | integration | molecule | lint    one stage (after setup)"
@@ -17,7 +18,8 @@ help:
 setup:
 	@bash scripts/setup.sh
 
-demo: setup
+demo:
+	@bash scripts/setup.sh --demo
 	@bash scripts/demo.sh
 
 test: setup

@@ -17,23 +17,25 @@
 #   demo_image_gz_url   <mirror>/demo-template.qcow2.gz  (the same image, gzip-compressed)
 #   demo_image_gz_checksum sha256:<hex> of the .gz (the checksum covers the bytes as downloaded)
 #   demo_iso_url        <mirror>/demo.iso (a small raw file standing in for an ISO)
-# The images are made once and reused, so a second `make demo` shows an idempotent run (changed=0).
-# DEMO_CLEAN=1 make demo   starts from empty pools (.build/demo/pool*) and an empty registry.
+# The images are made once and reused. Each run starts from empty pools (.build/demo/pool*) and an empty registry,
+# so that round 1 shows a registration and two downloads, and round 2 the same playbooks moving nothing.
+# DEMO_CLEAN=0 make demo   keeps the pools and the registry of the last run: both rounds then move nothing.
+# The output is a short story (scripts/callback_plugins/directdownload_demo.py); DEMO_VERBOSE=1 make demo shows
+# Ansible's usual output, every task.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
 VENV="$REPO/.venv"
-DEMO="$REPO/.build/demo"
+DEMO="${DEMO_DIR:-$REPO/.build/demo}"  # DEMO_DIR: elsewhere (the demo's own test)
 MIRROR="$DEMO/mirror"
 POOL="$DEMO/pool"
 PLAYBOOK="$REPO/playbooks/demo.yml"
 
 say() { printf '==> demo: %s\n' "$*"; }
 
-if [ "${DEMO_CLEAN:-0}" = 1 ]; then
-    say "DEMO_CLEAN=1: emptying the pool and the registry"
+if [ "${DEMO_CLEAN:-1}" = 1 ]; then
     rm -rf "$DEMO"/pool* "$DEMO/registry.json"
 fi
 mkdir -p "$MIRROR"
@@ -115,10 +117,20 @@ if [ ! -f "$PLAYBOOK" ]; then
     exit 0
 fi
 
-say "running playbooks/demo.yml on localhost"
-ANSIBLE_COLLECTIONS_PATH="$REPO/.build/collections" DIRECTDOWNLOAD_SETTINGS="$DEMO/etc/agent.json" \
+output=()
+if [ "${DEMO_VERBOSE:-0}" = 1 ]; then
+    say "running playbooks/demo.yml on localhost (DEMO_VERBOSE=1: every task)"
+else
+    say "running playbooks/demo.yml on localhost (DEMO_VERBOSE=1 make demo shows every task)"
+    output=(env ANSIBLE_STDOUT_CALLBACK=directdownload_demo ANSIBLE_CALLBACK_PLUGINS="$REPO/scripts/callback_plugins")
+fi
+"${output[@]}" env ANSIBLE_COLLECTIONS_PATH="$REPO/.build/collections" DIRECTDOWNLOAD_SETTINGS="$DEMO/etc/agent.json" \
+    ANSIBLE_NOCOLOR="${ANSIBLE_NOCOLOR:-}" \
     "$VENV/bin/ansible-playbook" -i localhost, -c local -e "@$extra_vars" "$PLAYBOOK"
-for pool in "$DEMO"/pool*/; do
-    say "${pool#"$REPO"/} holds:"
-    ls -lhs "$pool"
-done
+if [ "${DEMO_VERBOSE:-0}" = 1 ]; then
+    for pool in "$DEMO"/pool*/; do
+        say "${pool#"$REPO"/} holds:"
+        ls -lhs "$pool"
+    done
+fi
+say "see for yourself: qemu-img info ${DEMO#"$REPO"/}/pool-kvm-a/<name>; the registry is ${DEMO#"$REPO"/}/registry.json"

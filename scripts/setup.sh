@@ -10,7 +10,16 @@
 #   3. the collection importable from .build/collections: a relative symlink to this checkout, plus
 #      community.libvirt, community.general and ansible.posix taken from PyPI's `ansible` wheel (no Galaxy)
 # A warm machine runs it in about a second.
+#
+# `setup.sh --demo` (what `make demo` runs) installs only what the demo needs: qemu-img (qemu-utils) and python3-venv,
+# a .venv with ansible-core and requirements.txt, and the collection link; no test tools, no dependency collections
+# (the demo uses none). A later full set-up adds the rest.
 set -euo pipefail
+
+DEMO_ONLY=0
+if [ "${1:-}" = "--demo" ]; then
+    DEMO_ONLY=1
+fi
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -60,6 +69,10 @@ dpkg_packages_from_bindep() {
     done
 }
 
+# What the demo needs of the system (Debian/Ubuntu names): qemu-img, and the venv module for .venv: the [demo]
+# profile of bindep.txt, named here because bindep.txt's unprofiled (execution environment) lines are not needed.
+DEMO_PACKAGES=(qemu-utils python3-venv)
+
 install_system_packages() {
     if ! command -v dpkg-query >/dev/null 2>&1; then
         say "not a dpkg system: install the packages of bindep.txt yourself (bindep -b shows what is missing)"
@@ -68,9 +81,13 @@ install_system_packages() {
     local missing=() pkg
     while read -r pkg; do
         dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$pkg")
-    done < <(dpkg_packages_from_bindep)
+    done < <(if [ "$DEMO_ONLY" = 1 ]; then printf '%s\n' "${DEMO_PACKAGES[@]}"; else dpkg_packages_from_bindep; fi)
     if [ "${#missing[@]}" -eq 0 ]; then
-        say "system packages: all of bindep.txt installed (profiles: $BINDEP_PROFILES)"
+        if [ "$DEMO_ONLY" = 1 ]; then
+            say "system packages: ${DEMO_PACKAGES[*]} installed"
+        else
+            say "system packages: all of bindep.txt installed (profiles: $BINDEP_PROFILES)"
+        fi
         return 0
     fi
     local sudo=()
@@ -124,6 +141,10 @@ make_venv() {
         "$python" -m venv "$VENV"
         rm -f "$VENV/.requirements.sha256"
     fi
+    if [ "$DEMO_ONLY" = 1 ]; then
+        make_demo_venv
+        return
+    fi
     local want have=""
     want="$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)"
     [ -f "$VENV/.requirements.sha256" ] && have="$(cat "$VENV/.requirements.sha256")"
@@ -135,6 +156,18 @@ make_venv() {
     say "installing requirements-dev.txt into .venv"
     quiet_pip install -q --disable-pip-version-check --progress-bar off -r requirements-dev.txt
     printf '%s\n' "$want" > "$VENV/.requirements.sha256"
+}
+
+make_demo_venv() {
+    # Any ansible-core of the pinned series will do; the full set-up (its own stamp) installs the rest later.
+    if "$VENV/bin/python" -c 'import ansible, sys; sys.exit(not ansible.__version__.startswith("2.19."))' 2>/dev/null; then
+        say "venv: ansible-core $("$VENV/bin/python" -c 'import ansible; print(ansible.__version__)') present"
+        return 0
+    fi
+    local core
+    core="$(grep -E '^ansible-core' requirements-dev.txt)"
+    say "installing $core and requirements.txt into .venv (demo only)"
+    quiet_pip install -q --disable-pip-version-check --progress-bar off -r requirements.txt "$core"
 }
 
 # ---------------------------------------------------------------- 3. collections
@@ -184,5 +217,9 @@ mkdir -p "$BUILD"
 install_system_packages
 make_venv
 link_collection
+if [ "$DEMO_ONLY" = 1 ]; then
+    say "ready for the demo: ansible-core $("$VENV/bin/python" -c "import ansible; print(ansible.__version__)") in .venv"
+    exit 0
+fi
 extract_dependency_collections
 say "ready: ansible-core $("$VENV/bin/python" -c "import ansible; print(ansible.__version__)") in .venv, collections in .build/collections"

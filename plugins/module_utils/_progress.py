@@ -33,7 +33,9 @@ def human_rate(bytes_per_second):
 
 
 def human_seconds(seconds):
-    """``75`` -> ``'1 min 15 s'``."""
+    """``75`` -> ``'1 min 15 s'``; ``3.72`` -> ``'3.7 s'``."""
+    if float(seconds) < 10:
+        return "%.1f s" % float(seconds)
     seconds = int(round(float(seconds)))
     if seconds < 60:
         return "%d s" % seconds

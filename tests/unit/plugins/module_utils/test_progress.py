@@ -90,6 +90,7 @@ def test_describe_in_human_units():
     assert _progress.progress_line("kvm-a", "x.raw", state).endswith(", from http://m/x.raw")
     assert _progress.describe({"bytes_done": 1536, "total": None}) == "1.5 KiB of an unknown size"
     assert _progress.human_size(3 * 1024 ** 3) == "3.0 GiB" and _progress.human_seconds(7260) == "2 h 01 min"
+    assert _progress.human_seconds(3.72) == "3.7 s" and _progress.human_seconds(42.4) == "42 s"
     assert _progress.describe({}) == ""
 
 
