@@ -33,8 +33,19 @@ author:
 extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_transfer
+  - directdownload.kvm._attributes.FLOW
   - directdownload.kvm._transport
 attributes:
+  action:
+    support: full
+    details:
+      - The action plugin runs the module on the host as an async job, prints a progress line (host, percent, bytes
+        done of total, rate, ETA, source) every C(directdownload_progress_interval) seconds (default 5; V(0) turns
+        it off), and returns the module's own result. See the notes.
+  async:
+    support: full
+    details:
+      - With the task's own C(async), the module runs as that job, as any module does (no progress lines).
   check_mode:
     support: full
     details:
@@ -204,8 +215,17 @@ options:
       - The group of the installed image (a name or a gid), set like O(owner).
     type: str
 notes:
-  - Watch a long download with the sidecar, for example C(watch cat /var/lib/libvirt/images/.NAME.part.json), or run
-    the task with C(async) and poll it.
+  - "Progress in the play output: while the image downloads, a line such as
+    C([kvm1] debian-12.qcow2: 45.2%, 1.1 GiB of 2.4 GiB, 112.0 MB/s, ETA 12 s, from https://mirror/debian-12.qcow2)
+    appears every C(directdownload_progress_interval) seconds (a variable, or the controller's environment variable
+    E(DIRECTDOWNLOAD_PROGRESS_INTERVAL); default 5, V(0) runs the module without a job and prints nothing). The
+    module runs as an async job for that; in check mode, with the task's own C(async), or on a connection without
+    async jobs it runs as usual."
+  - A download whose controller stops watching (Ctrl-C, a killed C(ansible-playbook), a lost connection) stops by
+    itself after C(directdownload_progress_lease) seconds (default 60), keeping its C(.part) for the next run.
+  - On the host, the sidecar C(.NAME.part.json) shows the same figures (and a C(progress) line); it is mode 0640,
+    readable by the group C(progress_group) of the agent settings (the agent role's C(agent_progress_group)), for
+    example C(watch cat /var/lib/libvirt/images/.NAME.part.json).
   - The checksum covers the bytes as downloaded, so the checksum of a compressed image is the checksum of the
     compressed file, as in CloudStack.
 seealso:
@@ -270,12 +290,12 @@ EXAMPLES = r"""
     force_basic_auth: true
     pool_path: /var/lib/libvirt/images
 
-- name: A long download, watched with async (the sidecar .NAME.part.json shows progress)
+- name: A long download, with a progress line every 30 seconds in the play output
   directdownload.kvm.download:
     url: https://images.example.com/big.raw
     pool_path: /var/lib/libvirt/images
-  async: 7200
-  poll: 15
+  vars:
+    directdownload_progress_interval: 30
 """
 
 RETURN = r"""
