@@ -50,6 +50,7 @@ class ActionModule(ActionBase):
 
     _supports_check_mode = True
     _supports_async = True
+    _lease_seconds = DEFAULT_LEASE
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -105,8 +106,8 @@ class ActionModule(ActionBase):
             name = safe_file_name(name) if name else default_name(url)
         except Exception:  # pylint: disable=broad-except
             return None  # the module reports the bad name
-        if pool_path and not args.get("pool") and pool_path.startswith("/") and "$" not in pool_path \
-                and "~" not in pool_path:
+        if isinstance(pool_path, str) and not args.get("pool") and pool_path.startswith("/") \
+                and "$" not in pool_path and "~" not in pool_path:
             return PartFile(pool_path, name).sidecar_path
         saved = self._task.check_mode
         self._task.check_mode = True
@@ -200,6 +201,8 @@ class ActionModule(ActionBase):
             # the first save, which has moved no byte yet.
             if state and seen not in (baseline, shown) and state.get("rate") and now - last_shown >= interval:
                 last_shown, shown = now, seen
+                if self._task.no_log:  # no_log: the figures, not where they come from
+                    state = dict(state, source=None)
                 self._display.display(progress_line(host, name, state))
             finished = job_file is not None and (job_file.get("finished") or "started" not in job_file)
             if finished or now - last_check >= 60:  # the job file is a hint; async_status decides
@@ -239,10 +242,9 @@ def _module_result(status, job):
     result = dict(status)
     for key in _ASYNC_KEYS:
         result.pop(key, None)
-    for key in ("stdout", "stderr"):
-        if not result.get(key):
-            result.pop(key, None)
-            result.pop(key + "_lines", None)
+    # async_status adds empty stdout/stderr, the async wrapper the module's stderr: a plain run returns neither.
+    for key in ("stdout", "stderr", "stdout_lines", "stderr_lines"):
+        result.pop(key, None)
     facts = job.get("ansible_facts")
     if facts:
         result["ansible_facts"] = merge_hash(facts, result.get("ansible_facts") or {})
