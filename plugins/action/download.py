@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 
 from ansible.errors import AnsibleError

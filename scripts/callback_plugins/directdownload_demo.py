@@ -96,8 +96,8 @@ class CallbackModule(CallbackBase):
                               stderr=not ignore_errors)
 
     def v2_runner_on_unreachable(self, result):
-        self._display.display("UNREACHABLE: [%s] %s: %s" % (result.host.get_name(), result.task.get_name(),
-                                                             result.result.get("msg", "")), stderr=True)
+        text = "UNREACHABLE: [%s] %s: %s" % (result.host.get_name(), result.task.get_name(), result.result.get("msg", ""))
+        self._display.display(text, stderr=True)
 
     # -- telling
 
@@ -142,8 +142,9 @@ class CallbackModule(CallbackBase):
             view = current["view"]
             if view:
                 copies = ", ".join(sorted(str(c.get("host")) for c in view.get("copies") or []))
-                self._say("  registry     %s: %s, copies on %s" % (view["template"]["name"],
-                                                                  view["template"].get("status"), copies or "none"))
+                template = view["template"]
+                self._say("  registry     %s: %s, copies on %s" % (template["name"], template.get("status"),
+                                                                  copies or "none"))
             moved = sum(r.get("bytes_downloaded") or 0 for r in current["downloads"].values())
             self._say("  %-12s %s downloaded, %d task(s) changed something" % ("", human_size(moved), current["changed"]))
         hosts = sorted(stats.processed)
