@@ -143,8 +143,8 @@ class CallbackModule(CallbackBase):
             if view:
                 copies = ", ".join(sorted(str(c.get("host")) for c in view.get("copies") or []))
                 template = view["template"]
-                self._say("  registry     %s: %s, copies on %s" % (template["name"], template.get("status"),
-                                                                  copies or "none"))
+                line = "  registry     %s: %s, copies on %s" % (template["name"], template.get("status"), copies or "none")
+                self._say(line)
             moved = sum(r.get("bytes_downloaded") or 0 for r in current["downloads"].values())
             self._say("  %-12s %s downloaded, %d task(s) changed something" % ("", human_size(moved), current["changed"]))
         hosts = sorted(stats.processed)
