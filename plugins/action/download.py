@@ -208,8 +208,13 @@ class ActionModule(ActionBase):
                 last_check = now
                 status = self._async_status(job["ansible_job_id"], "status", task_vars)
                 if status.get("finished") or (status.get("failed") and "finished" not in status):
-                    self._async_status(job["ansible_job_id"], "cleanup", task_vars)
+                    self._remove_job_file(job)
                     return _module_result(status, job)
+
+    def _remove_job_file(self, job):
+        """What ``async_status mode=cleanup`` does (remove the job's results file), without starting Python."""
+        if job.get("results_file"):
+            self._low_level_execute_command("rm -f -- %s" % self._shell_quote(job["results_file"]))
 
     def _async_status(self, jid, mode, task_vars):
         task = self._task.copy()
