@@ -599,6 +599,15 @@ def _prepare_image(request, part):
     return ready, info, kind
 
 
+def part_identity(request, expected):
+    """What must not have changed for a ``.part`` to be resumed (the URL, the expected checksums), as one digest:
+    one line in the sidecar."""
+    return hashlib.sha256(json.dumps({
+        "url_id": request.url_id,
+        "checksums": sorted(checksum.cloudstack for checksum in expected),
+    }, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 class _Transfer:
     """One complete transfer of the source into the ``.part``, with resume and bounded retries."""
 
@@ -614,11 +623,7 @@ class _Transfer:
         self.resumed_from = 0
         self.served_url = request.url
         self.digests = {}
-        # One digest in the sidecar (one line), of what must not have changed for the part to be resumed.
-        self.identity = hashlib.sha256(json.dumps({
-            "url_id": request.url_id,
-            "checksums": sorted(checksum.cloudstack for checksum in expected),
-        }, sort_keys=True).encode("utf-8")).hexdigest()
+        self.identity = part_identity(request, expected)
 
     def _algorithms(self):
         """What to hash while streaming: the expected algorithms only (a second digest on the same core costs

@@ -207,7 +207,7 @@ def test_a_complete_part_that_does_not_verify_is_fetched_again(server, pool, www
     _run_in_a_process_and_kill_during_inspection(server, pool, tmp_path)
     # The child had no checksum: give the part the identity of this request, and spoil a byte of it.
     sidecar = json.loads((pool / ".disk.qcow2.part.json").read_text())
-    sidecar["identity"]["checksums"] = [good.cloudstack]
+    sidecar["identity"] = _download.part_identity(request, [good])
     (pool / ".disk.qcow2.part.json").write_text(json.dumps(sidecar))
     with open(pool / ".disk.qcow2.part", "r+b") as handle:
         handle.seek(10)
