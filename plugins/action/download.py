@@ -212,9 +212,15 @@ class ActionModule(ActionBase):
                     return _module_result(status, job)
 
     def _remove_job_file(self, job):
-        """What ``async_status mode=cleanup`` does (remove the job's results file), without starting Python."""
+        """What ``async_status mode=cleanup`` does (remove the job's results file), without starting Python; and the
+        job's temporary directory."""
         if job.get("results_file"):
             self._low_level_execute_command("rm -f -- %s" % self._shell_quote(job["results_file"]))
+        # The async wrapper removes its temporary directory only after writing the result: do not leave it behind
+        # when the task ends first (both removals ignore the other).
+        job_tmp = os.path.dirname(job["lease"]) if job.get("lease") else None
+        if self._should_remove_tmp_path(job_tmp):
+            self._low_level_execute_command(self._connection._shell.remove(job_tmp, recurse=True), sudoable=False)
 
     def _async_status(self, jid, mode, task_vars):
         task = self._task.copy()
