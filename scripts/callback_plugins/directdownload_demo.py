@@ -83,10 +83,13 @@ class CallbackModule(CallbackBase):
             current["deployed"].add(result.host.get_name())
         if action == "directdownload.kvm.template" and payload.get("template") and not task.check_mode:
             current["template"] = payload
-        elif action == "directdownload.kvm.download":
+        elif action == "directdownload.kvm.download" and "results" not in payload:  # a loop's items come one by one
             current["downloads"][result.host.get_name()] = payload
         elif action == "directdownload.kvm.template_info" and payload.get("template"):
             current["view"] = payload
+
+    def v2_runner_item_on_ok(self, result):
+        self.v2_runner_on_ok(result)
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
         payload = result.result
