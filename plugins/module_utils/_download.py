@@ -496,6 +496,10 @@ def _describe_interruption(exc, part):
     """The failure message of an interrupted run: how far the kept ``.part`` goes, and that a re-run resumes."""
     from ansible_collections.directdownload.kvm.plugins.module_utils._sink import read_json  # pylint: disable=import-outside-toplevel
     state = read_json(part.sidecar_path) if part.exists() else None
+    if not state and part.exists():  # a segmented download keeps its own resume state
+        state = read_json(part.path + ".segments.json")
+        if state:
+            state = dict(state, total=state.get("size"))
     if state and isinstance(state.get("bytes_done"), int):
         done, total = state["bytes_done"], state.get("total")
         where = "at %s (%d of %s bytes in %s)" % (

@@ -118,12 +118,12 @@ class Limits:
         if timeout is not None and float(timeout) < 0:
             raise InvalidInput("timeout must be 0 (no limit) or a number of seconds")
         connections = max(1, int(connections or 1))
-        if self.max_rate and self.lowest_speed and self.lowest_speed * connections >= self.max_rate:
+        cap, minimum = self.max_rate or 0, self.lowest_speed or 0
+        if cap and minimum and minimum * connections >= cap:
             raise InvalidInput(
                 "lowest_speed (%d bytes/s per connection) must be below max_rate (%d bytes/s%s): a connection held "
                 "to the cap would be closed as too slow" % (
-                    self.lowest_speed, self.max_rate, " shared by %d connections" % connections if connections > 1
-                    else ""))
+                    minimum, cap, " shared by %d connections" % connections if connections > 1 else ""))
         self.clock = clock
         self.budget = Budget(timeout, clock=clock)
         self.bucket = TokenBucket(self.max_rate, clock=clock) if self.max_rate else None
@@ -184,7 +184,7 @@ class Connection:
             if speed is not None:
                 return _limit_error(
                     "the connection to %s stayed below lowest_speed=%d bytes/s for %g s (%d bytes/s): closed, the "
-                    "transfer resumes where it stands" % (self.url or "the source", limits.lowest_speed,
+                    "transfer resumes where it stands" % (self.url or "the source", int(limits.lowest_speed),
                                                           limits.lowest_speed_time, speed),
                     self.url, "too_slow", speed=int(speed))
         return None

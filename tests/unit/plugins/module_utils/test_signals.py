@@ -121,3 +121,37 @@ def test_interrupted_extraction_leaves_no_image_and_no_extraction(setup):
     assert sent.is_set() and failure.value.signal_name == "SIGTERM"
     # The compressed bytes were complete; the extraction is removed with them (see docs/download.md).
     assert os.listdir(pool) == []
+
+
+def test_interrupted_segmented_download_keeps_its_state_and_resumes(setup):
+    root, pool, server = setup
+    images.random_raw(str(root / "disk.raw"), size=8 * MiB)
+    digest = images.sha256_file(str(root / "disk.raw"))
+    server.set_fault("/disk.raw", rate=512 * 1024)  # 8 s on two connections: the state is saved every 2 s
+    (root / "disk.raw.meta4").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<metalink xmlns="urn:ietf:params:xml:ns:metalink"><file '
+        'name="disk.raw"><size>%d</size><hash type="sha-256">%s</hash><url priority="1">%s</url></file></metalink>'
+        % (8 * MiB, digest, server.url("disk.raw")))
+    segments = pool / ".disk.raw.part.segments.json"
+
+    def saved():
+        try:
+            return json.loads(segments.read_text()).get("bytes_done", 0) >= MiB
+        except (OSError, ValueError):
+            return False
+
+    _thread, sent = send_when(saved, signal.SIGTERM)
+    request = request_for(server, pool, "disk.raw.meta4", image_format="raw", connections=2)
+    with pytest.raises(_signals.Interrupted) as failure:
+        with _signals.interruptible():
+            _download.run(request, open_source)
+    assert sent.is_set() and failure.value.details["bytes_done"] >= MiB
+    assert "run again to resume" in failure.value.msg and "of %d bytes" % (8 * MiB) in failure.value.msg
+    assert [t.name for t in threading.enumerate() if t.name.startswith("metalink-")] == [], "the workers stopped"
+    assert sorted(os.listdir(pool)) == [".disk.raw.part", ".disk.raw.part.segments.json"]
+
+    server.clear_faults()
+    result = _download.run(request_for(server, pool, "disk.raw.meta4", image_format="raw", connections=2),
+                           open_source)
+    assert result["resumed_from"] >= failure.value.details["bytes_done"]
+    assert images.sha256_file(result["path"]) == digest
