@@ -835,8 +835,8 @@ class _Transfer:
 
 def _resume_refused_again(body, offset, first):
     error = SourceError(
-        "%s refused to resume at byte %d after refusing at byte %d earlier in this run: not downloading the whole "
-        "image a third time (resume: false, or a server that keeps ranges, avoids this)"
+        "%s refused to resume at byte %d after refusing at byte %d earlier in this run: stopped rather than "
+        "downloading the whole image once more (the server serves no ranges, or its file keeps changing)"
         % (redact_url(body.url), offset, first), url=redact_url(body.url), reason="resume_refused")
     return error
 

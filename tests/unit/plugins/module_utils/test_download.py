@@ -446,6 +446,6 @@ def test_a_refused_resume_restarts_from_zero_once_and_says_so(server, pool, www)
     request = request_for(server, pool, name="again.qcow2", retries=5)
     with pytest.raises(SourceError) as failure:
         _download.run(request, open_source)
-    assert failure.value.details["reason"] == "resume_refused" and "a third time" in failure.value.msg
+    assert failure.value.details["reason"] == "resume_refused" and "downloading the whole image once more" in failure.value.msg
     # 1: from 0, cut at half; 2: resume refused, from 0 again, cut; 3: refused again -> stop (not 6 full GETs).
     assert len(server.requests_for("/disk.qcow2", "GET")) == 3
