@@ -54,11 +54,13 @@ def parse_rate(value, name="max_rate"):
 class TokenBucket:
     """At most ``rate`` bytes per second across every thread that calls :meth:`consume`.
 
-    Virtual scheduling: each call books its bytes after those already booked and waits until their time. Time a
-    connection spent idle is not saved up for a later burst (a cap is a cap)."""
+    Virtual scheduling: each call books its bytes after those already booked and waits until their time. A
+    receiver that fell behind (a busy CPU, a slow server) may catch up by at most ``burst`` seconds' worth of bytes;
+    longer idle time is not saved up (a cap is a cap: over any T seconds at most ``rate * (T + burst)`` bytes)."""
 
-    def __init__(self, rate, clock=time.monotonic):
+    def __init__(self, rate, clock=time.monotonic, burst=0.25):
         self.rate = float(rate)
+        self.burst = float(burst)
         self._clock = clock
         self._lock = threading.Lock()
         self._booked_until = None
@@ -67,7 +69,7 @@ class TokenBucket:
         """Account ``count`` bytes just received; wait (with ``wait(seconds)``) until they fit the rate."""
         with self._lock:
             now = self._clock()
-            start = now if self._booked_until is None or self._booked_until < now else self._booked_until
+            start = now if self._booked_until is None else max(self._booked_until, now - self.burst)
             self._booked_until = start + count / self.rate
             delay = self._booked_until - now
         if delay > 0:
