@@ -295,9 +295,11 @@ def test_corrupt_body_redownloads_then_fails_with_both_digests(run_module, serve
 
 
 def test_non_2xx_and_backing_file_are_refused(run_module, server, pool, www, qcow2_image):
-    missing = download(run_module, args_for(server, "missing.qcow2", pool))
+    missing = download(run_module, args_for(server, "missing.qcow2", pool, retries=3))
     assert missing["status"] == "failed" and "404" in missing["result"]["msg"]
     assert missing["result"]["retryable"] is False
+    assert len(server.requests_for("/missing.qcow2")) == 1, "a 404 is permanent: exactly one request"
+    assert "permanent" in missing["result"]["retry_stopped"]
 
     images.qcow2_with_backing(str(www / "child.qcow2"), str(qcow2_image))
     refused = download(run_module, args_for(server, "child.qcow2", pool))
