@@ -494,7 +494,7 @@ def _download_and_install(request, decision, open_source, log, started, now):
 
 def _describe_interruption(exc, part):
     """The failure message of an interrupted run: how far the kept ``.part`` goes, and that a re-run resumes."""
-    from ansible_collections.directdownload.kvm.plugins.module_utils._sink import read_json  # pylint: disable=import-outside-toplevel
+    read_json = _fs.read_json
     state = read_json(part.sidecar_path) if part.exists() else None
     if not state and part.exists():  # a segmented download keeps its own resume state
         state = read_json(part.path + ".segments.json")

@@ -604,10 +604,10 @@ def test_deploy_two_hosts_local_pools_then_nothing_to_do(run_playbook, tmp_path,
 def test_deploy_origin_rate_is_shared_among_the_hosts_downloading_at_once(run_playbook, tmp_path, mirror):
     inv, registry, _template = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1", "kvm2"]))
     run = deploy(run_playbook, inv, registry, deploy_origin_rate="2M")
-    downloads = tasks_starting(run, "Download the template into")
-    assert len(downloads) == 2 and all(r["status"] == "changed" for r in downloads), downloads
+    attempts = download_attempts(run)
+    assert len(attempts) == 2 and all(item.get("changed") for item in attempts), attempts
     # Two hosts in the batch (forks 5): each download gets half of the 2 MiB/s budget.
-    assert [r["result"]["invocation"]["module_args"]["max_rate"] for r in downloads] == ["1048576", "1048576"]
+    assert [item["invocation"]["module_args"]["max_rate"] for item in attempts] == ["1048576", "1048576"]
     assert len(image_gets(mirror, "disk.qcow2.gz")) == 2
 
 
