@@ -31,7 +31,7 @@ import json
 import os
 import time
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _gate, _install, _progress
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _gate, _install, _progress, _rate, _retry, _signals
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import Checksum, file_digest, new_hash
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     ChecksumMismatch,
@@ -43,6 +43,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import (
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_READ_SIZE,
     PartFile,
     SparseWriter,
     stream_to_file,
@@ -60,8 +61,8 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
 
 # The checksum we compute when the user gave none, so every installed image has a digest on record.
 DEFAULT_COMPUTED_ALGORITHM = "sha256"
-# A checksum mismatch downloads again, at most this many times in all (CloudStack: 3), then fails.
-MAX_MISMATCH_DOWNLOADS = 3
+# A checksum mismatch earns this many more downloads by default (CloudStack downloads 3 times in all), then fails.
+DEFAULT_MISMATCH_RETRIES = 1
 FORMATS = ("qcow2", "raw", "iso")
 MAX_RETRIES = 100
 MAX_RETRY_DELAY = 3600
@@ -78,7 +79,9 @@ class DownloadRequest:
                  block_size=DEFAULT_BLOCK_SIZE, progress_interval=2.0, qemu_img="qemu-img",
                  connections=1, metalink_name=None, metalink_locations=(), nfs_transport="auto",
                  max_size=None, max_virtual_size=None, max_expansion=None, allow_encrypted=False, mode=None,
-                 progress_group=None, lease=None):
+                 progress_group=None, lease=None,
+                 max_rate=None, lowest_speed=None, lowest_speed_time=None, mismatch_retries=DEFAULT_MISMATCH_RETRIES,
+                 timeout=None):
         if not url:
             raise InvalidInput("url is required")
         scheme = url_scheme(url)
@@ -125,6 +128,15 @@ class DownloadRequest:
         # The progress sidecar: readable by this group (agent settings progress_group); the controller's lease.
         self.progress_gid = _progress.group_id(progress_group)
         self.lease = lease
+        # Origin protection (issue 14): checked here so a bad value fails before anything is touched.
+        if mismatch_retries is None or int(mismatch_retries) < 0:
+            raise InvalidInput("mismatch_retries must be 0 or more")
+        self.mismatch_retries = int(mismatch_retries)
+        self.max_rate = _rate.parse_rate(max_rate, "max_rate")
+        self.lowest_speed = _rate.parse_rate(lowest_speed, "lowest_speed")
+        self.lowest_speed_time = lowest_speed_time
+        self.timeout = timeout or None
+        _rate.Limits.for_request(self)
 
     @property
     def final_path(self):
@@ -438,7 +450,9 @@ def _first_mismatch(expected, digests):
 def _download_and_install(request, decision, open_source, log, started, now):
     part = PartFile(request.pool_path, request.name)
     source = open_source(request.url, request)
-    totals = {"attempts": 0, "bytes": 0}
+    # The per-run state: attempts and bytes as they happen, the limits (max_rate bucket, timeout budget) shared by
+    # every attempt and connection, the offset whose resume the server refused (one restart from 0 per run).
+    totals = {"attempts": 0, "bytes": 0, "limits": _rate.Limits.for_request(request), "restarted_from": None}
     try:
         source, fetched, expected = _fetch_verified(request, part, source, log, now, totals)
         checksum = request.checksum or (expected[-1] if expected else None) or Checksum(
@@ -447,18 +461,23 @@ def _download_and_install(request, decision, open_source, log, started, now):
         served_url = redact_url(fetched.served_url)
         record = _make_record(request, info, fetched.digests, checksum, served_url)
         os.chmod(ready, request.mode)  # before the rename: the image never shows another mode
-        _install.install_file(ready, request.final_path)
-        _install.write_record(request.final_path, record)
-        part.discard()
+        with _signals.deferred() as arrived:  # never cut between the rename and the record
+            _install.install_file(ready, request.final_path)
+            _install.write_record(request.final_path, record)
+            part.discard()
+        if arrived:
+            log("%s arrived while the image was being installed: the install was finished first" % arrived[0])
     except DirectDownloadError as exc:
         exc.details.setdefault("attempts", totals["attempts"])
         exc.details.setdefault("bytes_downloaded", totals["bytes"])
         if getattr(source, "mirror_errors", None):
             exc.details.setdefault("mirror_errors", list(source.mirror_errors))
         _keep_only_resumable(part, exc)
+        if isinstance(exc, _signals.Interrupted):
+            _describe_interruption(exc, part)
         raise
-    except BaseException:
-        _keep_only_resumable(part, None)
+    except BaseException as exc:
+        _keep_only_resumable(part, exc)
         raise
     finally:
         close = getattr(source, "close", None)
@@ -466,20 +485,47 @@ def _download_and_install(request, decision, open_source, log, started, now):
             close()
     elapsed = time.monotonic() - started
     log("installed %s (%d bytes downloaded in %.1f s)" % (request.final_path, totals["bytes"], elapsed))
+    msg = "%s %s" % ("replaced" if decision.action == "replace" else "installed", request.final_path)
+    if totals["restarted_from"] is not None:
+        msg += " (the server refused to resume at byte %d: downloaded again from byte 0)" % totals["restarted_from"]
     return _result_from_record(
         request, record, started, url=served_url, bytes_downloaded=totals["bytes"],
         resumed_from=fetched.resumed_from, attempts=totals["attempts"], extracted_from=compression,
         rate=int(totals["bytes"] / elapsed) if elapsed > 0 else None,
         mirror_errors=list(getattr(source, "mirror_errors", [])),
-        msg="%s %s" % ("replaced" if decision.action == "replace" else "installed", request.final_path),
+        restarted_from=totals["restarted_from"], msg=msg,
     )
+
+
+def _describe_interruption(exc, part):
+    """The failure message of an interrupted run: how far the kept ``.part`` goes, and that a re-run resumes."""
+    read_json = _fs.read_json
+    state = None
+    if part.exists():
+        # A segmented download keeps its own resume state (its .part.json only shows progress to operators).
+        state = read_json(part.path + ".segments.json")
+        if state:
+            state = dict(state, total=state.get("size"))
+        else:
+            state = read_json(part.sidecar_path)
+    if state and isinstance(state.get("bytes_done"), int):
+        done, total = state["bytes_done"], state.get("total")
+        where = "at %s (%d of %s bytes in %s)" % (
+            "%d%%" % int(100 * done / total) if total else "byte %d" % done, done,
+            total if total is not None else "?", part.path)
+        exc.details.update(bytes_done=done, total=total, part=part.path)
+        exc.msg = "%s %s; run again to resume" % (exc.msg, where)
+    else:
+        exc.msg = "%s before any byte was kept; run again to download" % exc.msg
+    exc.args = (exc.msg,)
 
 
 def _fetch_verified(request, part, source, log, now, totals):
     """Fill the ``.part`` with bytes that match every expected checksum. Returns (source, _Fetched, expected).
 
-    A checksum mismatch discards the bytes and downloads again (a metalink moves to its next mirror), at most
-    MAX_MISMATCH_DOWNLOADS times in all, then fails with both digests.
+    A checksum mismatch discards the bytes and downloads again, at most ``request.mismatch_retries`` more times; a
+    metalink moves to its next mirror (a mirror that served wrong bytes is not asked again). Then it fails with both
+    digests and the bytes transferred in all.
     """
     mismatches = 0
     while True:
@@ -506,12 +552,13 @@ def _fetch_verified(request, part, source, log, now, totals):
         log("checksum mismatch from %s: expected %s, got %s" % (bad_url, want, got))
         next_mirror = getattr(source, "next_mirror_after_mismatch", None)
         moved = next_mirror(fetched.served_url if fetched else None, want, got) if next_mirror else False
-        if mismatches >= MAX_MISMATCH_DOWNLOADS or (next_mirror and not moved):
+        if mismatches > request.mismatch_retries or (next_mirror and not moved):
             raise ChecksumMismatch(
-                "checksum mismatch for %s after %d download%s: expected %s, got %s"
-                % (bad_url, mismatches, "s" if mismatches > 1 else "", want, got),
-                expected=want, actual=got, url=bad_url, attempts=totals["attempts"],
+                "checksum mismatch for %s after %d download%s (%d bytes transferred in all): expected %s, got %s"
+                % (bad_url, mismatches, "s" if mismatches > 1 else "", totals["bytes"], want, got),
+                expected=want, actual=got, url=bad_url, attempts=totals["attempts"], downloads=mismatches,
             )
+        log("downloading again (%d of %d mismatch retries)" % (mismatches, request.mismatch_retries))
 
 
 def _fetch_once(request, part, source, expected, log, now, totals):
@@ -534,7 +581,8 @@ def _fetch_segmented(request, part, source, expected, log, totals):
     result = source.download_segmented(part.path, checksums=expected, block_size=request.block_size, log=log,
                                        resume=request.resume, algorithms=[DEFAULT_COMPUTED_ALGORITHM],
                                        progress=_segmented_progress(request, part, source, log),
-                                       save_interval=max(request.progress_interval, 0.5))
+                                       save_interval=max(request.progress_interval, 0.5),
+                                       limits=totals["limits"])
     totals["attempts"] += 1
     totals["bytes"] += result["bytes_downloaded"]
     served = getattr(result, "served_urls", None) or [request.url]
@@ -558,9 +606,10 @@ def _segmented_progress(request, part, source, log):
 
 
 def _keep_only_resumable(part, exc):
-    """After a failure keep the ``.part`` only when a later run can resume it: the transport failed, so the bytes
-    on disk are good as far as they go. Wrong, refused or unfinished-extraction bytes are removed."""
-    if not isinstance(exc, SourceError):
+    """After a failure keep the ``.part`` only when a later run can resume it: the transport failed or the run was
+    interrupted (SIGINT, SIGTERM, KeyboardInterrupt), so the bytes on disk are good as far as they go. Wrong,
+    refused or unfinished-extraction bytes are removed."""
+    if not isinstance(exc, (SourceError, _signals.Interrupted, KeyboardInterrupt)):
         part.discard()
 
 
@@ -661,6 +710,8 @@ class _Transfer:
             # be hashed anyway to be verified. Page-cache reads run at ~10 GB/s.
             self._hash_prefix(hashers, offset)
         last_error = None
+        limits = self.totals.get("limits") or _rate.Limits()
+        policy = _retry.RetryPolicy(request.retries, request.retry_delay, limits.budget)
         while self.attempts <= request.retries:
             self.attempts += 1
             self.totals["attempts"] += 1
@@ -669,11 +720,20 @@ class _Transfer:
                 break
             except SourceError as exc:
                 last_error = exc
-                if not exc.retryable or self.attempts > request.retries:
+                decision = policy.decide(exc, self.attempts)
+                if not decision.retry:
+                    exc.details.setdefault("retry_stopped", decision.why)
+                    if self.attempts > 1 or decision.retry_after is not None:
+                        self.log("attempt %d failed: %s; not retried: %s" % (self.attempts, exc.msg, decision.why))
                     raise
-                delay = min(request.retry_delay * (2 ** (self.attempts - 1)), 30)
-                self.log("attempt %d failed: %s; retrying in %.1f s" % (self.attempts, exc.msg, delay))
-                time.sleep(delay)
+                self.log("attempt %d failed: %s; retrying in %.1f s%s" % (
+                    self.attempts, exc.msg, decision.delay,
+                    " as the server asked (Retry-After)" if decision.why == "Retry-After" else ""))
+                if exc.details.get("reason") == "too_slow":
+                    set_aside = getattr(self.source, "set_aside_slow_mirror", None)
+                    if set_aside is not None:
+                        set_aside(self.served_url)
+                time.sleep(decision.delay)
                 state = self._resumable()
                 if state is None:
                     offset, validators, total = 0, None, None
@@ -750,7 +810,11 @@ class _Transfer:
             raise _IsMetalink(body)  # the metalink reads the document from this body and closes it
         try:
             if body.offset != offset:
-                # The server could not resume (no Range support, or the file changed: If-Range failed).
+                # The server could not resume (no Range support, or the file changed: If-Range failed): start
+                # over from byte 0, once per run; a second refusal ends the run (no full-download loops).
+                if self.totals.get("restarted_from") is not None:
+                    raise _resume_refused_again(body, offset, self.totals["restarted_from"])
+                self.totals["restarted_from"] = offset
                 self.log("the server restarted the transfer from byte %d (asked %d)" % (body.offset, offset))
                 for name in list(hashers):
                     hashers[name] = new_hash(name)
@@ -770,8 +834,12 @@ class _Transfer:
                                  identity=self.identity, validators=getattr(body, "validators", None))
             try:
                 progress.save_absolute(offset)
+                limits = self.totals.get("limits")
+                limit = limits.connection(redact_url(body.url or request.url)) if limits is not None and (
+                    limits.paced or limits.watched) else None
                 copied = stream_to_file(body, writer, list(hashers.values()), on_progress=progress.save,
-                                        progress_interval=request.progress_interval)
+                                        progress_interval=request.progress_interval, limit=limit,
+                                        read_size=limits.read_size(DEFAULT_READ_SIZE) if limit else DEFAULT_READ_SIZE)
                 writer.finish()
             except BaseException:
                 # The bytes written before the failure are resumable: record how far they go.
@@ -798,6 +866,14 @@ class _Transfer:
         if total is not None and offset != total:
             raise SourceError("the transfer ended at byte %d of %d" % (offset, total), url=redact_url(body.url))
         return offset
+
+
+def _resume_refused_again(body, offset, first):
+    error = SourceError(
+        "%s refused to resume at byte %d after refusing at byte %d earlier in this run: stopped rather than "
+        "downloading the whole image once more (the server serves no ranges, or its file keeps changing)"
+        % (redact_url(body.url), offset, first), url=redact_url(body.url), reason="resume_refused")
+    return error
 
 
 class _Progress:

@@ -341,8 +341,9 @@ def status_error(url, status, reason="", retry_after=None):
 
 
 def _retry_after(response):
+    """Retry-After as sent: int seconds, or the HTTP-date text (``_retry.parse_retry_after`` reads both)."""
     value = (response.getheader("Retry-After") or "").strip()
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isdigit() else (value or None)
 
 
 def _fail(msg, url, retryable=True, **details):

@@ -556,6 +556,7 @@ class MetalinkSource:
         self._open_source = open_source
         self._sources = {}
         self._rejected = set()
+        self._slow = set()
         self._user_checksum = False
         self.served_by = []
 
@@ -587,8 +588,20 @@ class MetalinkSource:
         return self.file.size is not None and (self.connections > 1 or self.file.pieces is not None)
 
     def mirrors(self):
-        """The mirrors still worth trying, in order."""
-        return [m for m in self.file.mirrors if m.url not in self._rejected]
+        """The mirrors still worth trying, in order (mirrors set aside as too slow last)."""
+        mirrors = [m for m in self.file.mirrors if m.url not in self._rejected]
+        if self._slow:
+            mirrors.sort(key=lambda m: m.url in self._slow)
+        return mirrors
+
+    def set_aside_slow_mirror(self, served_url=None):
+        """The ``lowest_speed`` watchdog closed the connection: try the other mirrors first from now on. Only when
+        joined bytes are verifiable (else the next mirror would start again from byte 0, which costs more than a
+        slow mirror)."""
+        if not self.verifiable:
+            return
+        for url in self.served_by or ([served_url] if served_url else []):
+            self._slow.add(url)
 
     # -- Source contract
 
@@ -600,7 +613,7 @@ class MetalinkSource:
         saved_mirror = validators.pop("mirror", None)
         candidates = self.mirrors()
         if offset and saved_mirror:
-            candidates.sort(key=lambda m: mirror_key(m.url) != saved_mirror)
+            candidates.sort(key=lambda m: (m.url in self._slow, mirror_key(m.url) != saved_mirror))
         if not candidates:
             raise self.failure("no mirror is left to try")
         errors_before = len(self.mirror_errors)
@@ -676,7 +689,7 @@ class MetalinkSource:
                            resume=True, **kwargs):
         """Fill ``part_path`` from several mirrors at once: see :func:`segmented_download`."""
         options = dict(per_mirror_connections=None, unit_size=None, max_mirror_failures=3, save_interval=2.0,
-                       algorithms=("sha256",), sparse=True)
+                       algorithms=("sha256",), sparse=True, limits=None)
         unknown = set(kwargs) - set(options)
         if unknown:
             raise TypeError("unknown arguments: %s" % ", ".join(sorted(unknown)))
@@ -684,7 +697,8 @@ class MetalinkSource:
         job = _SegmentedDownload(self.file, self._open_source, part_path, self.connections, block_size, progress,
                                  checksums, log, resume, options["sparse"], self.mirrors(),
                                  options["per_mirror_connections"], options["unit_size"],
-                                 options["max_mirror_failures"], options["save_interval"], options["algorithms"])
+                                 options["max_mirror_failures"], options["save_interval"], options["algorithms"],
+                                 options["limits"])
         try:
             return job.run()
         finally:
@@ -757,6 +771,7 @@ class _MetalinkBody:
         self.size = source.file.size if source.file.size is not None else body.size
         self.content_type = getattr(body, "content_type", None)
         self.accept_ranges = getattr(body, "accept_ranges", False)
+        self._closed = False  # closed by the caller (a watchdog, an interruption): no failover then
 
     @property
     def url(self):
@@ -774,6 +789,8 @@ class _MetalinkBody:
             try:
                 count = self._body.readinto(buf)
             except (SourceError, OSError) as exc:
+                if self._closed:
+                    raise
                 self._failover(exc)
                 continue
             if not count:
@@ -810,6 +827,7 @@ class _MetalinkBody:
         raise self._source.failure("no mirror could continue at byte %d" % self._position)
 
     def close(self):
+        self._closed = True
         self._body.close()
 
 
@@ -947,7 +965,7 @@ class _Task:
     """Units ``[next, stop)`` being fetched from ``mirror`` by one worker. ``stop`` shrinks when an idle worker
     takes over the second half; ``dirty`` means unit ``next`` is partly written."""
 
-    __slots__ = ("mirror", "next", "stop", "avoid", "clean", "dirty", "failed", "received")
+    __slots__ = ("mirror", "next", "stop", "avoid", "clean", "dirty", "failed", "received", "body", "limit", "slow")
 
     def __init__(self, mirror, start, stop, avoid, clean):
         self.mirror = mirror
@@ -958,11 +976,15 @@ class _Task:
         self.dirty = False
         self.failed = False
         self.received = 0
+        self.body = None  # the open body, for the watcher (lowest_speed, timeout)
+        self.limit = None
+        self.slow = None
 
 
 def segmented_download(metalink_file, open_source, part_path, connections=2, block_size=64 * 1024, progress=None,
                        checksums=None, log=None, resume=True, sparse=True, mirrors=None, per_mirror_connections=None,
-                       unit_size=None, max_mirror_failures=3, save_interval=2.0, algorithms=("sha256",)):
+                       unit_size=None, max_mirror_failures=3, save_interval=2.0, algorithms=("sha256",),
+                       limits=None):
     """Download the metalink's file into ``part_path`` from several mirrors in parallel.
 
     The part is created at its full size as a sparse file; the file is cut into units (the piece length when the
@@ -979,16 +1001,19 @@ def segmented_download(metalink_file, open_source, part_path, connections=2, blo
     Resume state lives in :func:`segments_sidecar_path`: done
     units, rewritten every ``save_interval`` seconds after an ``fdatasync``; done pieces are hashed again before
     they are trusted. ``progress(bytes_done, total)`` is called from the calling thread.
+    ``limits`` (``_rate.Limits``): ``max_rate`` is one bucket shared by every connection; a connection below
+    ``lowest_speed`` is closed (its range goes back to the queue, another mirror first); past the ``timeout`` the
+    download stops (resumable).
     """
     return _SegmentedDownload(metalink_file, open_source, part_path, connections, block_size, progress, checksums,
                               log, resume, sparse, mirrors, per_mirror_connections, unit_size, max_mirror_failures,
-                              save_interval, algorithms).run()
+                              save_interval, algorithms, limits).run()
 
 
 class _SegmentedDownload:
     def __init__(self, metalink_file, open_source, part_path, connections, block_size, progress, checksums, log,
                  resume, sparse, mirrors, per_mirror_connections, unit_size, max_mirror_failures, save_interval,
-                 algorithms):
+                 algorithms, limits=None):
         self.file = metalink_file
         self.open_source = open_source
         self.part_path = part_path
@@ -1033,6 +1058,7 @@ class _SegmentedDownload:
         self.refetched = []
         self.resumed_bytes = 0
         self.digests = None
+        self.limits = limits if limits is not None and (limits.paced or limits.watched) else None
 
     # -- setup
 
@@ -1179,9 +1205,12 @@ class _SegmentedDownload:
 
     def _supervise(self, workers, hasher):
         last = time.monotonic()
+        wait = min(self.save_interval, 1.0) if self.limits is None else 0.25
         for thread in workers + [hasher]:
             while thread.is_alive():
-                thread.join(timeout=min(self.save_interval, 1.0))
+                thread.join(timeout=wait)
+                if self.limits is not None:
+                    self._watch()
                 now = time.monotonic()
                 if now - last >= self.save_interval:
                     last = now
@@ -1240,6 +1269,22 @@ class _SegmentedDownload:
             ))
         except OSError as exc:
             self.log("could not save the resume state %s: %s" % (self.sidecar_path, exc))
+
+    def _watch(self):
+        """lowest_speed and timeout: close the connections that are too slow; stop everything past the timeout."""
+        with self.cond:
+            tasks = [task for task in self.active if task.body is not None]
+        if self.limits.budget.expired():
+            self._abort(self.limits.timeout_error(done=self.done_bytes))
+            for task in tasks:
+                task.body.close()
+            return
+        for task in tasks:
+            error = task.limit.check()
+            if error is not None:
+                task.slow = error
+                self.log("%s: %s" % (task.mirror.redacted, error.msg))
+                task.body.close()
 
     def _abort(self, exc):
         with self.cond:
@@ -1397,6 +1442,9 @@ class _SegmentedDownload:
                     self.refused.add(mirror.url)
             self._mirror_failed(mirror, exc, fatal_for_mirror=True)
             return
+        if self.limits is not None:
+            task.limit = self.limits.connection(mirror.redacted)
+            task.body = body
         try:
             if body.offset != start:
                 with self.cond:
@@ -1420,8 +1468,9 @@ class _SegmentedDownload:
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NotEnoughSpace("the pool filled up while writing (%s)" % exc.strerror) from exc
             task.failed = True
-            self._mirror_failed(mirror, exc)
+            self._mirror_failed(mirror, task.slow or exc)
         finally:
+            task.body = None
             body.close()
 
     def _fetch_unit(self, task, body, unit, buf):
@@ -1439,6 +1488,8 @@ class _SegmentedDownload:
             if not count:
                 raise SourceError("the mirror ended the range early, at byte %d" % (stop - left))
             task.received += count
+            if task.limit is not None:
+                task.limit.received(count)
             if piece is not None:
                 piece.update(chunk if count == len(chunk) else memoryview(chunk)[:count])
             writer.write(chunk, count)

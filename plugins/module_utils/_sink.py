@@ -18,6 +18,8 @@ from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import NotEnoughSpace
 
 DEFAULT_BLOCK_SIZE = 64 * 1024
+# The receive buffer of stream_to_file (socket reads; writes stay block_size).
+DEFAULT_READ_SIZE = 256 * 1024
 # Start writing dirty pages back every this many bytes, so that the fsync before the rename finds little left to
 # write: on a 2 GiB download that fsync took ~1 s when all the writeback waited for it, ~0 s with this.
 DEFAULT_WRITEBACK_EVERY = 32 * 1024 * 1024
@@ -183,20 +185,27 @@ class _Batch:
 
 
 _END = object()
+# How often the watcher of a limited stream (lowest_speed, timeout) looks at it.
+_WATCH_INTERVAL = 0.25
 
 
 class StreamStopped(Exception):
     """Raised inside the pipeline threads when another stage failed first."""
 
 
-def stream_to_file(body, writer, hashers=(), read_size=256 * 1024, buffers=16, on_progress=None,
-                   progress_interval=2.0):
+def stream_to_file(body, writer, hashers=(), read_size=DEFAULT_READ_SIZE, buffers=16, on_progress=None,
+                   progress_interval=2.0, limit=None):
     """Copy ``body`` into ``writer`` while ``hashers`` digest the same bytes, in one pass.
 
     Three stages overlap on separate threads: receiving (socket reads release the GIL), hashing (hashlib
     releases it for large buffers) and writing (the calling thread). Memory is ``buffers * read_size`` whatever
     the image size. ``on_progress(bytes_written)`` is called from the calling thread at most every
     ``progress_interval`` seconds. Returns the number of bytes copied; re-raises the first stage's error.
+
+    ``limit`` (a ``_rate.Connection``, optional): the receiving thread reports each buffer to it (the ``max_rate``
+    bucket waits there) when a cap or a minimum speed is set, and a watcher thread asks it four times a second
+    whether to stop (``lowest_speed``, overall ``timeout``): its error then ends the stream. Without a limit the
+    receive loop is the plain one.
     """
     free = queue.Queue()
     for _index in range(buffers):
@@ -216,18 +225,33 @@ def stream_to_file(body, writer, hashers=(), read_size=256 * 1024, buffers=16, o
 
     def receive():
         try:
-            while not stop.is_set():
-                try:
-                    batch = free.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                batch.count = body.readinto(batch.buf)
-                if not batch.count:
-                    break
-                batch.pending = consumers
-                if hashers:
-                    to_hash.put(batch)
-                to_write.put(batch)
+            if paced is None:
+                while not stop.is_set():
+                    try:
+                        batch = free.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
+                    batch.count = body.readinto(batch.buf)
+                    if not batch.count:
+                        break
+                    batch.pending = consumers
+                    if hashers:
+                        to_hash.put(batch)
+                    to_write.put(batch)
+            else:
+                while not stop.is_set():
+                    try:
+                        batch = free.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
+                    batch.count = body.readinto(batch.buf)
+                    if not batch.count:
+                        break
+                    batch.pending = consumers
+                    if hashers:
+                        to_hash.put(batch)
+                    to_write.put(batch)
+                    paced(batch.count, stop.wait)
         except BaseException as exc:  # pylint: disable=broad-except
             errors.append(exc)
             stop.set()
@@ -250,9 +274,21 @@ def stream_to_file(body, writer, hashers=(), read_size=256 * 1024, buffers=16, o
             errors.append(exc)
             stop.set()
 
+    def watch():
+        while not stop.wait(_WATCH_INTERVAL):
+            error = limit.check()
+            if error is not None:
+                errors.append(error)  # before the close: the receiver's "stopped" error comes second
+                stop.set()
+                _close_quietly(body)
+                return
+
+    paced = limit.received if limit is not None and limit.limits.paced else None
     threads = [threading.Thread(target=receive, name="dd-receive", daemon=True)]
     if hashers:
         threads.append(threading.Thread(target=digest, name="dd-hash", daemon=True))
+    if limit is not None and limit.limits.watched:
+        threads.append(threading.Thread(target=watch, name="dd-watch", daemon=True))
     for thread in threads:
         thread.start()
     copied = 0

@@ -35,6 +35,7 @@ extends_documentation_fragment:
   - directdownload.kvm._attributes.action_group_transfer
   - directdownload.kvm._attributes.FLOW
   - directdownload.kvm._transport
+  - directdownload.kvm._limits
 attributes:
   action:
     support: full
@@ -87,8 +88,8 @@ options:
         The file is read over the same transport as the image (same O(headers), O(url_username), CA, proxy and
         timeouts), also in check mode, and may be at most 1 MiB.
       - Empty means no verification; a SHA-256 digest is still computed and returned.
-      - On a mismatch the image is downloaded again (three downloads in all), then the task fails showing the
-        expected and actual digests, with nothing left in the pool.
+      - On a mismatch the image is downloaded again O(mismatch_retries) times (once by default), then the task fails
+        showing the expected and actual digests, with nothing left in the pool.
     type: str
     default: ''
   checksum_algorithm:
@@ -136,13 +137,17 @@ options:
     default: true
   retries:
     description:
-      - How many more attempts after a failed transfer (connection error, 5xx, truncated body, stall). Each attempt
-        resumes where the previous one stopped. Default from the agent settings file, else 3.
+      - How many more attempts after a failed transfer that may succeed later (HTTP 408, 429, 5xx, connection
+        refused or reset, timeouts, truncated body, a connection closed by O(lowest_speed)). Each attempt resumes
+        where the previous one stopped. HTTP 400, 401, 403, 404, 410 (and other 4xx) are not retried. Bounded by
+        O(timeout) as well. Default from the agent settings file, else 3.
       - From 0 to 100.
     type: int
   retry_delay:
     description:
-      - Seconds before the first retry; doubled for each further one, at most 30.
+      - Seconds before the first retry; doubled for each further one, at most 30, with jitter (a random point in
+        the upper half of the delay). A C(Retry-After) answer (seconds or an HTTP date) is waited for instead when
+        it is longer and fits O(timeout) (without O(timeout), at most 600 seconds); the wait is logged.
       - From 0 to 3600.
     type: float
     default: 1.0
@@ -228,6 +233,9 @@ notes:
     example C(watch cat /var/lib/libvirt/images/.NAME.part.json).
   - The checksum covers the bytes as downloaded, so the checksum of a compressed image is the checksum of the
     compressed file, as in CloudStack.
+  - SIGINT (Ctrl-C) or SIGTERM to the module process stops the download, keeps the C(.part) and its sidecar, and
+    fails with C(interrupted ... at 41% (...); run again to resume); the next run resumes with C(Range). SIGKILL
+    keeps them too (without a result). See C(docs/download.md) for what each stage leaves.
 seealso:
   - module: directdownload.kvm.url_check
   - module: directdownload.kvm.template
@@ -290,6 +298,17 @@ EXAMPLES = r"""
     force_basic_auth: true
     pool_path: /var/lib/libvirt/images
 
+- name: Spare a shared origin - at most 50 MiB/s, recycle connections slower than 1 MiB/s for 20 s, give up after 2 h
+  directdownload.kvm.download:
+    url: https://images.example.com/debian-12.qcow2
+    checksum: sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0
+    pool_path: /var/lib/libvirt/images
+    max_rate: 50M
+    lowest_speed: 1M
+    lowest_speed_time: 20
+    timeout: 7200
+    mismatch_retries: 0
+
 - name: A long download, with a progress line every 30 seconds in the play output
   directdownload.kvm.download:
     url: https://images.example.com/big.raw
@@ -351,8 +370,9 @@ final_url:
   type: str
   sample: https://mirror-a.example.com/debian-12.qcow2
 bytes_downloaded:
-  description: Bytes received by this run (0 when the image was already installed).
-  returned: success
+  description: Bytes received by this run (0 when the image was already installed); on failure, the bytes
+    transferred in all (every attempt and every download after a checksum mismatch).
+  returned: success and failure (not in check mode)
   type: int
   sample: 2147483648
 resumed_from:
@@ -381,6 +401,12 @@ rate:
   returned: when bytes were transferred
   type: int
   sample: 671088640
+restarted_from:
+  description: The byte offset at which the server refused to resume (no ranges, or the file changed), so the
+    transfer started again from byte 0 (once per run); null when that did not happen.
+  returned: success
+  type: int
+  sample: null
 mirror_errors:
   description: For a Metalink, the mirrors that failed before one served the image, with their errors.
   returned: success
@@ -412,11 +438,43 @@ backing_file:
   returned: when the image was refused for its backing file
   type: str
   sample: /etc/shadow
+expected:
+  description: On a checksum mismatch, the digest expected, C({ALG}hex).
+  returned: failure (checksum mismatch)
+  type: str
+  sample: "{SHA-256}0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
+actual:
+  description: On a checksum mismatch, the digest of the bytes received, C({ALG}hex).
+  returned: failure (checksum mismatch)
+  type: str
+  sample: "{SHA-256}9e8d7c6b5a49382716f5e4d3c2b1a0f99e8d7c6b5a49382716f5e4d3c2b1a0f9"
+retry_stopped:
+  description: On a transfer failure, why no further attempt was made on this host (a permanent failure, no
+    retries left, the O(timeout) spent, a C(Retry-After) beyond the budget).
+  returned: failure (transfer)
+  type: str
+  sample: "a permanent failure: not retried on this host"
+signal:
+  description: When the run was interrupted, the signal (C(SIGINT) or C(SIGTERM)). The C(.part) named in RV(part)
+    is kept; run the task again to resume.
+  returned: failure (interrupted)
+  type: str
+  sample: SIGTERM
+part:
+  description: When the run was interrupted, the resumable file kept in the pool.
+  returned: failure (interrupted, after bytes were kept)
+  type: str
+  sample: /var/lib/libvirt/images/.debian-12.qcow2.part
+bytes_done:
+  description: When the run was interrupted, the bytes in RV(part) that the next run resumes from.
+  returned: failure (interrupted, after bytes were kept)
+  type: int
+  sample: 880803840
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _download, _progress
+from ansible_collections.directdownload.kvm.plugins.module_utils import _download, _progress, _signals
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import (
     MAX_CHECKSUM_FILE_SIZE,
     as_given,
@@ -426,6 +484,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._checksum impor
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
 from ansible_collections.directdownload.kvm.plugins.module_utils._probe import PlainSourceOptions
+from ansible_collections.directdownload.kvm.plugins.module_utils._rate import LIMITS_ARGUMENT_SPEC
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import (
     TRANSPORT_ARGUMENT_SPEC,
@@ -474,6 +533,11 @@ def build_request(module, settings):
         mode=octal_mode(params["mode"]),
         progress_group=settings.get("progress_group"),
         lease=_progress.Lease.from_environment(),  # set when the download action plugin runs this as a job
+        max_rate=params["max_rate"],
+        lowest_speed=params["lowest_speed"],
+        lowest_speed_time=params["lowest_speed_time"],
+        mismatch_retries=params["mismatch_retries"],
+        timeout=params["timeout"],
     )
 
 
@@ -556,7 +620,7 @@ def main():
             mode=dict(type="raw"),
             owner=dict(type="str"),
             group=dict(type="str"),
-            **TRANSPORT_ARGUMENT_SPEC
+            **dict(TRANSPORT_ARGUMENT_SPEC, **LIMITS_ARGUMENT_SPEC)
         ),
         required_one_of=[("pool_path", "pool")],
         mutually_exclusive=[("pool_path", "pool")],
@@ -583,7 +647,8 @@ def main():
                 changed, msg = True, "would change the file attributes"
             module.exit_json(changed=changed, path=request.final_path, name=request.name, msg=msg, diff=diff,
                              url=redact_url(params["url"]))
-        result = _download.run(request, open_source, log=module.log)
+        with _signals.interruptible():  # SIGINT/SIGTERM: a resumable failure with a result, not a dead process
+            result = _download.run(request, open_source, log=module.log)
         if apply_file_attributes(module, request.final_path, False, diff) and not result["changed"]:
             result.update(changed=True, msg="changed the file attributes")
         result["final_url"] = result.get("url")

@@ -26,6 +26,7 @@ from ansible_collections.directdownload.kvm.tests.integration.conftest import (
     _venv_tool,
     _write_inventory,
     _write_playbook,
+    descendants,
     kill_tree,
     playbook_env,
     run_playbook_in,
@@ -282,14 +283,23 @@ def test_corrupt_body_redownloads_then_fails_with_both_digests(run_module, serve
     assert result["actual"].startswith("{SHA-256}") and result["actual"] != result["expected"]
     assert good in result["msg"]
     full_gets = [r for r in server.requests_for("/disk.qcow2", "GET") if not r.headers.get("range")]
-    assert len(full_gets) == 3
+    assert len(full_gets) == 2, "mismatch_retries defaults to 1: two downloads in all"
+    size = os.path.getsize(qcow2_image)
+    assert result["bytes_downloaded"] == 2 * size and "(%d bytes transferred in all)" % (2 * size) in result["msg"]
     assert os.listdir(pool) == []
+
+    server.clear_requests()
+    once = download(run_module, args_for(server, "disk.qcow2", pool, checksum="sha256:" + good, mismatch_retries=0))
+    assert once["status"] == "failed" and "after 1 download " in once["result"]["msg"]
+    assert len(server.requests_for("/disk.qcow2", "GET")) == 1
 
 
 def test_non_2xx_and_backing_file_are_refused(run_module, server, pool, www, qcow2_image):
-    missing = download(run_module, args_for(server, "missing.qcow2", pool))
+    missing = download(run_module, args_for(server, "missing.qcow2", pool, retries=3))
     assert missing["status"] == "failed" and "404" in missing["result"]["msg"]
     assert missing["result"]["retryable"] is False
+    assert len(server.requests_for("/missing.qcow2")) == 1, "a 404 is permanent: exactly one request"
+    assert "permanent" in missing["result"]["retry_stopped"]
 
     images.qcow2_with_backing(str(www / "child.qcow2"), str(qcow2_image))
     refused = download(run_module, args_for(server, "child.qcow2", pool))
@@ -410,6 +420,75 @@ def test_kill_9_mid_download_leaves_no_image_and_resumes(tmp_path, www, pool):
         result = run.task("Slow download")["result"]
         assert run.task("Slow download")["status"] == "changed", result
         assert result["resumed_from"] >= 4 * MiB
+        assert sha256(pool / "slow.raw") == good
+        assert sorted(os.listdir(pool)) == [".slow.raw.ddinfo.json", "slow.raw"]
+
+
+def module_processes(proc, module="download"):
+    """The module processes (AnsiballZ_<module>.py) below ``proc``: the process to signal, not the CLI's group."""
+    found = []
+    for pid in descendants(proc.pid):
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.endswith(b"AnsiballZ_%s.py" % module.encode()) for arg in argv) and not argv[0].endswith(b"sh"):
+            found.append(pid)
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_and_sigterm_keep_the_part_and_the_next_run_resumes(tmp_path, www, pool, signum):
+    images.random_raw(str(www / "slow.raw"), size=24 * MiB)
+    good = sha256(www / "slow.raw")
+    with ImageServer(www) as srv:
+        srv.set_fault("/slow.raw", rate=4 * MiB)
+        play = [{"hosts": "all", "gather_facts": False, "tasks": [{
+            "name": "Slow download", "directdownload.kvm.download": args_for(
+                srv, "slow.raw", pool, checksum="sha256:" + good, format="raw")}]}]
+        workdir = tmp_path / "interrupted"
+        workdir.mkdir()
+        (workdir / "ansible.cfg").touch()
+        results_file = workdir / "results.jsonl"
+        results_file.touch()
+        argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
+                str(_write_playbook(play, workdir))]
+        with subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir, results_file), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            try:
+                deadline = time.monotonic() + 60
+                while _pool_state(pool).get("bytes_done", 0) < 4 * MiB:
+                    assert time.monotonic() < deadline, "the download never started"
+                    assert proc.poll() is None, "ansible-playbook ended before it could be interrupted"
+                    time.sleep(0.05)
+                targets = module_processes(proc)
+                assert len(targets) == 1, targets
+                os.kill(targets[0], signum)
+                output, _err = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    kill_tree(proc)
+        assert proc.returncode == 2, output
+        results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
+        interrupted = [r for r in results if r.get("task") == "Slow download"][-1]
+        result = interrupted["result"]
+        assert interrupted["status"] == "failed", result
+        assert "interrupted by %s at " % signum.name in result["msg"] and "run again to resume" in result["msg"]
+        assert result["signal"] == signum.name and result["bytes_done"] >= 4 * MiB and result["retryable"] is True
+        assert "%d%%" % int(100 * result["bytes_done"] / (24 * MiB)) in result["msg"]
+        assert visible(pool) == [], "an interrupted download must not leave an image in the pool"
+        assert os.path.exists(pool / ".slow.raw.part") and _pool_state(pool)["bytes_done"] == result["bytes_done"]
+        assert not module_processes(proc), "the module process ended"
+
+        srv.clear_faults()
+        srv.clear_requests()
+        run = run_playbook_in(tmp_path / "again", play)
+        again = run.task("Slow download")["result"]
+        assert run.task("Slow download")["status"] == "changed", again
+        assert again["resumed_from"] == result["bytes_done"]
+        assert [r.headers.get("range") for r in srv.requests_for("/slow.raw", "GET")] == [
+            "bytes=%d-" % result["bytes_done"]]
         assert sha256(pool / "slow.raw") == good
         assert sorted(os.listdir(pool)) == [".slow.raw.ddinfo.json", "slow.raw"]
 

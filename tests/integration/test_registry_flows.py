@@ -601,6 +601,16 @@ def test_deploy_two_hosts_local_pools_then_nothing_to_do(run_playbook, tmp_path,
     assert all(r["bytes"] == 0 for r in again.report)
 
 
+def test_deploy_origin_rate_is_shared_among_the_hosts_downloading_at_once(run_playbook, tmp_path, mirror):
+    inv, registry, _template = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1", "kvm2"]))
+    run = deploy(run_playbook, inv, registry, deploy_origin_rate="2M")
+    attempts = download_attempts(run)
+    assert len(attempts) == 2 and all(item.get("changed") for item in attempts), attempts
+    # Two hosts in the batch (forks 5): each download gets half of the 2 MiB/s budget.
+    assert [item["invocation"]["module_args"]["max_rate"] for item in attempts] == ["1048576", "1048576"]
+    assert len(image_gets(mirror, "disk.qcow2.gz")) == 2
+
+
 def test_deploy_check_real_check(run_playbook, tmp_path, mirror):
     inv, registry, template = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1"]))
     image = tmp_path / "pool-kvm1" / template["id"]

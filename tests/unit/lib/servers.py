@@ -50,7 +50,7 @@ Offsets are positions in the file, whatever range the request asked for:
 ==================  ==========================================================================================
 
 ``srv.requests`` is a list of :class:`RequestRecord` (method, path, headers with lower-case names, status,
-bytes_sent). A request is recorded when it arrives and its status is set before the answer's headers go out;
+bytes_sent, time: ``time.monotonic()`` at arrival). A request is recorded when it arrives and its status is set before the answer's headers go out;
 ``bytes_sent`` is final once ``srv.wait_idle()`` returns True.
 """
 
@@ -132,6 +132,7 @@ class RequestRecord:
         self.client = client
         self.status = None
         self.bytes_sent = 0
+        self.time = time.monotonic()  # when it arrived (retry pacing tests compare these)
 
     def __repr__(self):
         # Header values stay out of reprs: tests print these on failure and values may be secrets.

@@ -119,6 +119,15 @@ def test_status_times_then_ok(server, data):
     assert [get(server, "/f.bin")[0].status for _round in range(3)] == [500, 500, 200]
 
 
+def test_status_with_retry_after_and_arrival_times(server):
+    server.set_fault("f.bin", status=503, times=1, headers={"Retry-After": "2"})
+    response, _body = get(server, "/f.bin")
+    assert response.status == 503 and response.getheader("Retry-After") == "2"
+    assert get(server, "/f.bin")[0].status == 200
+    first, second = server.requests
+    assert first.time <= second.time
+
+
 def test_fault_for_one_method(server):
     server.set_fault("/f.bin", status=405, method="HEAD")
     assert get(server, "/f.bin", "HEAD")[0].status == 405

@@ -152,7 +152,8 @@ def test_mismatch_is_bounded_and_leaves_nothing(server, pool):
     with pytest.raises(ChecksumMismatch) as failure:
         _download.run(request, open_source)
     assert failure.value.expected == "{MD5}" + "a" * 32 and not failure.value.retryable
-    assert "after 3 downloads" in failure.value.msg
+    assert "after 2 downloads" in failure.value.msg, "mismatch_retries defaults to 1: two downloads in all"
+    assert "bytes transferred in all" in failure.value.msg and failure.value.details["downloads"] == 2
     assert os.listdir(pool) == []
 
 
@@ -418,3 +419,39 @@ def test_a_hard_linked_record_is_fine(server, pool):
     assert _download.plan(request_for(server, pool)).action == "none"
     assert _download.run(request_for(server, pool, force=True), open_source)["changed"]
     assert json.loads((pool / "record-copy").read_text())["st_ino"] != os.stat(pool / "disk.qcow2").st_ino
+
+
+def test_mismatch_retries_zero_downloads_once(server, pool, www):
+    server.set_fault("/disk.qcow2", corrupt_at=100)
+    request = request_for(server, pool, mismatch_retries=0,
+                          checksum=parse_checksum("sha256:" + images.sha256_file(str(www / "disk.qcow2"))))
+    with pytest.raises(ChecksumMismatch) as failure:
+        _download.run(request, open_source)
+    size = os.path.getsize(www / "disk.qcow2")
+    assert len(server.requests_for("/disk.qcow2", "GET")) == 1
+    assert failure.value.details["bytes_downloaded"] == size and "after 1 download (%d bytes" % size in failure.value.msg
+    assert failure.value.actual != failure.value.expected and failure.value.expected in failure.value.msg
+    assert os.listdir(pool) == []
+    with pytest.raises(InvalidInput, match="mismatch_retries"):
+        request_for(server, pool, mismatch_retries=-1)
+
+
+def test_a_refused_resume_restarts_from_zero_once_and_says_so(server, pool, www):
+    size = os.path.getsize(www / "disk.qcow2")
+    server.set_fault("/disk.qcow2", truncate_at=size // 2, times=1)
+    with pytest.raises(SourceError):
+        _download.run(request_for(server, pool, retries=0), open_source)
+    server.set_fault("/disk.qcow2", no_range=True)  # the server lost its range support since
+    result = _download.run(request_for(server, pool, retries=0), open_source)
+    assert result["restarted_from"] > 0 and "refused to resume at byte %d" % result["restarted_from"] in result["msg"]
+    assert result["bytes_downloaded"] == size
+
+    # A second refusal in the same run ends it instead of downloading the whole image again and again.
+    server.set_fault("/disk.qcow2", no_range=True, truncate_at=size // 2)
+    server.clear_requests()
+    request = request_for(server, pool, name="again.qcow2", retries=5)
+    with pytest.raises(SourceError) as failure:
+        _download.run(request, open_source)
+    assert failure.value.details["reason"] == "resume_refused" and "downloading the whole image once more" in failure.value.msg
+    # 1: from 0, cut at half; 2: resume refused, from 0 again, cut; 3: refused again -> stop (not 6 full GETs).
+    assert len(server.requests_for("/disk.qcow2", "GET")) == 3
