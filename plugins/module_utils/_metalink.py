@@ -46,7 +46,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
     SourceError,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
-from ansible_collections.directdownload.kvm.plugins.module_utils._sink import SparseWriter
+from ansible_collections.directdownload.kvm.plugins.module_utils._sink import SparseWriter, read_bounded
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     METALINK_SUFFIXES,
     redact_url,
@@ -495,17 +495,9 @@ def _order_mirrors(urls, version, location_preference, notes):
 def read_document(body, max_size=DEFAULT_MAX_DOCUMENT_SIZE):
     """Read a metalink document from a Source body (see docs/architecture.md), refusing one above ``max_size``
     bytes before it is all in memory."""
-    data = bytearray()
-    buf = bytearray(64 * 1024)
-    while True:
-        count = body.readinto(buf)
-        if not count:
-            break
-        data += buf[:count]
-        if len(data) > max_size:
-            raise InvalidInput("the metalink document at %s is larger than %d bytes: refused"
-                               % (redact_url(getattr(body, "url", None)), max_size), max_size=max_size)
-    return bytes(data)
+    return read_bounded(body, max_size, lambda: InvalidInput(
+        "the metalink document at %s is larger than %d bytes: refused" % (redact_url(getattr(body, "url", None)), max_size),
+        max_size=max_size))
 
 
 def load_metalink(url, open_source, name=None, location_preference=(), max_size=DEFAULT_MAX_DOCUMENT_SIZE):

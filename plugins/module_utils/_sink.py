@@ -317,6 +317,21 @@ def stream_to_file(body, writer, hashers=(), read_size=DEFAULT_READ_SIZE, buffer
     return copied
 
 
+def read_bounded(body, limit, too_large):
+    """The whole of a small body (a checksum list, a metalink document) as bytes, for what must be held in memory.
+    Raises ``too_large()`` (an exception to raise) as soon as more than ``limit`` bytes came, before the rest."""
+    data = bytearray()
+    buf = bytearray(64 * 1024)
+    while True:
+        count = body.readinto(buf)
+        if not count:
+            break
+        data += buf[:count]
+        if len(data) > limit:
+            raise too_large()
+    return bytes(data)
+
+
 def _close_quietly(body):
     try:
         body.close()

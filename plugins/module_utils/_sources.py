@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
+from ansible_collections.directdownload.kvm.plugins.module_utils._sink import read_bounded
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_url, redact_url, url_scheme
 
 
@@ -56,16 +57,8 @@ def read_small_file(url, request, limit):
         if body.size is not None and body.size > limit:
             raise InvalidInput("%s is %d bytes, more than the %d a checksum file may have"
                                % (redact_url(url), body.size, limit))
-        data = bytearray()
-        buf = bytearray(64 * 1024)
-        while True:
-            count = body.readinto(buf)
-            if not count:
-                break
-            data += buf[:count]
-            if len(data) > limit:
-                raise InvalidInput("%s has more than the %d bytes a checksum file may have" % (redact_url(url), limit))
-        return bytes(data)
+        return read_bounded(body, limit, lambda: InvalidInput(
+            "%s has more than the %d bytes a checksum file may have" % (redact_url(url), limit)))
     finally:
         body.close()
 
