@@ -577,6 +577,7 @@ def _fetch_once(request, part, source, expected, log, now, totals):
 def _fetch_segmented(request, part, source, expected, log, totals):
     """Several mirrors at once (metalink with connections > 1 or piece hashes); verifies by itself."""
     if source.size is not None:
+        _gate.check_announced_size(source.size, redact_url(request.url), request.limits)
         _install.ensure_free_space(request.pool_path, source.size, "the download")
     result = source.download_segmented(part.path, checksums=expected, block_size=request.block_size, log=log,
                                        resume=request.resume, algorithms=[DEFAULT_COMPUTED_ALGORITHM],
@@ -826,6 +827,7 @@ class _Transfer:
             self.served_url = body.url or self.served_url
             total = body.size if body.size is not None else total
             if total is not None:
+                _gate.check_announced_size(total, redact_url(body.url or request.url), request.limits)
                 _install.ensure_free_space(request.pool_path, max(0, total - offset), "the download")
             fd = self.part.open_for_write(offset)
             writer = SparseWriter(fd, offset=offset, block_size=request.block_size)

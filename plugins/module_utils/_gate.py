@@ -511,6 +511,16 @@ def check_size(path, limits=None):
                      % (path, human_size(size), human_size(limits.max_size)), size=size, max_size=limits.max_size)
 
 
+def check_announced_size(size, url, limits=None):
+    """Refuse, before any byte is written, a download whose announced size (Content-Length, a metalink's size) is
+    above ``max_size``: the same rule as :func:`check_size` on the file, without fetching it first."""
+    limits = limits or DEFAULT_LIMITS
+    if size is not None and size > limits.max_size:
+        raise refuse("max_size", "%s announces %s, above max_size (%s): refused before the transfer (raise max_size "
+                     "to accept it)" % (url, human_size(size), human_size(limits.max_size)),
+                     size=size, max_size=limits.max_size)
+
+
 def admit(path, declared_format=None, limits=None, qemu_img="qemu-img", timeout=QEMU_IMG_TIMEOUT):
     """The whole gate on one file: size cap, inspection, policy. Returns the ImageInfo of an admitted image."""
     check_size(path, limits)

@@ -20,6 +20,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils import _downloa
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     ChecksumMismatch,
+    ImageRejected,
     InvalidInput,
     SourceError,
 )
@@ -155,6 +156,18 @@ def test_mismatch_is_bounded_and_leaves_nothing(server, pool):
     assert "after 2 downloads" in failure.value.msg, "mismatch_retries defaults to 1: two downloads in all"
     assert "bytes transferred in all" in failure.value.msg and failure.value.details["downloads"] == 2
     assert os.listdir(pool) == []
+
+
+def test_an_announced_size_above_max_size_is_refused_before_the_transfer(server, pool, www):
+    size = os.path.getsize(str(www / "disk.qcow2"))
+    request = request_for(server, pool, max_size=size - 1)
+    with pytest.raises(ImageRejected) as failure:
+        _download.run(request, open_source)
+    assert failure.value.details["rule"] == "max_size" and "before the transfer" in failure.value.msg
+    assert not failure.value.retryable
+    assert os.listdir(pool) == [], "nothing written, no .part kept"
+    assert len(server.requests_for("/disk.qcow2")) == 1, "refused on the first answer, never retried"
+    assert _download.run(request_for(server, pool, max_size=size), open_source)["changed"]
 
 
 # ---------------------------------------------------------------- crash and attack safety (issue 17)
