@@ -181,7 +181,8 @@ options:
   max_size:
     description:
       - The largest file accepted, in bytes or with a unit (V(50G), V(2T)), for the file as downloaded and for what
-        extraction produces (its apparent size). A larger image is refused, nothing is kept; a server that announces a larger size is refused before the transfer.
+        extraction produces (its apparent size). A larger image is refused, nothing is kept; a server that announces
+        a larger size is refused before the transfer.
       - Default 1 TiB. CloudStack's own C(max.template.iso.size) defaults to 50 GiB; set the size of the template
         (with a margin) when it is known.
     type: bytes
