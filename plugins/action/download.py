@@ -5,7 +5,7 @@
 
 The module runs on the host as an async job (as ``async:`` would run it); meanwhile this plugin reads the download's
 progress sidecar ``<pool>/.<name>.part.json`` on the host about every second and prints a line every
-``directdownload_progress_interval`` seconds (default 5; 0 turns it off), then returns the module's own result.
+``directdownload_progress_interval`` seconds (default 0, off: set it, e.g. to 5, to get the lines), then returns the module's own result.
 Every read also renews the job's lease (``_progress.Lease``): a download whose controller went away stops by itself
 within a minute, keeping its ``.part``, as a synchronous one does when its SSH session ends.
 
@@ -35,7 +35,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._sink import Pa
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import safe_file_name
 
 # Seconds between progress lines (0: no job, no lines): variable, else controller environment, else default.
-INTERVAL_VAR, INTERVAL_ENV, DEFAULT_INTERVAL = "directdownload_progress_interval", "DIRECTDOWNLOAD_PROGRESS_INTERVAL", 5
+INTERVAL_VAR, INTERVAL_ENV, DEFAULT_INTERVAL = "directdownload_progress_interval", "DIRECTDOWNLOAD_PROGRESS_INTERVAL", 0
 # The job's lease: without a renewal for this long the download stops (the controller is gone).
 LEASE_VAR, LEASE_ENV_CONTROLLER, DEFAULT_LEASE = "directdownload_progress_lease", "DIRECTDOWNLOAD_PROGRESS_LEASE", 60
 # The async wrapper's own limit; the lease is what stops an abandoned download.

@@ -175,7 +175,7 @@ def test_a_metalink_behind_a_redirect_is_a_metalink_for_download_and_url_check(r
     server.set_fault("/image.meta4", content_type="application/octet-stream")
     record = run_module(MODULE, args_for(server.url("latest"), pool, name="disk.qcow2"))[0]
     assert record["status"] == "changed", record["result"]
-    assert record["result"]["format"] == "qcow2" and record["result"]["url"] == server.url("disk.qcow2")
+    assert record["result"]["format"] == "qcow2" and record["result"]["final_url"] == server.url("disk.qcow2")
     assert sha256(pool / "disk.qcow2") == sha256(image)
 
     checked = run_module("directdownload.kvm.url_check", {"url": server.url("latest"), "read_timeout": 2})[0]

@@ -76,7 +76,7 @@ def test_download_into_pool_then_idempotent(run_module, nfs_export, image, pool,
     assert record["status"] == "changed", result
     assert result["path"] == str(pool / "disk.qcow2") and result["format"] == "qcow2"
     assert result["virtual_size"] == VIRTUAL
-    assert result["checksum"] == "{SHA-256}" + sha256(image)
+    assert result["checksum"] == "sha256:" + sha256(image), "the checksum is echoed in the form given"
     assert result["bytes_downloaded"] == os.path.getsize(image) and result["attempts"] == 1
     assert result["url"].startswith("nfs://127.0.0.1%s/disk.qcow2" % nfs_export.path)
     assert sha256(pool / "disk.qcow2") == sha256(image)
