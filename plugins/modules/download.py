@@ -41,7 +41,7 @@ attributes:
     support: full
     details:
       - The action plugin runs the module on the host as an async job, prints a progress line (host, percent, bytes
-        done of total, rate, ETA, source) every C(directdownload_progress_interval) seconds (default V(0): off; set
+        done of total, rate, ETA, source) every C(directdownload_progress_interval) seconds (default V(0), off; set
         it, for example to V(5), to turn it on), and returns the module's own result. See the notes.
   async:
     support: full
