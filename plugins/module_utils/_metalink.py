@@ -30,6 +30,8 @@ import os
 import re
 import threading
 import time
+import unicodedata
+from urllib.parse import urljoin, urlsplit, urlunsplit, uses_netloc, uses_relative
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import (
     Checksum,
@@ -50,7 +52,6 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._sink import Sp
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     METALINK_SUFFIXES,
     redact_url,
-    safe_file_name,
     url_path_lower,
     url_scheme,
 )
@@ -73,6 +74,8 @@ ALLOWED_SCHEMES = ("http", "https", "nfs")
 # Declarations are what billion-laughs and XXE documents need; no metalink has a use for them.
 _DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.IGNORECASE)
 _UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+_XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
+_DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 
 
 def _shorten(text, limit=120):
@@ -132,7 +135,13 @@ class MetalinkFile:
 
     ``hashes`` holds file-level hashes only (piece hashes are in ``pieces``); ``notes`` are operator warnings
     about what was skipped (unknown hash types, other schemes, torrents, unusable piece lists).
+    ``max_connections`` is the cap of Metalink 3 ``<resources maxconnections>`` on the connections of the whole
+    file (None: no cap); ``unusable_hashes`` describes the hashes and piece lists that could not be used (no type,
+    unknown type, malformed), for the refusal in :meth:`expected_checksums`.
     """
+
+    max_connections = None
+    unusable_hashes = ()
 
     def __init__(self, name, size, hashes, pieces, mirrors, notes, version):
         self.name = name
@@ -155,7 +164,16 @@ class MetalinkFile:
 
     def expected_checksums(self, user_checksum=None):
         """The digests the downloaded file must match: the strongest file-level hash, and the user's checksum
-        when one was given (both must match). Refuses at once a user checksum that contradicts the document."""
+        when one was given (both must match). Refuses at once a user checksum that contradicts the document, and
+        a document whose hashes are all unusable (no type, unknown type, malformed) when the user gave no checksum:
+        its image would otherwise be installed unverified."""
+        if user_checksum is None and not self.verifiable and self.unusable_hashes:
+            found = list(self.unusable_hashes)
+            raise InvalidInput(
+                "the metalink gives no usable hash for %s (found: %s): refused, since the image could not be "
+                "verified; give the checksum option to download it anyway"
+                % (self.name, "; ".join(found[:10]) + ("; ..." if len(found) > 10 else "")),
+                unusable_hashes=found[:100], metalink_notes=list(self.notes))
         expected = []
         if user_checksum is not None:
             for declared in self.hashes:
@@ -180,6 +198,7 @@ class MetalinkFile:
             pieces=dict(length=self.pieces.length, algorithm=self.pieces.algorithm, count=len(self.pieces.hashes))
             if self.pieces else None,
             mirrors=[m.as_dict() for m in self.mirrors], notes=list(self.notes),
+            max_connections=self.max_connections,
         )
 
     def __repr__(self):
@@ -223,6 +242,74 @@ def _int_attribute(element, attribute, notes, low=None, high=None):
     return value
 
 
+def _check_file_name(name):
+    """Refuse a ``file@name`` that breaks RFC 5854 section 4.1.2.1: empty, absolute, a ``.`` or ``..`` segment, a
+    control character, a backslash, a drive letter, or no file name after the last ``/``. A relative path such as
+    ``dir/image.qcow2`` is fine: the name is only matched against ``metalink_name`` and shown, never used as a path
+    (the pool file name comes from the ``name`` option or the URL)."""
+    if not name:
+        raise InvalidInput("the metalink <file> has no name (RFC 5854 requires one)")
+    shown = name if len(name) <= 80 else name[:80] + "..."
+    problem = None
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        problem = "it contains a control character"
+    elif "\\" in name:
+        problem = "it contains a backslash"
+    elif _DRIVE_LETTER.match(name):
+        problem = "it starts with a drive letter"
+    elif name.startswith("/"):
+        problem = "it is an absolute path"
+    elif any(segment in (".", "..") for segment in name.split("/")):
+        problem = "it has a %r segment" % ("." if "." in name.split("/") else "..")
+    elif name.endswith("/"):
+        problem = "it names a directory, not a file"
+    if problem is not None:
+        raise InvalidInput("the metalink file name %r is refused: %s (RFC 5854 section 4.1.2.1 forbids directory "
+                           "traversal)" % (shown, problem), name=shown)
+    return name
+
+
+def _resolve_reference(reference, base):
+    """``reference`` resolved against the absolute URL ``base`` (RFC 3986 section 5.2), for any scheme: urljoin
+    joins only the schemes it knows (not nfs), so others are joined as http and given their scheme back. A
+    reference with a scheme of its own, or no usable base, is returned as it is."""
+    if not base or not reference:
+        return reference
+    try:
+        if urlsplit(reference).scheme:
+            return reference
+        parts = urlsplit(base)
+    except ValueError:
+        return reference
+    scheme = parts.scheme
+    if not scheme:
+        return reference
+    if scheme.lower() in uses_relative and scheme.lower() in uses_netloc:
+        return urljoin(base, reference)
+    joined = urljoin(urlunsplit(("http",) + tuple(parts[1:])), reference)
+    return scheme + joined[len("http"):]
+
+
+def _base_of(element, document_url):
+    """The base URL of ``element`` (RFC 3986 section 5.1): the ``xml:base`` attributes of the element and its
+    ancestors, outermost first, each resolved against the one above it, starting from the document's own URL."""
+    chain = []
+    node = element
+    while node is not None:
+        value = node.get(_XML_BASE)
+        if value is not None and value.strip():
+            chain.append(value.strip())
+        node = node.getparent()
+    base = document_url or None
+    for value in reversed(chain):
+        base = _resolve_reference(value, base) if base else value
+    return base
+
+
+def _url_of(element, document_url):
+    return _resolve_reference(_text(element), _base_of(element, document_url))
+
+
 def _check_no_declarations(data):
     """Refuse DTDs and entity declarations before the parser sees them (billion laughs, XXE)."""
     probes = [data]
@@ -262,12 +349,13 @@ def _parse_xml(data, max_size):
     return root
 
 
-def parse_metalink(data, name=None, location_preference=(), max_size=DEFAULT_MAX_DOCUMENT_SIZE):
+def parse_metalink(data, name=None, location_preference=(), max_size=DEFAULT_MAX_DOCUMENT_SIZE, base_url=None):
     """Parse a Metalink 4 or 3 document (detected by its namespace) and return the :class:`MetalinkFile` to fetch.
 
     ``name`` picks one ``<file>`` of a document that lists several; with one file it may be omitted (given, it
-    must match). ``location_preference`` (e.g. ``["de", "fr"]``) orders mirrors of equal priority. Raises
-    :class:`InvalidInput` with a clear message for anything unusable.
+    must match). ``location_preference`` (e.g. ``["de", "fr"]``) orders mirrors of equal priority. ``base_url`` is
+    the URL the document was fetched from: relative ``<url>`` references are resolved against ``xml:base`` or it.
+    Raises :class:`InvalidInput` with a clear message for anything unusable.
     """
     root = _parse_xml(data, max_size)
     namespace = etree.QName(root).namespace
@@ -283,13 +371,10 @@ def parse_metalink(data, name=None, location_preference=(), max_size=DEFAULT_MAX
         raise InvalidInput("the metalink document lists no <file>")
     element = _choose_file(files, name)
     notes = []
-    file_name = element.get("name")
-    try:
-        safe_file_name(file_name)
-    except ValueError as exc:
-        raise InvalidInput("the metalink file name is refused: %s" % exc, name=_shorten(file_name or "", 80)) from exc
+    unusable = []
+    file_name = _check_file_name(element.get("name"))
     parse = _parse_v4_file if version == 4 else _parse_v3_file
-    size, hashes, pieces, urls = parse(element, notes)
+    size, hashes, pieces, urls, max_connections = parse(element, notes, unusable, base_url)
     mirrors = _order_mirrors(urls, version, location_preference, notes)
     if not mirrors:
         raise InvalidInput("the metalink lists no usable URL for %s (allowed schemes: %s)%s"
@@ -298,11 +383,19 @@ def parse_metalink(data, name=None, location_preference=(), max_size=DEFAULT_MAX
     if pieces is not None and size is not None and len(pieces.hashes) != pieces.count_for(size):
         notes.append("ignored the piece hashes: %d listed, %d needed for %d bytes in pieces of %d"
                      % (len(pieces.hashes), pieces.count_for(size), size, pieces.length))
+        unusable.append("%s piece hashes of the wrong count" % pieces.algorithm)
         pieces = None
     if pieces is not None and size is None:
         notes.append("ignored the piece hashes: the metalink gives no <size>")
+        unusable.append("%s piece hashes without a <size>" % pieces.algorithm)
         pieces = None
-    return MetalinkFile(file_name, size, hashes, pieces, mirrors, notes, version)
+    if not hashes and pieces is None and not unusable:
+        notes.append("the metalink gives no hash for %s: its bytes are checked only against the checksum option, "
+                     "when given" % _shorten(file_name, 80))
+    metalink_file = MetalinkFile(file_name, size, hashes, pieces, mirrors, notes, version)
+    metalink_file.max_connections = max_connections
+    metalink_file.unusable_hashes = tuple(unusable)
+    return metalink_file
 
 
 def _choose_file(files, name):
@@ -332,12 +425,21 @@ def _size(element):
     return size
 
 
-def _checksum(type_name, text, notes, what="hash"):
-    """A Checksum for a ``<hash type=...>``, or None (unknown algorithm: noted)."""
+def _type_description(type_name, what):
+    type_name = (type_name or "").strip()
+    return "a %s without a type" % what if not type_name else "a %s of unknown type %r" % (what, _shorten(type_name, 40))
+
+
+def _checksum(type_name, text, notes, what="hash", unusable=None):
+    """A Checksum for a ``<hash type=...>``, or None when its type is missing or unknown (noted, and described in
+    ``unusable``). Raises InvalidInput for a malformed digest of a known type."""
     try:
         algorithm = canonical_algorithm(type_name)
     except InvalidInput:
-        notes.append("ignored a %s of unsupported type %r" % (what, _shorten(type_name or "", 40)))
+        description = _type_description(type_name, what)
+        notes.append("ignored %s" % description)
+        if unusable is not None:
+            unusable.append(description)
         return None
     try:
         return Checksum(algorithm, "".join(text.split()))
@@ -345,10 +447,19 @@ def _checksum(type_name, text, notes, what="hash"):
         raise InvalidInput("the metalink has a malformed %s %s: %s" % (type_name, what, exc.msg)) from exc
 
 
-def _file_hashes(elements, notes):
+def _file_hashes(elements, notes, unusable=None):
+    """The file-level hashes. A malformed digest is ignored with a note when a valid hash of a stronger algorithm
+    is there to verify the file (aria2 does the same; its own test document has a 31-digit MD5 beside a valid
+    SHA-1); otherwise it is an error, as are two different digests for one algorithm."""
+    unusable = [] if unusable is None else unusable
     hashes = []
+    malformed = []
     for element in elements:
-        checksum = _checksum(element.get("type"), _text(element), notes)
+        try:
+            checksum = _checksum(element.get("type"), _text(element), notes, unusable=unusable)
+        except InvalidInput as exc:
+            malformed.append((canonical_algorithm(element.get("type")), exc))
+            continue
         if checksum is None:
             continue
         for other in hashes:
@@ -357,39 +468,78 @@ def _file_hashes(elements, notes):
                                    % checksum.cloudstack.split("}")[0][1:])
         if checksum not in hashes:
             hashes.append(checksum)
+    best = strongest(hashes)
+    for algorithm, exc in malformed:
+        if best is None or STRENGTH.index(algorithm) >= STRENGTH.index(best.algorithm):
+            raise exc
+        notes.append("ignored a malformed %s hash (%s): the file is verified with its %s hash"
+                     % (algorithm, exc.msg.split(": ", 1)[-1], best.cloudstack.split("}")[0][1:]))
     return hashes
 
 
-def _pieces(elements, namespace, notes):
-    """The usable ``<pieces>`` with the strongest known algorithm, or None."""
+def _piece_hash_elements(element, namespace, algorithm, notes):
+    """The ``<hash>`` children of a ``<pieces>`` in piece order, or None (noted). Metalink 3 numbers them with
+    ``piece``: the numbers must be exactly 0 to n-1, else a hash would check the wrong bytes."""
+    hash_elements = _children(element, namespace, "hash")
+    if namespace != NS_V3 or all(h.get("piece") is None for h in hash_elements):
+        return hash_elements
+    try:
+        numbered = sorted(((int(h.get("piece")), h) for h in hash_elements), key=lambda item: item[0])
+    except (TypeError, ValueError):
+        notes.append("ignored %s piece hashes with a bad piece number" % algorithm)
+        return None
+    if [number for number, _h in numbered] != list(range(len(numbered))):
+        notes.append("ignored %s piece hashes: their piece numbers are not 0 to %d, each once"
+                     % (algorithm, len(numbered) - 1))
+        return None
+    return [h for _number, h in numbered]
+
+
+def _pieces(elements, namespace, notes, unusable=None, file_hashes=()):
+    """The usable ``<pieces>`` with the strongest known algorithm, or None. A list with a malformed piece hash is
+    ignored with a note when something valid and stronger verifies the bytes (another piece list, or a file hash at
+    least as strong); otherwise it is an error. Unusable lists are described in ``unusable``."""
+    unusable = [] if unusable is None else unusable
     best = None
+    malformed = []
     for element in elements:
         length = _int_attribute(element, "length", notes, low=1)
         try:
             algorithm = canonical_algorithm(element.get("type"))
         except InvalidInput:
-            notes.append("ignored piece hashes of unsupported type %r" % _shorten(element.get("type") or "", 40))
+            description = _type_description(element.get("type"), "piece list")
+            notes.append("ignored %s" % description)
+            unusable.append(description)
             continue
         if length is None:
             notes.append("ignored %s piece hashes without a valid length" % algorithm)
+            unusable.append("%s piece hashes without a valid length" % algorithm)
             continue
-        hash_elements = _children(element, namespace, "hash")
-        if namespace == NS_V3 and any(h.get("piece") is not None for h in hash_elements):
-            try:
-                hash_elements = sorted(hash_elements, key=lambda h: int(h.get("piece")))
-            except (TypeError, ValueError):
-                notes.append("ignored %s piece hashes with a bad piece number" % algorithm)
-                continue
-        hashes = []
-        for hash_element in hash_elements:
-            checksum = _checksum(algorithm, _text(hash_element), notes, what="piece hash")
-            hashes.append(checksum.hexdigest)
+        hash_elements = _piece_hash_elements(element, namespace, algorithm, notes)
+        if hash_elements is None:
+            unusable.append("%s piece hashes with bad piece numbers" % algorithm)
+            continue
+        try:
+            hashes = [_checksum(element.get("type"), _text(h), notes, what="piece hash").hexdigest
+                      for h in hash_elements]
+        except InvalidInput as exc:
+            malformed.append((algorithm, exc))
+            continue
         if not hashes:
             notes.append("ignored an empty %s piece list" % algorithm)
+            unusable.append("an empty %s piece list" % algorithm)
             continue
         candidate = Pieces(length, algorithm, hashes)
         if best is None or STRENGTH.index(algorithm) > STRENGTH.index(best.algorithm):
             best = candidate
+    file_best = strongest(list(file_hashes))
+    for algorithm, exc in malformed:
+        stronger_pieces = best is not None and STRENGTH.index(best.algorithm) > STRENGTH.index(algorithm)
+        file_as_strong = file_best is not None and STRENGTH.index(file_best.algorithm) >= STRENGTH.index(algorithm)
+        if not (stronger_pieces or file_as_strong):
+            raise exc
+        notes.append("ignored %s piece hashes with a malformed one (%s)" % (algorithm, exc.msg.split(": ", 1)[-1]))
+        unusable.append("malformed %s piece hashes" % algorithm)
     return best
 
 
@@ -406,39 +556,48 @@ class _Url:
         self.max_connections = max_connections
 
 
-def _parse_v4_file(element, notes):
+def _parse_v4_file(element, notes, unusable, base_url=None):
     size = _size(_child(element, NS_V4, "size"))
-    hashes = _file_hashes(_children(element, NS_V4, "hash"), notes)
-    pieces = _pieces(_children(element, NS_V4, "pieces"), NS_V4, notes)
+    hashes = _file_hashes(_children(element, NS_V4, "hash"), notes, unusable)
+    pieces = _pieces(_children(element, NS_V4, "pieces"), NS_V4, notes, unusable, hashes)
     urls = []
     for index, url in enumerate(_children(element, NS_V4, "url")):
-        urls.append(_Url(_text(url), index, priority=_int_attribute(url, "priority", notes, low=1, high=999999),
+        # RFC 5854 defines no maxconnections: only priority and location.
+        urls.append(_Url(_url_of(url, base_url), index,
+                         priority=_int_attribute(url, "priority", notes, low=1, high=999999),
                          location=(url.get("location") or "").strip().lower() or None))
     metaurls = _children(element, NS_V4, "metaurl")
     if metaurls:
         notes.append("ignored %d <metaurl> (%s): only http, https and nfs mirrors are used"
                      % (len(metaurls), ", ".join(sorted({m.get("mediatype") or "?" for m in metaurls}))))
-    return size, hashes, pieces, urls
+    return size, hashes, pieces, urls, None
 
 
-def _parse_v3_file(element, notes):
+def _parse_v3_file(element, notes, unusable, base_url=None):
+    """Metalink 3.0: ``<resources maxconnections>`` caps the connections of the whole file (the smallest, when
+    several ``<resources>`` give one), ``<url maxconnections>`` those to one server; neither is inherited by the
+    other (each is a cap of its own, the engine applies both)."""
     size = _size(_child(element, NS_V3, "size"))
     verification = _child(element, NS_V3, "verification")
     hashes, pieces = [], None
     if verification is not None:
-        hashes = _file_hashes(_children(verification, NS_V3, "hash"), notes)
-        pieces = _pieces(_children(verification, NS_V3, "pieces"), NS_V3, notes)
+        hashes = _file_hashes(_children(verification, NS_V3, "hash"), notes, unusable)
+        pieces = _pieces(_children(verification, NS_V3, "pieces"), NS_V3, notes, unusable, hashes)
     urls = []
     index = 0
+    file_connections = None
     for resources in _children(element, NS_V3, "resources"):
         group_connections = _int_attribute(resources, "maxconnections", notes, low=1)
+        if group_connections is not None:
+            file_connections = min(group_connections, file_connections or group_connections)
         for url in _children(resources, NS_V3, "url"):
-            connections = _int_attribute(url, "maxconnections", notes, low=1) or group_connections
-            urls.append(_Url(_text(url), index, preference=_int_attribute(url, "preference", notes, low=0, high=100),
+            urls.append(_Url(_url_of(url, base_url), index,
+                             preference=_int_attribute(url, "preference", notes, low=0, high=100),
                              location=(url.get("location") or "").strip().lower() or None,
-                             type=(url.get("type") or "").strip().lower() or None, max_connections=connections))
+                             type=(url.get("type") or "").strip().lower() or None,
+                             max_connections=_int_attribute(url, "maxconnections", notes, low=1)))
             index += 1
-    return size, hashes, pieces, urls
+    return size, hashes, pieces, urls, file_connections
 
 
 def _order_mirrors(urls, version, location_preference, notes):
@@ -449,6 +608,7 @@ def _order_mirrors(urls, version, location_preference, notes):
     skipped = {}
     torrents = 0
     nested = 0
+    relative = 0
     for url in urls:
         if not url.url:
             continue
@@ -459,6 +619,9 @@ def _order_mirrors(urls, version, location_preference, notes):
             scheme = url_scheme(url.url)
         except ValueError:
             scheme = "unparsable"
+        if not scheme:
+            relative += 1
+            continue
         if scheme not in ALLOWED_SCHEMES:
             skipped[scheme or "none"] = skipped.get(scheme or "none", 0) + 1
             continue
@@ -474,6 +637,9 @@ def _order_mirrors(urls, version, location_preference, notes):
     if nested:
         notes.append("ignored %d URL(s) of other metalink documents (metalinks are not followed inside metalinks)"
                      % nested)
+    if relative:
+        notes.append("ignored %d relative URL(s): neither an xml:base nor the document's own URL gives a base to "
+                     "resolve them against" % relative)
     for scheme, count in sorted(skipped.items()):
         notes.append("skipped %d URL(s) with scheme %r: only %s are allowed inside a metalink"
                      % (count, scheme, ", ".join(ALLOWED_SCHEMES)))
@@ -507,7 +673,7 @@ def load_metalink(url, open_source, name=None, location_preference=(), max_size=
         data = read_document(body, max_size)
     finally:
         body.close()
-    return parse_metalink(data, name=name, location_preference=location_preference, max_size=max_size)
+    return parse_metalink(data, name=name, location_preference=location_preference, max_size=max_size, base_url=url)
 
 
 # --------------------------------------------------------------------------------------------------------------
