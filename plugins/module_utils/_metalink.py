@@ -76,6 +76,8 @@ _DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.IGNORECA
 _UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 _XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
+# XML Schema integers: ASCII digits only (str.isdigit and int() also take "²", "١٢" or "1_000").
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 
 def _shorten(text, limit=120):
@@ -231,6 +233,8 @@ def _int_attribute(element, attribute, notes, low=None, high=None):
     if raw is None:
         return None
     try:
+        if not _INTEGER.match(raw.strip()):
+            raise ValueError(raw)
         value = int(raw.strip())
     except ValueError:
         notes.append("ignored the %s attribute %r of a <%s>: not an integer"
@@ -264,7 +268,7 @@ def _check_file_name(name):
     elif name.endswith("/"):
         problem = "it names a directory, not a file"
     if problem is not None:
-        raise InvalidInput("the metalink file name %r is refused: %s (RFC 5854 section 4.1.2.1 forbids directory "
+        raise InvalidInput("unsafe file name %r in the metalink: %s (RFC 5854 section 4.1.2.1 forbids directory "
                            "traversal)" % (shown, problem), name=shown)
     return name
 
@@ -306,8 +310,33 @@ def _base_of(element, document_url):
     return base
 
 
+def _percent_encode_non_ascii(text):
+    return "".join(char if char.isascii() else "".join("%%%02X" % byte for byte in char.encode("utf-8"))
+                   for char in text)
+
+
+def _iri_to_uri(iri):
+    """An IRI as a URI (RFC 3987 section 3.1; RFC 5854 ``<url>`` holds IRIs): a non-ASCII host in IDNA form,
+    other non-ASCII characters as percent-encoded UTF-8. An ASCII URL is returned unchanged."""
+    if iri.isascii():
+        return iri
+    try:
+        parts = urlsplit(iri)
+        netloc = parts.netloc
+        host = parts.hostname or ""
+        if host and not host.isascii():
+            where = netloc.lower().rfind(host)
+            if where < 0:
+                return iri
+            netloc = netloc[:where] + host.encode("idna").decode("ascii") + netloc[where + len(host):]
+    except (ValueError, UnicodeError):
+        return iri  # left as it is: the mirror's Source refuses it with its own message
+    return urlunsplit((parts.scheme, _percent_encode_non_ascii(netloc), _percent_encode_non_ascii(parts.path),
+                       _percent_encode_non_ascii(parts.query), _percent_encode_non_ascii(parts.fragment)))
+
+
 def _url_of(element, document_url):
-    return _resolve_reference(_text(element), _base_of(element, document_url))
+    return _iri_to_uri(_resolve_reference(_text(element), _base_of(element, document_url)))
 
 
 def _check_no_declarations(data):
@@ -417,7 +446,7 @@ def _size(element):
     if element is None:
         return None
     text = _text(element)
-    if not text.isdigit():
+    if not _INTEGER.match(text) or text[0] in "+-":
         raise InvalidInput("the metalink <size> %r is not a byte count" % _shorten(text, 40))
     size = int(text)
     if size == 0:
@@ -673,7 +702,9 @@ def load_metalink(url, open_source, name=None, location_preference=(), max_size=
         data = read_document(body, max_size)
     finally:
         body.close()
-    return parse_metalink(data, name=name, location_preference=location_preference, max_size=max_size, base_url=url)
+    # The base of relative references is the URL the document came from, after redirects (RFC 3986 5.1.3).
+    return parse_metalink(data, name=name, location_preference=location_preference, max_size=max_size,
+                          base_url=getattr(body, "url", None) or url)
 
 
 # --------------------------------------------------------------------------------------------------------------

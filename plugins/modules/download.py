@@ -415,6 +415,15 @@ mirror_errors:
   type: list
   elements: dict
   sample: [{"url": "http://mirror-b.example.com/debian-12.qcow2", "error": "HTTP 404"}]
+metalink_notes:
+  description:
+    - For a Metalink, what its parser set aside (unknown hash types, malformed weaker hashes, other schemes,
+      torrents, unusable piece lists, a document without any hash), one sentence each. Each is also shown as a
+      warning.
+  returned: when O(url) is a Metalink
+  type: list
+  elements: str
+  sample: ["ignored a hash of unknown type 'adler32'", "skipped 1 URL(s) with scheme 'ftp'"]
 pool:
   description: The libvirt pool that was refreshed, when O(pool) was given.
   returned: when O(pool) is given
@@ -665,15 +674,23 @@ def main():
         result.pop("before", None)
         if module._diff:
             result["diff"] = diff
+        warn_metalink_notes(module, result)
         module.exit_json(**result)
     except DirectDownloadError as exc:
         failure = {key: value for key, value in exc.details.items() if key not in ("msg", "changed", "retryable")}
         failure.setdefault("url", redact_url(params["url"]))
+        warn_metalink_notes(module, failure)
         module.fail_json(msg=exc.msg, retryable=retryable_elsewhere(exc), **failure)
     except ValueError as exc:  # settings file, or a name/path rule
         module.fail_json(msg=str(exc), retryable=False, url=redact_url(params["url"]))
     except OSError as exc:
         module.fail_json(msg="I/O error: %s" % exc, retryable=True, url=redact_url(params["url"]))
+
+
+def warn_metalink_notes(module, result):
+    """Show each note of the Metalink parser (RV(metalink_notes)) as a warning: what it set aside is never silent."""
+    for note in result.get("metalink_notes") or ():
+        module.warn("metalink: %s" % note)
 
 
 if __name__ == "__main__":

@@ -177,6 +177,43 @@ def test_load_metalink_passes_its_url_as_the_base():
     assert urls(parsed) == ["http://www.example.com/dir/img.qcow2"]
 
 
+def test_load_metalink_uses_the_url_after_redirects_as_the_base():
+    # RFC 3986 section 5.1.3: the base is the URI the document was retrieved from, the last one of a redirect chain.
+    document = v4('<hash type="sha-256">%s</hash><url>img.qcow2</url>' % SHA256)
+
+    class Redirected(_Source):
+        def open(self, offset=0):
+            return _Body(self.data, "https://cdn.example/final/img.qcow2.meta4")
+
+    parsed = load_metalink("http://www.example.com/latest.meta4", lambda u: Redirected(document, u))
+    assert urls(parsed) == ["https://cdn.example/final/img.qcow2"]
+
+
+def test_iri_urls_become_uris():
+    # RFC 5854 <url> holds an IRI; RFC 3987 section 3.1 maps it to a URI: IDNA host, UTF-8 percent-encoding.
+    parsed = parse_metalink(v4('<url>http://bücher.example/ü/ñ.qcow2?v=é</url><url>http://a/plain%20x</url>'))
+    assert urls(parsed) == ["http://xn--bcher-kva.example/%C3%BC/%C3%B1.qcow2?v=%C3%A9", "http://a/plain%20x"]
+    relative = parse_metalink(v4('<url>ü.qcow2</url>'), base_url="http://a/dir/doc.meta4")
+    assert urls(relative) == ["http://a/dir/%C3%BC.qcow2"]
+
+
+# -- integers are ASCII digits (str.isdigit and int() also accept "²", Arabic-Indic digits and "1_000")
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "\u0661\u0662", "1_000", "+5", " ", "5.0"])
+def test_size_must_be_ascii_digits(size):
+    with pytest.raises(InvalidInput, match="not a byte count"):
+        parse_metalink(v4("<size>%s</size><url>http://a/x</url>" % size.encode().decode("unicode_escape")))
+
+
+def test_integer_attributes_must_be_ascii_digits():
+    parsed = parse_metalink(v4('<url priority="1_0">http://a/x</url><url priority="\u0661">http://b/x</url>'
+                               .encode().decode("unicode_escape")))
+    assert [m.priority for m in parsed.mirrors] == [None, None]
+    assert sum("not an integer" in note for note in parsed.notes) == 2
+    assert parse_metalink(v4('<url priority=" 7 ">http://a/x</url>')).mirrors[0].priority == 7
+
+
 # -- maxconnections (Metalink 3.0)
 
 
@@ -300,3 +337,30 @@ def test_a_document_without_any_hash_is_accepted_with_a_note():
     parsed = parse_metalink(v4("<url>http://a/x</url>"))
     assert parsed.expected_checksums(None) == []
     assert any("no hash" in note for note in parsed.notes)
+
+
+# -- the notes reach the user: download shows RV(metalink_notes) as warnings
+
+
+class _WarningModule:
+    def __init__(self):
+        self.warnings = []
+
+    def warn(self, text):
+        self.warnings.append(text)
+
+
+def test_download_shows_each_metalink_note_as_a_warning():
+    from ansible_collections.directdownload.kvm.plugins.modules import download  # pylint: disable=import-outside-toplevel
+    parsed = parse_metalink(v4('<hash type="adler32">0a1b2c3d</hash><hash type="md5">%s</hash>'
+                               '<url>ftp://f/x</url><url>http://a/x</url>' % MD5))
+    module = _WarningModule()
+    download.warn_metalink_notes(module, {"metalink_notes": list(parsed.notes)})
+    assert len(module.warnings) == len(parsed.notes) == 2
+    assert all(warning.startswith("metalink: ") for warning in module.warnings)
+    assert any("adler32" in warning for warning in module.warnings)
+    assert any("'ftp'" in warning for warning in module.warnings)
+    quiet = _WarningModule()
+    download.warn_metalink_notes(quiet, {"changed": True})
+    assert quiet.warnings == []
+    assert "metalink_notes:" in download.RETURN
