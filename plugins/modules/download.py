@@ -223,13 +223,15 @@ options:
   peer_token:
     description:
       - The per-deployment bearer token of the fan-out peers (M(directdownload.kvm.peer_server)). Sent as
-        C(Authorization: Bearer) to peer sources only, never to the origin. Needs O(peer_fingerprint).
+        C(Authorization: Bearer) to peer sources only, never to the origin.
     type: str
   peer_fingerprint:
     description:
       - The SHA-256 fingerprint of the peers' certificate (RV(directdownload.kvm.peer_server#module:fingerprint)),
         colon-separated or plain hex. A peer source is accepted only when its certificate has this fingerprint,
         instead of CA and host name validation; the origin is validated as usual. Needs O(peer_token).
+      - The fingerprint of the peer O(url) with O(url_is_peer=true), and of every peer source that does not name
+        its own.
     type: str
   url_is_peer:
     description:
@@ -532,7 +534,7 @@ def build_request(module, settings):
     # Fan-out peers: their own options (pinned certificate, bearer token, nothing of the origin's). Sources marked
     # as peers use request.peer_source_options; the origin never sees the token.
     peer_source_options = None
-    if params["peer_token"]:
+    if params["peer_token"] and params["peer_fingerprint"]:
         peer_source_options = SourceOptions.for_peer(source_options, params["peer_token"], params["peer_fingerprint"])
     if params["url_is_peer"]:
         source_options = peer_source_options
@@ -567,7 +569,11 @@ def build_request(module, settings):
         mismatch_retries=params["mismatch_retries"],
         timeout=params["timeout"],
     )
+    # For the multi-source engine: a mirror entry with peer: true is opened with peer_source_options, or with
+    # SourceOptions.for_peer(origin_options, request.peer_token, entry["fingerprint"]) when it names its own.
     request.peer_source_options = peer_source_options
+    request.peer_token = params["peer_token"]
+    request.origin_source_options = origin_options
     return request
 
 
@@ -655,7 +661,7 @@ def main():
             url_is_peer=dict(type="bool", default=False),
             **dict(TRANSPORT_ARGUMENT_SPEC, **LIMITS_ARGUMENT_SPEC)
         ),
-        required_together=[("peer_token", "peer_fingerprint")],
+        required_by={"peer_fingerprint": "peer_token"},
         required_if=[("url_is_peer", True, ("peer_token", "peer_fingerprint"))],
         required_one_of=[("pool_path", "pool")],
         mutually_exclusive=[("pool_path", "pool")],
