@@ -338,8 +338,8 @@ def serve(state_dir):
     timer.daemon = True
     timer.start()
     _write_private(path(PID_FILE), "%d\n" % os.getpid())
-    server.log("listening on %s:%d with %d file(s) for %ds" % (config["address"], server.server_address[1],
-                                                                len(server.files), remaining))
+    server.log("listening on %s:%d with %d file(s) for %ds"
+               % (config["address"], server.server_address[1], len(server.files), remaining))
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
@@ -408,8 +408,9 @@ def find_servers(state_dir):
     if pid and is_our_server(pid, state_dir):
         found.append(pid)
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) not in found and int(entry) != os.getpid() and is_our_server(int(entry),
-                                                                                                         state_dir):
+        if not entry.isdigit() or int(entry) in found or int(entry) == os.getpid():
+            continue
+        if is_our_server(int(entry), state_dir):
             found.append(int(entry))
     return found
 
@@ -719,4 +720,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

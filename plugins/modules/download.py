@@ -222,8 +222,8 @@ options:
     type: str
   peer_token:
     description:
-      - The per-deployment bearer token of the fan-out peers (M(directdownload.kvm.peer_server)). Sent as
-        C(Authorization: Bearer) to peer sources only, never to the origin.
+      - The per-deployment bearer token of the fan-out peers (M(directdownload.kvm.peer_server)). Sent in
+        the C(Authorization) header (C(Bearer) scheme) to peer sources only, never to the origin.
     type: str
   peer_fingerprint:
     description:
@@ -235,7 +235,7 @@ options:
     type: str
   url_is_peer:
     description:
-      - O(url) is a peer (a URL from RV(directdownload.kvm.peer_server#module:urls)), not the origin: it is
+      - O(url) is a peer (a URL from RV(directdownload.kvm.peer_server#module:urls)), not the origin. It is
         reached with O(peer_token) and O(peer_fingerprint) and none of the origin's headers, credentials, CA
         options or proxy. Needs O(peer_token) and O(peer_fingerprint).
     type: bool

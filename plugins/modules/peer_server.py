@@ -18,7 +18,7 @@ description:
   - Each file is opened without following symbolic links and must be the same regular file (device, inode, size
     and modification time) as when the server started. A file replaced since then (by a symbolic link, another
     file renamed over it, or a change in place) is answered 410, so receivers set this peer aside.
-  - Every request must carry C(Authorization: Bearer <token>) with the per-deployment O(token). Without it the
+  - Every request must carry the per-deployment O(token) in its C(Authorization) header (C(Bearer) scheme). Without it the
     answer is 401, with a wrong one 403, before anything else is looked at. The token is compared in constant time
     and is never logged or printed. The server process gets it from a file (mode 0600) in O(state_dir), not on its
     command line or in its environment.
@@ -26,7 +26,7 @@ description:
     Receivers pin it by the SHA-256 RV(fingerprint) this module returns (M(directdownload.kvm.download) options
     O(directdownload.kvm.download#module:peer_fingerprint) and O(directdownload.kvm.download#module:peer_token)).
   - Serves C(GET) and C(HEAD), with a single byte C(Range) (206 and C(Content-Range); 416 past the end),
-    C(Accept-Ranges), C(ETag) (the O(files[].sha256) digest when given, else inode, size and time) and C(If-Range),
+    C(Accept-Ranges), C(ETag) (the C(sha256) digest of a file when given, else inode, size and time) and C(If-Range),
     so receivers can resume and fetch pieces from several peers at once. At most O(max_uploads) bodies go out at
     once; beyond that the answer is 503 with C(Retry-After).
   - The server runs in the background with the module's Python and exits by itself O(lifetime) seconds after it
@@ -105,8 +105,8 @@ options:
     default: 3600
   state_dir:
     description:
-      - The peer's private state directory (mode 0700, created when missing): token, key and certificate, PID file,
-        access log, and the copy of the server's code that runs there.
+      - The peer's private state directory (mode 0700, created when missing). It holds the token, key and certificate,
+        the PID file, the access log, and the copy of the server's code that runs there.
       - Use one state directory per concurrent deployment on a host.
     type: path
     default: /var/lib/directdownload/peer

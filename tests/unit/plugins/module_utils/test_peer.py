@@ -122,25 +122,25 @@ def test_ranges_206_and_content_range(served):
     with source.open(offset=1000, end=5000) as body:
         assert body.offset == 1000 and body.size == SIZE
         assert _read_all(body) == served.data[1000:5000]
-    response, data, _ = served.raw("GET", "/a.bin", {"Range": "bytes=-10"})
+    response, data, _conn = served.raw("GET", "/a.bin", {"Range": "bytes=-10"})
     assert response.status == 206 and data == served.data[-10:]
     assert response.getheader("Content-Range") == "bytes %d-%d/%d" % (SIZE - 10, SIZE - 1, SIZE)
-    response, data, _ = served.raw("GET", "/a.bin", {"Range": "bytes=%d-" % SIZE})
+    response, data, _conn = served.raw("GET", "/a.bin", {"Range": "bytes=%d-" % SIZE})
     assert response.status == 416 and response.getheader("Content-Range") == "bytes */%d" % SIZE
-    response, data, _ = served.raw("GET", "/a.bin", {"Range": "bytes=0-1,5-6"})  # several ranges: the whole file
+    response, data, _conn = served.raw("GET", "/a.bin", {"Range": "bytes=0-1,5-6"})  # several ranges: the whole file
     assert response.status == 200 and data == served.data
 
 
 def test_etag_if_range_and_head(served):
-    response, data, _ = served.raw("HEAD", "/a.bin")
+    response, data, _conn = served.raw("HEAD", "/a.bin")
     assert response.status == 200 and data == b""
     assert response.getheader("Content-Length") == str(SIZE)
     assert response.getheader("Accept-Ranges") == "bytes"
     etag = response.getheader("ETag")
     assert etag and etag.startswith('"')
-    response, data, _ = served.raw("GET", "/a.bin", {"Range": "bytes=10-19", "If-Range": etag})
+    response, data, _conn = served.raw("GET", "/a.bin", {"Range": "bytes=10-19", "If-Range": etag})
     assert response.status == 206 and data == served.data[10:20]
-    response, data, _ = served.raw("GET", "/a.bin", {"Range": "bytes=10-19", "If-Range": '"another"'})
+    response, data, _conn = served.raw("GET", "/a.bin", {"Range": "bytes=10-19", "If-Range": '"another"'})
     assert response.status == 200 and data == served.data
     # Resume through the source: validators from a first body, then a ranged open with If-Range.
     source = HttpSource(served.url(), peer_options(served.fingerprint))
@@ -161,13 +161,13 @@ def test_etag_is_the_verified_digest_when_given(tmp_path):
 @pytest.mark.parametrize("token, status", [(None, 401), ("wrong-token-0123456789abcdef", 403), ("", 403),
                                            (TOKEN.upper(), 403), (TOKEN + "x", 403)])
 def test_token_missing_or_wrong(served, token, status):
-    response, data, _ = served.raw("GET", "/a.bin", token=token)
+    response, data, _conn = served.raw("GET", "/a.bin", token=token)
     assert response.status == status
     assert data == b""
     if status == 401:
         assert response.getheader("WWW-Authenticate", "").startswith("Bearer")
     # Unauthenticated clients learn nothing about which files exist.
-    response, _, _ = served.raw("GET", "/nope.bin", token=token)
+    response, _data, _conn = served.raw("GET", "/nope.bin", token=token)
     assert response.status == status
 
 
@@ -175,13 +175,13 @@ def test_token_missing_or_wrong(served, token, status):
                                   "//a.bin", "/pool/a.bin", "/a.bin/../a.bin", "/./a.bin", "/..", "/%2e%2e%2fetc%2fpasswd",
                                   "/a.bin%00", "/*"])
 def test_anything_but_the_allowlist_is_refused(served, path):
-    response, data, _ = served.raw("GET", path)
+    response, data, _conn = served.raw("GET", path)
     assert response.status == 404, path
     assert data == b""
 
 
 def test_query_string_does_not_change_the_file(served):
-    response, data, _ = served.raw("GET", "/a.bin?x=../b.bin")
+    response, data, _conn = served.raw("GET", "/a.bin?x=../b.bin")
     assert response.status == 200 and data == served.data
 
 
@@ -189,7 +189,7 @@ def test_symlink_swapped_in_is_refused(served):
     target = served.pool / "a.bin"
     os.rename(target, served.pool / "a.orig")
     os.symlink(served.pool / "a.orig", target)  # the same bytes, through a symlink
-    response, _, _ = served.raw("GET", "/a.bin")
+    response, _data, _conn = served.raw("GET", "/a.bin")
     assert response.status == 410
 
 
@@ -197,10 +197,10 @@ def test_another_file_renamed_over_is_refused(served):
     replacement = served.pool / "evil"
     replacement.write_bytes(b"x" * SIZE)
     os.rename(replacement, served.pool / "a.bin")
-    response, _, _ = served.raw("GET", "/a.bin")
+    response, _data, _conn = served.raw("GET", "/a.bin")
     assert response.status == 410
     os.unlink(served.pool / "a.bin")
-    response, _, _ = served.raw("GET", "/a.bin")
+    response, _data, _conn = served.raw("GET", "/a.bin")
     assert response.status == 410
 
 
@@ -208,26 +208,26 @@ def test_file_changed_in_place_is_refused(served):
     with open(served.pool / "a.bin", "r+b") as handle:
         handle.write(b"corrupt")
     os.utime(served.pool / "a.bin", ns=(1, 1))
-    response, _, _ = served.raw("GET", "/a.bin")
+    response, _data, _conn = served.raw("GET", "/a.bin")
     assert response.status == 410
 
 
 def test_concurrency_cap_answers_503_with_retry_after(tmp_path):
     peer = Served(tmp_path, max_uploads=1, big=True)
     try:
-        first, _, conn = peer.raw("GET", "/big.bin", read_body=False)  # not read: the upload blocks in sendfile
+        first, _data, conn = peer.raw("GET", "/big.bin", read_body=False)  # not read: the upload blocks in sendfile
         assert first.status == 200
         time.sleep(0.3)
-        response, _, _ = peer.raw("GET", "/a.bin")
+        response, _data, _conn = peer.raw("GET", "/a.bin")
         assert response.status == 503
         assert response.getheader("Retry-After") == str(_peer.RETRY_AFTER)
-        response, _, _ = peer.raw("HEAD", "/a.bin")  # HEAD needs no upload slot
+        response, _data, _conn = peer.raw("HEAD", "/a.bin")  # HEAD needs no upload slot
         assert response.status == 200
         first.close()
         conn.close()
         deadline = time.time() + 20
         while True:
-            response, data, _ = peer.raw("GET", "/a.bin")
+            response, data, _conn = peer.raw("GET", "/a.bin")
             if response.status == 200 or time.time() > deadline:
                 break
             time.sleep(0.2)
@@ -253,7 +253,7 @@ def test_pin_accepts_the_right_fingerprint_in_every_form(served):
 
 
 def test_pin_refuses_another_certificate_before_sending_the_token(served, tmp_path):
-    _, _, other = _peer.make_certificate("127.0.0.1")
+    _cert, _key, other = _peer.make_certificate("127.0.0.1")
     before = dict(served.server.statuses)
     with pytest.raises(SourceError) as caught:
         HttpSource(served.url(), peer_options(other)).open()

@@ -68,7 +68,7 @@ def test_serve_and_fetch_pinned_with_no_token_anywhere(tmp_path, peer_state, log
     assert checked["diff"]["before"]["running"] is False
     started, out_start = run_module(peer_server, server_args, capsys, monkeypatch, diff=True)
     assert started["changed"] and started["fingerprint"] and started["diff"]["after"]["running"]
-    again, _ = run_module(peer_server, server_args, capsys, monkeypatch)
+    again, _out = run_module(peer_server, server_args, capsys, monkeypatch)
     assert not again["changed"] and again["pid"] == started["pid"]
     fetched, out_fetch = run_module(download, {
         "url": started["urls"]["t.qcow2"], "url_is_peer": True, "peer_token": TOKEN,
@@ -102,6 +102,6 @@ def test_origin_never_gets_the_peer_token(tmp_path, logged, capsys, monkeypatch)
 
 
 def test_url_is_peer_needs_token_and_fingerprint(tmp_path, capsys, monkeypatch):
-    result, _ = run_module(download, {"url": "https://127.0.0.1:1/t.qcow2", "url_is_peer": True,
-                                      "pool_path": str(tmp_path)}, capsys, monkeypatch)
+    result, _out = run_module(download, {"url": "https://127.0.0.1:1/t.qcow2", "url_is_peer": True,
+                                         "pool_path": str(tmp_path)}, capsys, monkeypatch)
     assert result["failed"] and "peer_token" in result["msg"]
