@@ -214,3 +214,23 @@ def test_peer_serves_pinned_and_stops_cleanly(kvm_hosts, run_playbook, tmp_path)
             assert token not in output
         assert _files_with(tmp_path, token) == []
         assert _files_with(hosts.base_dir, token) == []
+
+
+def test_fanout_waves_filter_in_a_play(run_playbook):
+    run = run_playbook('''
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Plan
+      ansible.builtin.set_fact:
+        plan: "{{ {'a': ['a1', 'a2', 'a3'], 'b': ['b1']} | directdownload.kvm.fanout_waves(holders=['a2']) }}"
+    - name: Bad
+      ansible.builtin.debug:
+        msg: "{{ ['h1'] | directdownload.kvm.fanout_waves(per_holder=9) }}"
+      ignore_errors: true
+''')
+    plan = run.task("Plan")["result"]["ansible_facts"]["plan"]
+    assert plan == [{"wave": 0, "hosts": {"a1": {"cluster": "a", "peers": ["a2"]}, "b1": {"cluster": "b", "peers": []}}},
+                    {"wave": 1, "hosts": {"a3": {"cluster": "a", "peers": ["a2", "a1"]}}}]
+    bad = run.task("Bad")
+    assert bad["status"] == "failed" and "per_holder" in bad["result"]["msg"]
