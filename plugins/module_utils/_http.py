@@ -46,7 +46,8 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
     HTTPStatusError, InvalidInput, SourceError)
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import BUILTIN_DEFAULTS, DEFAULT_TRUST_DIR
 from ansible_collections.directdownload.kvm.plugins.module_utils._trust import (
-    build_ssl_context, describe_tls_error, is_verification_error)
+    build_pinned_context, build_ssl_context, check_pin, describe_tls_error, is_verification_error,
+    normalize_fingerprint)
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
 
 COLLECTION_VERSION = "0.1.0"  # keep in step with galaxy.yml
@@ -126,6 +127,8 @@ class SourceOptions:
     ``proxy``: None = from the environment (``https_proxy``/``http_proxy``, honouring ``no_proxy``); ``""`` = no
     proxy; ``"http://[user:password@]host:port"`` = that proxy for every URL.
     ``validate_certs=False`` is INSECURE (no certificate or host name check).
+    ``pin_sha256``: accept the TLS connection only when the server certificate's SHA-256 fingerprint is this one,
+    instead of CA and host name validation (a fan-out peer's per-deployment certificate; see ``for_peer``).
     """
 
     def __init__(self, headers=None, ca_path=None, trust_dir=DEFAULT_TRUST_DIR, validate_certs=True,
@@ -133,8 +136,9 @@ class SourceOptions:
                  read_timeout=BUILTIN_DEFAULTS["read_timeout"], follow_redirects=False,
                  max_redirects=DEFAULT_MAX_REDIRECTS, proxy=None, user_agent=DEFAULT_USER_AGENT,
                  headers_on_redirect=None,
-                 url_username=None, url_password=None, force_basic_auth=False):
+                 url_username=None, url_password=None, force_basic_auth=False, pin_sha256=None):
         self.headers = check_headers(headers)
+        self.pin_sha256 = normalize_fingerprint(pin_sha256) if pin_sha256 else None
         self.headers_on_redirect = check_headers_on_redirect(headers_on_redirect)
         # Basic auth from url_username/url_password (they win over credentials in the URL). Sent on the first
         # request with force_basic_auth, else only after a 401; never to another host after a redirect.
@@ -184,9 +188,24 @@ class SourceOptions:
             force_basic_auth=params.get("force_basic_auth") or False,
         )
 
+    @classmethod
+    def for_peer(cls, base, token, fingerprint):
+        """The options for a fan-out peer (``peer_server`` on another host of the deployment): its certificate
+        pinned by ``fingerprint``, ``Authorization: Bearer <token>``, and nothing of the origin's: no user
+        headers, credentials, CA material, client certificate or proxy (peers are inside the cluster), no
+        redirects. Timeouts and the user agent come from ``base`` (the origin's options, or None)."""
+        if not token or not fingerprint:
+            raise InvalidInput("a peer source needs both peer_token and peer_fingerprint")
+        base = base or cls()
+        return cls(headers={"Authorization": "Bearer %s" % token}, pin_sha256=fingerprint,
+                   connect_timeout=base.connect_timeout, read_timeout=base.read_timeout, follow_redirects=False,
+                   proxy="", user_agent=base.user_agent, trust_dir=None)
+
     def ssl_context(self):
         """The client SSL context, built on first use (so trust problems only matter for https URLs)."""
         with self._lock:
+            if self._ssl_context is None and self.pin_sha256:
+                self._ssl_context = build_pinned_context(self.client_cert, self.client_key)
             if self._ssl_context is None:
                 self._ssl_context = build_ssl_context(
                     validate_certs=self.validate_certs, ca_path=self.ca_path, trust_dir=self.trust_dir,
@@ -195,10 +214,10 @@ class SourceOptions:
 
     def __repr__(self):
         return ("SourceOptions(headers=%s, ca_path=%r, trust_dir=%r, validate_certs=%r, client_cert=%r, "
-                "connect_timeout=%r, read_timeout=%r, follow_redirects=%r, max_redirects=%r, proxy=%r)"
+                "connect_timeout=%r, read_timeout=%r, follow_redirects=%r, max_redirects=%r, proxy=%r, pin_sha256=%r)"
                 % (sorted(self.headers), self.ca_path, self.trust_dir, self.validate_certs, self.client_cert,
                    self.connect_timeout, self.read_timeout, self.follow_redirects, self.max_redirects,
-                   redact_url(self.proxy) if self.proxy else self.proxy))
+                   redact_url(self.proxy) if self.proxy else self.proxy, self.pin_sha256))
 
 
 def _positive(name, value):
@@ -640,6 +659,8 @@ class HttpSource:
     def _send(self, method, target, headers):
         """One request on a new connection: connect within connect_timeout, then read with read_timeout."""
         options = self.options
+        if options.pin_sha256 and target.scheme != "https":
+            raise InvalidInput("%s: a pinned (peer) source must be an https URL" % redact_url(target.url))
         proxy = _proxy_for(options, target)
         path = target.path
         where = "%s:%d" % (target.host, target.port)
@@ -666,6 +687,8 @@ class HttpSource:
         stage = "connect to"
         try:
             connection.connect()
+            if options.pin_sha256 and target.scheme == "https":
+                check_pin(connection.sock, options.pin_sha256)  # before a byte of the request (the token) is sent
             connection.sock.settimeout(options.read_timeout)
             stage = "send the request to"
             connection.request(method, path, headers=headers)

@@ -17,11 +17,18 @@ Two things this file does on purpose:
   keystore: uploading a mirror's intermediate CA, or a self-signed server certificate, is enough, as it is for
   CloudStack's ``cloud.jks``.
 
-Certificate metadata (subject, expiry, fingerprints) is not read here; that is ``_certs.py``.
+Certificate pinning (peers of a fan-out deployment, ``docs/fanout.md``): ``build_pinned_context`` accepts any
+certificate in the handshake and ``check_pin`` then accepts the connection only when the SHA-256 fingerprint of the
+certificate the server sent (its DER) is the pinned one. That replaces CA validation and host name checks for that
+source only: a per-deployment self-signed certificate is trusted by its fingerprint, nothing else.
+
+Certificate metadata (subject, expiry) is not read here; that is ``_certs.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import ssl
@@ -192,9 +199,69 @@ def build_ssl_context(validate_certs=True, ca_path=None, trust_dir=DEFAULT_TRUST
     return context
 
 
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def normalize_fingerprint(value):
+    """A SHA-256 certificate fingerprint as 64 lower-case hex digits.
+
+    Accepts ``AB:CD:...`` (openssl, keytool, the peer_server result), plain hex, and a ``sha256:``/``SHA256=``
+    prefix. Raises InvalidInput for anything else (the value is not secret and may be shown).
+    """
+    text = str(value or "").strip()
+    for prefix in ("sha256:", "sha256=", "sha256 fingerprint="):
+        if text.lower().startswith(prefix):
+            text = text[len(prefix):]
+    text = text.replace(":", "").replace(" ", "").lower()
+    if not _HEX64.match(text):
+        raise InvalidInput("%r is not a SHA-256 certificate fingerprint (64 hex digits, colons allowed)" % (value,))
+    return text
+
+
+def fingerprint_of(der):
+    """The SHA-256 fingerprint of a DER certificate, as ``AB:CD:...`` (the form openssl and keytool print)."""
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def build_pinned_context(client_cert=None, client_key=None):
+    """The client context for a pinned source: TLS >= 1.2, no CA or host name check here; ``check_pin`` after the
+    handshake is what decides (call it before sending anything)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if client_cert or client_key:
+        _load_client_certificate(context, client_cert, client_key)
+    return context
+
+
+class PinMismatch(ssl.SSLError):
+    """The server's certificate is not the pinned one (raised before any request byte is sent)."""
+
+
+def check_pin(sock, pin_sha256):
+    """Raise PinMismatch unless the certificate ``sock`` (a connected SSLSocket) got is the one pinned.
+
+    ``pin_sha256`` is a normalized fingerprint (``normalize_fingerprint``). Constant-time compare.
+    """
+    der = sock.getpeercert(binary_form=True) if hasattr(sock, "getpeercert") else None
+    if not der:
+        raise PinMismatch("the server sent no certificate (a pinned peer must present its certificate)")
+    got = hashlib.sha256(der).hexdigest()
+    if not hmac.compare_digest(got, pin_sha256):
+        raise PinMismatch("the server's certificate (SHA-256 %s) is not the pinned one (%s)"
+                          % (fingerprint_of(der), _colon(pin_sha256)))
+
+
+def _colon(hex_digest):
+    text = hex_digest.upper()
+    return ":".join(text[i:i + 2] for i in range(0, len(text), 2))
+
+
 def is_verification_error(exc):
     """True when ``exc`` is a TLS failure that another attempt cannot fix (trust, host name, client cert)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    if isinstance(exc, (ssl.SSLCertVerificationError, PinMismatch)):
         return True
     if isinstance(exc, ssl.SSLError):
         reason = (getattr(exc, "reason", None) or str(exc)).upper()
@@ -207,6 +274,8 @@ def describe_tls_error(exc, url):
     """Operator text for a TLS failure while talking to ``url`` (redacted here)."""
     where = redact_url(url)
     host = urlsplit(url).hostname or where
+    if isinstance(exc, PinMismatch):
+        return "TLS certificate of %s refused: %s" % (where, exc.args[0] if exc.args else exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = getattr(exc, "verify_code", None)
         detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)

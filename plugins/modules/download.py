@@ -220,6 +220,26 @@ options:
     description:
       - The group of the installed image (a name or a gid), set like O(owner).
     type: str
+  peer_token:
+    description:
+      - The per-deployment bearer token of the fan-out peers (M(directdownload.kvm.peer_server)). Sent in
+        the C(Authorization) header (C(Bearer) scheme) to peer sources only, never to the origin.
+    type: str
+  peer_fingerprint:
+    description:
+      - The SHA-256 fingerprint of the peers' certificate (RV(directdownload.kvm.peer_server#module:fingerprint)),
+        colon-separated or plain hex. A peer source is accepted only when its certificate has this fingerprint,
+        instead of CA and host name validation; the origin is validated as usual. Needs O(peer_token).
+      - The fingerprint of the peer O(url) with O(url_is_peer=true), and of every peer source that does not name
+        its own.
+    type: str
+  url_is_peer:
+    description:
+      - O(url) is a peer (a URL from RV(directdownload.kvm.peer_server#module:urls)), not the origin. It is
+        reached with O(peer_token) and O(peer_fingerprint) and none of the origin's headers, credentials, CA
+        options or proxy. Needs O(peer_token) and O(peer_fingerprint).
+    type: bool
+    default: false
 notes:
   - "Progress in the play output: while the image downloads, a line such as
     C([kvm1] debian-12.qcow2: 45.2%, 1.1 GiB of 2.4 GiB, 112.0 MB/s, ETA 12 s, from https://mirror/debian-12.qcow2)
@@ -494,6 +514,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._checksum impor
     split_checksum_url,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
+from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._probe import PlainSourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._rate import LIMITS_ARGUMENT_SPEC
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
@@ -518,12 +539,19 @@ def build_request(module, settings):
         from ansible_collections.directdownload.kvm.plugins.module_utils import _libvirt  # pylint: disable=import-outside-toplevel
         pool_path = _libvirt.pool_target_path(params["pool"], params["libvirt_uri"])
     # Built for every scheme: NFS reads its timeouts from it, a metalink passes it to its mirrors.
-    source_options = source_options_from_params(params, settings)
-    return _download.DownloadRequest(
+    source_options = origin_options = source_options_from_params(params, settings)
+    # Fan-out peers: their own options (pinned certificate, bearer token, nothing of the origin's). Sources marked
+    # as peers use request.peer_source_options; the origin never sees the token.
+    peer_source_options = None
+    if params["peer_token"] and params["peer_fingerprint"]:
+        peer_source_options = SourceOptions.for_peer(source_options, params["peer_token"], params["peer_fingerprint"])
+    if params["url_is_peer"]:
+        source_options = peer_source_options
+    request = _download.DownloadRequest(
         url=params["url"],
         pool_path=pool_path,
         name=params["name"],
-        checksum=resolve_checksum(params, source_options),
+        checksum=resolve_checksum(params, origin_options),  # a checksum URL is never a peer
         image_format=params["format"],
         extract=params["extract"],
         source_options=source_options,
@@ -550,6 +578,12 @@ def build_request(module, settings):
         mismatch_retries=params["mismatch_retries"],
         timeout=params["timeout"],
     )
+    # For the multi-source engine: a mirror entry with peer: true is opened with peer_source_options, or with
+    # SourceOptions.for_peer(origin_options, request.peer_token, entry["fingerprint"]) when it names its own.
+    request.peer_source_options = peer_source_options
+    request.peer_token = params["peer_token"]
+    request.origin_source_options = origin_options
+    return request
 
 
 def resolve_checksum(params, source_options):
@@ -631,8 +665,13 @@ def main():
             mode=dict(type="raw"),
             owner=dict(type="str"),
             group=dict(type="str"),
+            peer_token=dict(type="str", no_log=True),
+            peer_fingerprint=dict(type="str"),
+            url_is_peer=dict(type="bool", default=False),
             **dict(TRANSPORT_ARGUMENT_SPEC, **LIMITS_ARGUMENT_SPEC)
         ),
+        required_by={"peer_fingerprint": "peer_token"},
+        required_if=[("url_is_peer", True, ("peer_token", "peer_fingerprint"))],
         required_one_of=[("pool_path", "pool")],
         mutually_exclusive=[("pool_path", "pool")],
         supports_check_mode=True,
