@@ -21,11 +21,17 @@ import pytest
 from ansible_collections.directdownload.kvm.plugins.module_utils import _certs
 from ansible_collections.directdownload.kvm.tests.integration.conftest import REPO_ROOT, VENV_PYTHON
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import require_tool
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 from ansible_collections.directdownload.kvm.tests.unit.lib.tls import TestCA, days_from_now, make_ca_certificate_pem
 
 KEYTOOL = _certs.find_keytool()
-pytestmark = pytest.mark.skipif(KEYTOOL is None, reason="keytool (a Java runtime) is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _keytool():
+    """Every test here runs the real keytool (a Java runtime): skipped without one, failed under CI=true."""
+    require_tool("keytool", _certs.find_keytool)
 
 UPLOAD = REPO_ROOT / "playbooks" / "upload_certificate.yml"
 REVOKE = REPO_ROOT / "playbooks" / "revoke_certificate.yml"

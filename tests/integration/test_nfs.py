@@ -24,6 +24,7 @@ from ansible_collections.directdownload.kvm.tests.integration.conftest import (
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib import nfs as nfs_lib
 from ansible_collections.directdownload.kvm.tests.unit.lib.nfs import GaneshaServer, ganesha_available
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import require
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 MiB = images.MiB
@@ -125,9 +126,7 @@ def test_url_check_over_nfs(run_module, nfs_export, image):
 def test_server_stopped_mid_transfer_installs_nothing(tmp_path, pool):
     """A private ganesha in its own network namespace; ansible-playbook runs in that namespace. The server is
     frozen once the ``.part`` holds 16 MiB, then stopped by PID: the task fails and the pool shows no image."""
-    reason = ganesha_available()
-    if reason:
-        pytest.skip(reason)
+    require(ganesha_available())
     export = tmp_path / "export"
     export.mkdir()
     source = images.random_raw(export / "disk.raw", 256 * MiB)

@@ -23,6 +23,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
 )
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib.images import KiB, MiB
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import tmpfs
 
 EXTRACTABLE = [kind for kind in images.COMPRESSION_KINDS if kind != "zip-two"]
 # Slack for "still sparse": file systems may allocate a few metadata blocks more than the source had.
@@ -44,17 +45,11 @@ def compressed(tmp_path_factory, holey):
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs, unmounted in any case. Needs root (CI runs as root); skipped elsewhere."""
+    """A 1 MiB tmpfs, unmounted in any case. Needs root (CI runs as root): skipped elsewhere, failed under CI=true."""
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-    if result.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % result.stderr.decode(errors="replace").strip())
-    try:
+    with tmpfs(mount_point, "1m"):
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 # ---------------------------------------------------------------- detection
