@@ -21,7 +21,6 @@ from __future__ import annotations
 import bz2
 import contextlib
 import errno
-import json
 import lzma
 import os
 import stat
@@ -558,22 +557,10 @@ def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_
     finally:
         os.close(fd)
         if not done:
-            _unlink_quietly(dst_path)
-
-
-def _unlink_quietly(path):
-    _fs.unlink_if_present(path)
+            _fs.unlink_if_present(dst_path)
 
 
 # ---------------------------------------------------------------- atomic install
-
-def _fsync_path(path, directory=False):
-    """The one fsync policy (_fs): a directory's EINVAL is ignored, a file is opened without following links."""
-    if directory:
-        _fs.fsync_directory(path)
-    else:
-        _fs.fsync_path(path)
-
 
 def _refuse_special_destination(final_path):
     try:
@@ -596,14 +583,14 @@ def install_file(tmp_path, final_path):
     other special file is refused. Both paths must be on the same filesystem (same pool directory).
     """
     _refuse_special_destination(final_path)
-    _fsync_path(tmp_path)
+    _fs.fsync_path(tmp_path)
     try:
         os.rename(tmp_path, final_path)  # replaces a symlink itself, never writes through one, even in a race
     except OSError as exc:
         if exc.errno == errno.EXDEV:
             raise DirectDownloadError("cannot install %s as %s: not on the same filesystem" % (tmp_path, final_path)) from exc
         raise
-    _fsync_path(os.path.dirname(os.path.abspath(final_path)), directory=True)
+    _fs.fsync_directory(os.path.dirname(os.path.abspath(final_path)))
     return final_path
 
 
@@ -636,12 +623,7 @@ def write_record(final_path, data):
 
 def read_record(final_path):
     """The record of ``final_path`` as a dict, or None when there is none or it is unreadable."""
-    try:
-        with open(record_path(final_path)) as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    return _fs.read_json(record_path(final_path))
 
 
 def record_matches_file(final_path, record):
@@ -666,11 +648,7 @@ def remove_image(final_path):
     _refuse_special_destination(final_path)
     removed = False
     for path in (final_path, record_path(final_path)):
-        try:
-            os.unlink(path)
-            removed = True
-        except FileNotFoundError:
-            pass
+        removed = _fs.unlink_if_present(path) or removed
     if removed:
-        _fsync_path(os.path.dirname(os.path.abspath(final_path)), directory=True)
+        _fs.fsync_directory(os.path.dirname(os.path.abspath(final_path)))
     return removed
