@@ -49,7 +49,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._trust import (
     build_ssl_context, describe_tls_error, is_verification_error)
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
 
-COLLECTION_VERSION = "0.1.0"  # keep in step with galaxy.yml
+COLLECTION_VERSION = "0.1.0"  # galaxy.yml is the truth; tests/unit/test_collection_version.py checks they agree
 DEFAULT_USER_AGENT = "directdownload.kvm/" + COLLECTION_VERSION
 DEFAULT_MAX_REDIRECTS = 10
 
@@ -98,8 +98,6 @@ def check_headers(headers):
         checked[name] = value
     return checked
 
-
-_check_headers = check_headers  # the earlier private name, still imported by _template.py
 
 
 def check_headers_on_redirect(names):

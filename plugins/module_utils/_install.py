@@ -37,15 +37,9 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
     NotEnoughSpace,
     human_size,
 )
-# The gate's names, re-exported for the callers that know them from here.
+# inspect_image: _download still calls it through this module (the gate's one name re-exported here).
 from ansible_collections.directdownload.kvm.plugins.module_utils._gate import (  # pylint: disable=unused-import
-    ALLOWED_FORMATS,
     ISO_OFFSETS,
-    QCOW2_MAGIC,
-    QEMU_IMG_TIMEOUT,
-    ImageInfo,
-    check_policy,
-    info_from_json as _info_from_json,
     inspect_image,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import DEFAULT_BLOCK_SIZE, SparseWriter

@@ -154,16 +154,16 @@ class NfsOptions:
             except (TypeError, ValueError):
                 version = -1
             if version not in NFS_VERSIONS:
-                raise InvalidInput("nfs_version must be 3 or 4")
+                raise InvalidInput("the NFS version must be 3 or 4")
         if mount_mode not in NFS_MOUNT_MODES:
-            raise InvalidInput("nfs_mount_mode must be soft or hard, got %r" % (mount_mode,))
+            raise InvalidInput("the NFS mount mode must be soft or hard, got %r" % (mount_mode,))
         for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise InvalidInput("%s must be a positive number of seconds" % name)
         if timeo is not None and (not isinstance(timeo, int) or timeo < 1):
-            raise InvalidInput("nfs_timeo must be a positive number of deciseconds")
+            raise InvalidInput("the NFS timeo must be a positive number of deciseconds")
         if not isinstance(retrans, int) or retrans < 0:
-            raise InvalidInput("nfs_retrans must be 0 or more")
+            raise InvalidInput("the NFS retrans must be 0 or more")
         self.transport = transport
         self.version = version
         self.mount_mode = mount_mode
@@ -175,7 +175,8 @@ class NfsOptions:
 
     @classmethod
     def from_any(cls, options, transport=None):
-        """An ``NfsOptions`` from None, an ``NfsOptions``, or any object with ``nfs_*``/timeout attributes;
+        """An ``NfsOptions`` from None, an ``NfsOptions``, or the engine's ``SourceOptions`` (only its
+        ``connect_timeout`` and ``read_timeout`` are used; the mount settings keep their defaults);
         ``transport``, when given, wins over the options' own."""
         if isinstance(options, cls):
             if transport is None or transport == options.transport:
@@ -188,16 +189,8 @@ class NfsOptions:
             value = getattr(options, name, None)
             return default if value is None else value
 
-        return cls(
-            transport=transport or pick("nfs_transport", "auto"),
-            version=pick("nfs_version", None),
-            mount_mode=pick("nfs_mount_mode", "soft"),
-            timeo=pick("nfs_timeo", None),
-            retrans=pick("nfs_retrans", 2),
-            connect_timeout=pick("connect_timeout", 10),
-            read_timeout=pick("read_timeout", 60),
-            mount_dir=pick("nfs_mount_dir", None),
-        )
+        return cls(transport=transport or "auto", connect_timeout=pick("connect_timeout", 10),
+                   read_timeout=pick("read_timeout", 60))
 
 
 def _checked_transport(transport):

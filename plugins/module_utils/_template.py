@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 # The HTTP source's header rules, so that registration refuses exactly what a download would refuse.
-from ansible_collections.directdownload.kvm.plugins.module_utils._http import _check_headers as check_headers
+from ansible_collections.directdownload.kvm.plugins.module_utils._http import check_headers
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     COMPRESSION_SUFFIXES,
     METALINK_SUFFIXES,
