@@ -9,7 +9,7 @@ Two transports behind the Source contract of ``docs/architecture.md``:
 
 ``mount``
     The kernel client. The file's DIRECTORY is mounted read-only (CloudStack mounts the file itself, which fails
-    with exit 32: research section 3.4) with explicit options on a private ``mkdtemp`` mount point, the file is
+    with exit 32: CloudStack issue #13917) with explicit options on a private ``mkdtemp`` mount point, the file is
     read with plain ``readinto`` calls, and the directory is always unmounted again: ``umount``, then
     ``umount -f``, then ``umount -l`` as the last resort. Every exit code is checked. Byte ranges and resume work.
 ``libnfs``

@@ -5,7 +5,7 @@
 # Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
 """Probe a template URL as a KVM host sees it (CloudStack's CheckUrlCommand), for ``url_check``.
 
-What the probe does, and where it differs from CloudStack (research §1.3, §8):
+What the probe does, and where it differs from CloudStack's ``LibvirtCheckUrlCommand``:
 
 - ``source.probe()``: HEAD, or a one-byte ranged GET where HEAD is refused; the template's headers are sent
   (CloudStack never sends them on the probe, so protected URLs could not be registered); redirects by the same

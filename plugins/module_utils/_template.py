@@ -5,7 +5,7 @@
 # Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
 """Registration of a direct-download template or ISO: input validation and the record the registry stores.
 
-Pure functions, no I/O. CloudStack's registration rules (research §1.2) are kept where they are right and fixed
+Pure functions, no I/O. CloudStack's registration rules (``registerTemplate``) are kept where they are right and fixed
 where users were hurt:
 
 - hypervisor: KVM only; ``direct_download`` must be true (this collection does nothing else);

@@ -1,7 +1,7 @@
 # Copyright (c) directdownload.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""A real NFS server for tests: nfs-ganesha with the VFS backend on loopback (research: test-infra.md section 6).
+"""A real NFS server for tests: nfs-ganesha with the VFS backend on loopback (its configuration: docs/nfs.md, "Tests").
 
 Two ways to use it:
 
