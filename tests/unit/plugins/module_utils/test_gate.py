@@ -31,7 +31,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._http import So
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_source
 from ansible_collections.directdownload.kvm.tests.unit.lib import hostile, images
 from ansible_collections.directdownload.kvm.tests.unit.lib.images import KiB, MiB
-from ansible_collections.directdownload.kvm.tests.unit.lib.require import require_tool, tmpfs
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import require_tool
 
 COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(_gate.__file__), "..", "..", "..", "..", ".."))
 
@@ -358,12 +358,9 @@ def test_qemu_img_always_gets_a_format_and_an_absolute_path(tmp_path, monkeypatc
 # ---------------------------------------------------------------- caps, bombs and space
 
 @pytest.fixture
-def tmpfs_pool(tmp_path):
-    """A 128 MiB tmpfs pool, unmounted in any case. Needs root (CI runs as root)."""
-    mount_point = tmp_path / "pool"
-    mount_point.mkdir()
-    with tmpfs(mount_point, "128m"):
-        yield mount_point
+def tmpfs_pool(mount_tmpfs):
+    """A 128 MiB tmpfs pool (tests/unit/conftest.py), unmounted in any case. Needs root (CI runs as root)."""
+    return mount_tmpfs("128m", "pool")
 
 
 @pytest.fixture(name="bombs", scope="module")

@@ -23,7 +23,6 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
 )
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib.images import KiB, MiB
-from ansible_collections.directdownload.kvm.tests.unit.lib.require import tmpfs
 
 EXTRACTABLE = [kind for kind in images.COMPRESSION_KINDS if kind != "zip-two"]
 # Slack for "still sparse": file systems may allocate a few metadata blocks more than the source had.
@@ -41,15 +40,6 @@ def compressed(tmp_path_factory, holey):
     """Every compression kind of ``holey``, each named with a misleading suffix."""
     directory = tmp_path_factory.mktemp("compressed")
     return {kind: images.compress(holey, directory / ("%s.qcow2" % kind), kind) for kind in images.COMPRESSION_KINDS}
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs, unmounted in any case. Needs root (CI runs as root): skipped elsewhere, failed under CI=true."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    with tmpfs(mount_point, "1m"):
-        yield mount_point
 
 
 # ---------------------------------------------------------------- detection
