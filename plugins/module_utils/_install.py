@@ -28,6 +28,7 @@ import struct
 import time
 import zipfile
 import zlib
+from typing import Any, Mapping, Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _gate
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
@@ -78,13 +79,13 @@ _MAGICS = (
 
 # ---------------------------------------------------------------- sizes and free space
 
-def free_space(path):
+def free_space(path: str) -> int:
     """Bytes an unprivileged writer may still use on the filesystem holding ``path``."""
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
 
-def ensure_free_space(directory, needed_bytes, what):
+def ensure_free_space(directory: str, needed_bytes: Optional[int], what: str) -> None:
     """Raise NotEnoughSpace when ``directory`` has less than ``needed_bytes`` free. Unknown need: no check."""
     if not needed_bytes or needed_bytes <= 0:
         return
@@ -105,7 +106,7 @@ def _read_at(path, offset, count):
         return handle.read(count)
 
 
-def is_iso(path):
+def is_iso(path: str) -> bool:
     """True when ``path`` carries an ISO 9660 volume descriptor signature ("CD001")."""
     with open(path, "rb") as handle:
         for offset in ISO_OFFSETS:
@@ -115,7 +116,7 @@ def is_iso(path):
     return False
 
 
-def compression_from_head(head):
+def compression_from_head(head: bytes) -> Optional[str]:
     """``gzip|bzip2|xz|zip|zstd`` from the first bytes of a stream, or None. ``url_check`` uses it on the head of a
     remote file; :func:`detect_compression` on a file."""
     if head[:3] == b"BZh" and head[3:4].isdigit() and head[3:4] != b"0":
@@ -123,7 +124,7 @@ def compression_from_head(head):
     return next((name for magic, name in _MAGICS if head.startswith(magic)), None)
 
 
-def detect_compression(path):
+def detect_compression(path: str) -> Optional[str]:
     """``gzip|bzip2|xz|zip|zstd`` from the magic bytes, never from the name; None when not compressed.
 
     An ISO answers None whatever its first bytes are (its first 32 KiB are a free system area).
@@ -134,7 +135,7 @@ def detect_compression(path):
     return kind
 
 
-def estimated_extracted_size(path, kind):
+def estimated_extracted_size(path: str, kind: str) -> Optional[int]:
     """Best-effort size of the extracted bytes, or None when the archive does not say.
 
     gzip: the ISIZE trailer, which is the size modulo 2**32 of the last member only: a lower bound.
@@ -276,7 +277,7 @@ def _zip_file_members(archive):
     return [info for info in archive.infolist() if not info.is_dir()]
 
 
-def extracting_path(final_path):
+def extracting_path(final_path: str) -> str:
     """``<dir>/.<name>.extracting``: the hidden file an extraction writes before ``install_file``."""
     directory, name = os.path.split(final_path)
     return os.path.join(directory, ".%s.extracting" % name)
@@ -496,7 +497,8 @@ def _over_cap(src_path, kind, bounds, estimate=None):
                         % (src_path, kind, what, why, rule), cap=bounds.cap)
 
 
-def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_space=True, mode=0o644, limits=None):
+def extract(src_path: str, dst_path: str, kind: Optional[str] = None, block_size: int = DEFAULT_BLOCK_SIZE,
+            check_space: bool = True, mode: int = 0o644, limits: Optional[_gate.Limits] = None) -> int:
     """Decompress ``src_path`` into the new file ``dst_path`` (created with O_EXCL) and return the bytes written.
 
     Streamed, constant memory, through ``SparseWriter`` so zero blocks become holes, fsynced at the end.
@@ -570,7 +572,7 @@ def _refuse_special_destination(final_path):
         raise InvalidInput("refusing to install to %s: it exists and is not a regular file" % final_path, path=final_path)
 
 
-def install_file(tmp_path, final_path):
+def install_file(tmp_path: str, final_path: str) -> str:
     """Make ``tmp_path`` durable and rename it to ``final_path`` in one step; fsync the directory.
 
     ``final_path`` may be an existing regular file (it is replaced atomically); a symlink, a directory or any
@@ -590,7 +592,7 @@ def install_file(tmp_path, final_path):
 
 # ---------------------------------------------------------------- installed-image records
 
-def record_path(final_path):
+def record_path(final_path: str) -> str:
     """``<dir>/.<name>.ddinfo.json`` beside the installed image."""
     directory, name = os.path.split(final_path)
     return os.path.join(directory, ".%s.ddinfo.json" % name)
@@ -601,7 +603,7 @@ def _file_identity(final_path):
     return {"st_size": st.st_size, "st_mtime_ns": st.st_mtime_ns, "st_ino": st.st_ino}
 
 
-def write_record(final_path, data):
+def write_record(final_path: str, data: Mapping[str, Any]) -> dict[str, Any]:
     """Atomically write the record of the installed ``final_path``: ``data`` (checksum, url, format,
     virtual_size, ...) plus the file's size, mtime_ns and inode as they are now. Returns the record."""
     record = dict(data)
@@ -615,12 +617,12 @@ def write_record(final_path, data):
     return record
 
 
-def read_record(final_path):
+def read_record(final_path: str) -> Optional[dict[str, Any]]:
     """The record of ``final_path`` as a dict, or None when there is none or it is unreadable."""
     return _fs.read_json(record_path(final_path))
 
 
-def record_matches_file(final_path, record):
+def record_matches_file(final_path: str, record: Optional[Mapping[str, Any]]) -> bool:
     """True when the installed file is still the one recorded (same size, mtime_ns and inode): no re-hash.
 
     A file replaced (new inode), rewritten or touched (new mtime) no longer matches. Inode numbers can be
@@ -637,7 +639,7 @@ def record_matches_file(final_path, record):
     return (record.get("st_size"), record.get("st_mtime_ns"), record.get("st_ino")) == (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def remove_image(final_path):
+def remove_image(final_path: str) -> bool:
     """Remove an installed image and its record. Returns True when something was removed."""
     _refuse_special_destination(final_path)
     removed = False

@@ -96,7 +96,7 @@ class NfsLocation:
         return "nfs://%s%s?%s" % (self.host_for_url, path, "&".join(query))
 
 
-def parse_nfs_url(url):
+def parse_nfs_url(url: str) -> NfsLocation:
     """Parse and check ``nfs://server[:port]/export/path/file[?version=3|4]``; raise InvalidInput otherwise."""
     shown = redact_url(url)
     try:
@@ -213,7 +213,7 @@ def _which(name, sbin=False):
     return shutil.which(name, path=os.pathsep.join(_SBIN_DIRS))
 
 
-def kernel_nfs_support():
+def kernel_nfs_support() -> bool:
     """True when the running kernel has an NFS client: loaded (``/proc/filesystems``) or loadable (a module)."""
     try:
         with open("/proc/filesystems") as handle:
@@ -234,7 +234,7 @@ def kernel_nfs_support():
     return False
 
 
-def transport_problems(transport):
+def transport_problems(transport: str) -> list[str]:
     """Why ``transport`` cannot run on this host: a list of reasons, empty when it can."""
     problems = []
     if transport == "mount":
@@ -251,7 +251,7 @@ def transport_problems(transport):
     return problems
 
 
-def choose_transport(requested="auto"):
+def choose_transport(requested: str = "auto") -> str:
     """``mount`` or ``libnfs`` for ``requested``. Raises SourceError when no transport can run here."""
     if requested == "libnfs":
         problems = transport_problems("libnfs")
@@ -311,7 +311,7 @@ def _last_line(text):
 # Error classification
 
 
-def classify_libnfs_error(text):
+def classify_libnfs_error(text: str) -> tuple[str, bool, str]:
     """(reason, retryable, explanation) for the stderr/stdout of nfs-ls or nfs-cat."""
     if "MNT3ERR_ACCES" in text or "MNT3ERR_NOENT" in text or "MNT3ERR_PERM" in text:
         # Also what a server answers to a client that its export rules leave out: another host may pass.
@@ -334,7 +334,7 @@ def classify_libnfs_error(text):
     return "nfs_error", True, "NFS error"
 
 
-def classify_mount_error(text):
+def classify_mount_error(text: str) -> tuple[str, bool, str]:
     """(reason, retryable, explanation) for mount(8)/mount.nfs output."""
     low = text.lower()
     if "access denied by server" in low:
@@ -571,7 +571,7 @@ class MountedFileBody(_GuardedBody):
 # libnfs transport
 
 
-def parse_nfs_ls(text):
+def parse_nfs_ls(text: str) -> dict[str, tuple[str, int]]:
     """``{name: (type, size)}`` from ``nfs-ls`` output (type ``-`` file, ``d`` directory, ``l`` link, ...)."""
     entries = {}
     for line in text.splitlines():

@@ -26,6 +26,7 @@ import os
 import re
 import ssl
 from urllib.parse import urlsplit
+from typing import Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import DEFAULT_TRUST_DIR
@@ -68,7 +69,7 @@ def _no_passphrase():
     raise _EncryptedKey()
 
 
-def load_pem_certificates(path):
+def load_pem_certificates(path: str) -> list[str]:
     """The certificates in ``path`` as a list of PEM strings (a DER file gives one, converted to PEM).
 
     Raises InvalidInput naming the file when it cannot be read or holds no certificate. Only the framing is
@@ -98,7 +99,7 @@ def _plain_pem(block):
     return re.sub(r"-----(BEGIN|END) (?:TRUSTED |X509 )CERTIFICATE-----", r"-----\1 CERTIFICATE-----", block)
 
 
-def certificate_files(directory):
+def certificate_files(directory: str) -> list[str]:
     """Sorted paths of the certificate files (by suffix) directly in ``directory``."""
     names = sorted(os.listdir(directory))
     return [os.path.join(directory, name) for name in names
@@ -167,8 +168,9 @@ def _load_client_certificate(context, client_cert, client_key):
                getattr(exc, "reason", None) or exc), path=client_cert) from exc
 
 
-def build_ssl_context(validate_certs=True, ca_path=None, trust_dir=DEFAULT_TRUST_DIR, client_cert=None,
-                      client_key=None):
+def build_ssl_context(validate_certs: bool = True, ca_path: Optional[str] = None,
+                      trust_dir: Optional[str] = DEFAULT_TRUST_DIR, client_cert: Optional[str] = None,
+                      client_key: Optional[str] = None) -> ssl.SSLContext:
     """The client ``ssl.SSLContext`` for HTTPS sources.
 
     ``validate_certs=False`` turns certificate and host name checks off: INSECURE, anyone on the path can serve
@@ -192,7 +194,7 @@ def build_ssl_context(validate_certs=True, ca_path=None, trust_dir=DEFAULT_TRUST
     return context
 
 
-def is_verification_error(exc):
+def is_verification_error(exc: BaseException) -> bool:
     """True when ``exc`` is a TLS failure that another attempt cannot fix (trust, host name, client cert)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return True
@@ -203,7 +205,7 @@ def is_verification_error(exc):
     return False
 
 
-def describe_tls_error(exc, url):
+def describe_tls_error(exc: BaseException, url: str) -> str:
     """Operator text for a TLS failure while talking to ``url`` (redacted here)."""
     where = redact_url(url)
     host = urlsplit(url).hostname or where

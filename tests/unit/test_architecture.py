@@ -10,6 +10,7 @@ import ast
 import importlib
 import inspect
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,23 @@ def test_the_check_can_fail(line, expected):
         assert problem is None
     else:
         assert problem is not None and expected in problem, problem
+
+
+# The module_utils files whose public functions carry type hints (they run on Python >= 3.9 hosts; with
+# ``from __future__ import annotations`` the hints are strings, so typing names such as Optional are used).
+TYPED = ("_gate", "_retry", "_rate", "_signals", "_fleet", "_libvirt", "_nfs", "_http", "_checksum", "_fs", "_template",
+         "_trust", "_probe", "_install")
+
+
+@pytest.mark.parametrize("module_name", TYPED)
+def test_public_functions_have_type_hints(module_name):
+    module = importlib.import_module(PACKAGE + module_name)
+    missing = []
+    for name, obj in sorted(vars(module).items()):
+        if name.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
+            continue
+        hints = typing.get_type_hints(obj)  # also proves every name in the hints resolves
+        unhinted = [p for p in inspect.signature(obj).parameters if p not in hints]
+        if unhinted or "return" not in hints:
+            missing.append("%s(%s)%s" % (name, ", ".join(unhinted), "" if "return" in hints else " -> ?"))
+    assert not missing, "%s: add type hints to: %s" % (module_name, "; ".join(missing))
