@@ -53,23 +53,16 @@ class NotRegularFile(OSError):
         self.kind = kind
 
 
+_KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "FIFO"),
+          (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
 def file_kind(mode: int) -> str:
     """What a ``st_mode`` is, in words: ``file``, ``directory``, ``symlink``, ``FIFO``, ``socket``,
     ``character device``, ``block device``."""
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode):
-        return "character device"
-    if stat.S_ISBLK(mode):
-        return "block device"
+    for is_kind, kind in _KINDS:
+        if is_kind(mode):
+            return kind
     return "special file"
 
 

@@ -462,20 +462,13 @@ def check_policy(info: ImageInfo, expected_format: Optional[str] = None, limits:
     """Refuse what must not reach a pool. Raises ImageRejected naming the rule; returns None when acceptable."""
     limits = limits or DEFAULT_LIMITS
     name = info.path or "the image"
-    if info.backing_file:
-        raise refuse(
-            "backing_file",
-            "%s is a %s image with a backing file (%s): refused, a template must be self-contained "
-            "(a backing file can point anywhere on the host; CVE-2024-50386)" % (name, info.format, info.backing_file),
-            format=info.format, backing_file=info.backing_file,
-        )
-    if info.data_file:
-        raise refuse(
-            "data_file",
-            "%s is a %s image with an external data file (%s): refused, it could expose any file on the host "
-            "(CVE-2024-50386)" % (name, info.format, info.data_file),
-            format=info.format, data_file=info.data_file,
-        )
+    for rule, named, what, why in (
+            ("backing_file", info.backing_file, "a backing file",
+             "a template must be self-contained (a backing file can point anywhere on the host; CVE-2024-50386)"),
+            ("data_file", info.data_file, "an external data file", "it could expose any file on the host (CVE-2024-50386)")):
+        if named:
+            raise refuse(rule, "%s is a %s image with %s (%s): refused, %s" % (name, info.format, what, named, why),
+                         format=info.format, **{rule: named})
     if info.problem:
         raise refuse(info.problem[0], info.problem[1], format=info.format)
     expected = (expected_format or "").strip().lower() or None

@@ -480,7 +480,14 @@ class _GuardedBody:
     file descriptor under a running read could hand its number to a new file, so a close during a read only
     interrupts it (``_interrupt``); the reader then releases the resources (``_release``) on its way out."""
 
-    def __init__(self):
+    content_type = None
+
+    def __init__(self, location, size, validators, offset):
+        self.url = location.url
+        self._location = location
+        self.size = size
+        self.validators = validators
+        self.offset = offset
         self._guard = threading.Lock()
         self._reading = False
         self._closed = False
@@ -526,18 +533,12 @@ class _GuardedBody:
 class MountedFileBody(_GuardedBody):
     """A body read from the mounted file. Closing it closes the file and unmounts."""
 
-    content_type = None
     accept_ranges = True
 
     def __init__(self, location, mount, handle, st, offset, end):
-        super().__init__()
-        self.url = location.url
-        self._location = location
+        super().__init__(location, st.st_size, _validators_from_stat(st), offset)
         self._mount = mount
         self._handle = handle
-        self.size = st.st_size
-        self.validators = _validators_from_stat(st)
-        self.offset = offset
         self._position = offset
         self._end = st.st_size if end is None else end
 
@@ -584,17 +585,11 @@ def parse_nfs_ls(text: str) -> dict[str, tuple[str, int]]:
 class PipeBody(_GuardedBody):
     """The stdout of ``nfs-cat``. Stalls longer than ``read_timeout`` and short streams raise SourceError."""
 
-    content_type = None
     accept_ranges = False
 
     def __init__(self, location, proc, stderr_file, size, read_timeout, first_byte_timeout):
-        super().__init__()
-        self.url = location.url
-        self.offset = 0
-        self.size = size
-        self.validators = {"etag": None, "last_modified": None}
+        super().__init__(location, size, {"etag": None, "last_modified": None}, 0)
         self.received = 0
-        self._location = location
         self._proc = proc
         self._stderr = stderr_file
         self._fd = proc.stdout.fileno()
