@@ -100,7 +100,6 @@ def check_headers(headers: Optional[Mapping[str, Any]]) -> dict[str, str]:
     return checked
 
 
-
 def check_headers_on_redirect(names: Optional[Iterable[str]]) -> frozenset[str]:
     """The user headers that may follow a redirect to another origin, as a frozenset of lower-case names.
     Credential headers cannot be named: they never go to another host."""

@@ -33,6 +33,7 @@ def _keytool():
     """Every test here runs the real keytool (a Java runtime): skipped without one, failed under CI=true."""
     require_tool("keytool", _certs.find_keytool)
 
+
 UPLOAD = REPO_ROOT / "playbooks" / "upload_certificate.yml"
 REVOKE = REPO_ROOT / "playbooks" / "revoke_certificate.yml"
 PASSWORD = "agent-Pass-4c1b-not-in-output"
