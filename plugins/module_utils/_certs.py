@@ -30,6 +30,7 @@ import stat
 import subprocess
 import tempfile
 
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._trust import certificate_files
 
@@ -545,28 +546,14 @@ def write_trust_file(trust_dir, alias, cert):
     final = trust_file_path(trust_dir, alias)
     if os.path.islink(final) or os.path.isdir(final):
         raise DirectDownloadError("refusing to replace %s: it is a symbolic link or a directory" % final, path=final)
-    fd, tmp = tempfile.mkstemp(dir=trust_dir, prefix=".%s." % os.path.basename(final), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(to_pem(cert))
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
-            os.fsync(handle.fileno())
-        os.rename(tmp, final)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(trust_dir)
+    _fs.write_atomic(final, to_pem(cert), durable=True, mode=0o644)
     return final
 
 
 def remove_trust_file(trust_dir, alias):
-    path = trust_file_path(trust_dir, alias)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
+    if not _fs.unlink_if_present(trust_file_path(trust_dir, alias)):
         return False
-    _fsync_dir(trust_dir)
+    _fs.fsync_directory(trust_dir)
     return True
 
 
@@ -579,21 +566,6 @@ def list_trust_dir(trust_dir):
     for path in certificate_files(trust_dir):
         found.append((os.path.splitext(os.path.basename(path))[0], path, read_trust_file(path)))
     return found
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -733,11 +705,11 @@ def _apply_keystore(keytool, target, alias, cert, word, store_type, entries):
                         handle.write(to_pem(cert))
                     keytool.import_certificate(work, alias, pem_path, None if store_type else new_type)
                 finally:
-                    _unlink_quietly(pem_path)
+                    _fs.unlink_if_present(pem_path)
             _verify_copy(keytool, work, path, new_type, entries, alias, None if word == "removed" else cert)
-            _fsync_file(work)
+            _fs.fsync_path(work)
             os.rename(work, path)
-            _fsync_dir(directory)
+            _fs.fsync_directory(directory)
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
 
@@ -837,14 +809,6 @@ def _verify_copy(keytool, work, path, store_type, entries, alias, cert):
         raise KeystoreError(
             "keytool reported success but %s does not hold the certificate under %r (found %s): %s was left "
             "untouched" % (path, alias, now.fingerprint if now else "nothing", path), path=path)
-
-
-def _fsync_file(path):
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _trust_change(trust_dir, alias, cert, state, check_mode):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+from typing import Any, Iterable, Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 
@@ -46,7 +47,7 @@ FORMS = "{SHA-256}<hex> (CloudStack), sha256:<hex> (Ansible), sha256:<URL of a c
 MAX_CHECKSUM_FILE_SIZE = 1024 * 1024
 
 
-def algorithms_of_length(length):
+def algorithms_of_length(length: int) -> list[str]:
     """The canonical names of the algorithms whose hex digest has ``length`` characters (at most one here)."""
     return [name for name, (_cs_name, hex_length) in ALGORITHMS.items() if hex_length == length]
 
@@ -61,7 +62,7 @@ def _length_hint(length):
         "%s %d" % (cs_name, hex_length) for cs_name, hex_length in ALGORITHMS.values()))
 
 
-def canonical_algorithm(name):
+def canonical_algorithm(name: str) -> str:
     """``SHA-256``, ``sha256``, ``Sha_256`` -> ``sha256``. Raises InvalidInput for anything else."""
     key = re.sub(r"[-_\s]", "", (name or "").strip().lower())
     if key not in ALGORITHMS:
@@ -116,7 +117,7 @@ class Checksum:
         return "Checksum(%s)" % self.cloudstack
 
 
-def split_checksum_url(text):
+def split_checksum_url(text: Optional[str]) -> Optional[tuple[str, str]]:
     """``(algorithm, url)`` for the get_url form ``sha256:https://host/SHA256SUMS``, else None."""
     value = str(text or "").strip()
     algorithm, sep, rest = value.partition(":")
@@ -143,7 +144,7 @@ def _bare(value, default_algorithm, pasted=False):
     return Checksum(default, value)
 
 
-def parse_checksum(text, default_algorithm="md5"):
+def parse_checksum(text: Optional[str], default_algorithm: str = "md5") -> Optional[Checksum]:
     """Parse a checksum option. Returns None for an empty value (no verification).
 
     Accepted forms: ``{SHA-256}hex`` (CloudStack; ``{}hex`` means the default algorithm), ``sha256:hex``
@@ -185,7 +186,8 @@ def _listed_name(name):
     return name
 
 
-def checksum_from_file(text, file_name, algorithm, source="the checksum file"):
+def checksum_from_file(text: str, file_name: str, algorithm: Optional[str],
+                       source: str = "the checksum file") -> Checksum:
     """The Checksum of ``file_name`` in the text of a checksum file, read as get_url reads one.
 
     Lines in GNU format (``<hex>  name``, ``<hex> *name``; ``./`` prefixes ignored) or BSD format
@@ -245,7 +247,7 @@ def checksum_from_file(text, file_name, algorithm, source="the checksum file"):
     return Checksum(algorithm, digest)
 
 
-def as_given(text, checksum):
+def as_given(text: str, checksum: Checksum) -> str:
     """``checksum`` written in the form the user wrote ``text``: ``{SHA-256}hex`` for the CloudStack form,
     ``sha256:hex`` for the Ansible form (also for ``sha256:<URL>`` and a BSD line), bare ``hex`` for a bare digest
     or a pasted ``sha256sum`` line. Hex is lower case. So ``result.checksum == my_checksum`` holds for a
@@ -258,7 +260,7 @@ def as_given(text, checksum):
     return checksum.ansible
 
 
-def new_hash(algorithm):
+def new_hash(algorithm: str) -> Any:
     """A hashlib object for a canonical or CloudStack algorithm name.
 
     ``usedforsecurity=False`` keeps MD5 usable on FIPS hosts, where it only checks integrity here.
@@ -270,13 +272,13 @@ def new_hash(algorithm):
         return hashlib.new(name)
 
 
-def strongest(checksums):
+def strongest(checksums: Iterable[Checksum]) -> Optional[Checksum]:
     """The strongest of several Checksum objects (SHA-512 > ... > MD5), or None for an empty list."""
     ranked = sorted(checksums, key=lambda c: STRENGTH.index(c.algorithm))
     return ranked[-1] if ranked else None
 
 
-def file_digest(path, algorithm, block_size=1024 * 1024):
+def file_digest(path: str, algorithm: str, block_size: int = 1024 * 1024) -> str:
     """Hash a whole file. Used only where a re-read is unavoidable (resuming a ``.part``; multi-stream metalink)."""
     digest = new_hash(algorithm)
     buf = bytearray(block_size)

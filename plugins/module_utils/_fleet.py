@@ -26,6 +26,8 @@ The run is a field of the claim (``run_id``), never parsed out of the free-text 
 from __future__ import annotations
 
 import copy
+from datetime import datetime
+from typing import Any, Optional, Sequence
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
 
@@ -50,8 +52,9 @@ MiB = 1024 * 1024
 # acquire: present / download / busy / same run
 # --------------------------------------------------------------------------------------------------------------
 
-def acquire(doc, template_id, host, pool, shared=False, run_id=None, holder=None, ttl=reg.DEFAULT_CLAIM_TTL,
-            now=None, token=None):
+def acquire(doc: dict[str, Any], template_id: str, host: str, pool: str, shared: bool = False,
+            run_id: Optional[str] = None, holder: Optional[str] = None, ttl: int = reg.DEFAULT_CLAIM_TTL,
+            now: Optional[datetime] = None, token: Optional[str] = None) -> dict[str, Any]:
     """Decide what ``host`` does about the template on ``pool``, taking the claim when it downloads.
 
     Returns ``{"action", "claim", "copy"}``: ``action`` one of :data:`ACTIONS`; ``claim`` the claim taken (download)
@@ -73,7 +76,7 @@ def acquire(doc, template_id, host, pool, shared=False, run_id=None, holder=None
     return {"action": DOWNLOAD, "claim": record, "copy": None}
 
 
-def wait_over(decision):
+def wait_over(decision: dict[str, Any]) -> bool:
     """Whether a waiter stops polling: anything but a claim of another run."""
     return decision["action"] != BUSY
 
@@ -82,13 +85,13 @@ def wait_over(decision):
 # attempts: the results of the download loop
 # --------------------------------------------------------------------------------------------------------------
 
-def attempt_host(result):
+def attempt_host(result: dict[str, Any]) -> Optional[str]:
     """The candidate host of one loop item result."""
     loop_var = result.get("ansible_loop_var") or "item"
     return str(result.get(loop_var) if result.get(loop_var) is not None else result.get("item", ""))
 
 
-def attempt_outcome(result):
+def attempt_outcome(result: dict[str, Any]) -> str:
     """``ok``, ``failed``, ``unreachable`` or ``skipped`` for one loop item result. A probe (url_check) that ran but
     could not reach the URL (``reachable: false``) failed."""
     if result.get("unreachable"):
@@ -100,7 +103,8 @@ def attempt_outcome(result):
     return "ok"
 
 
-def summarize_attempts(attempts):
+def summarize_attempts(
+        attempts: Optional[Sequence[dict[str, Any]]]) -> tuple[list[dict[str, Any]], Optional[dict[str, Any]]]:
     """The tried hosts in order: ``[{"host", "outcome", "error", "retryable"}]`` (skipped items left out), and the
     successful result (the last ``ok`` one) or None. Used for downloads (deploy) and probes (registration)."""
     tried, success = [], None
@@ -119,7 +123,7 @@ def summarize_attempts(attempts):
     return tried, success
 
 
-def failure_summary(template_name, host, pool, tried):
+def failure_summary(template_name: str, host: str, pool: str, tried: Sequence[dict[str, Any]]) -> str:
     """The message of a pool that no candidate could deploy."""
     if not tried:
         return "Template %s could not be downloaded on pool %s of %s: no host was tried" % (template_name, pool, host)
@@ -134,7 +138,8 @@ def failure_summary(template_name, host, pool, tried):
 # finish: record or release, and the report row
 # --------------------------------------------------------------------------------------------------------------
 
-def copy_from_result(template, downloaded_on, pool, shared, result):
+def copy_from_result(template: dict[str, Any], downloaded_on: str, pool: str, shared: bool,
+                     result: dict[str, Any]) -> dict[str, Any]:
     """The copy record (see :func:`_registry.record_copy`) for a successful download result."""
     return {
         "template_id": template["id"],
@@ -150,8 +155,9 @@ def copy_from_result(template, downloaded_on, pool, shared, result):
     }
 
 
-def finish(doc, template, host, pool, shared, decision, attempts=None, check_mode=False, now=None,
-           wait_timed_out=False):
+def finish(doc: dict[str, Any], template: dict[str, Any], host: str, pool: str, shared: bool, decision: dict[str, Any],
+           attempts: Optional[Sequence[dict[str, Any]]] = None, check_mode: bool = False,
+           now: Optional[datetime] = None, wait_timed_out: bool = False) -> dict[str, Any]:
     """Close one host x pool after the download loop. Modifies ``doc`` (the caller writes it unless in check mode).
 
     - a successful attempt that downloaded (or a ``download`` decision whose file was already in place): record the
@@ -224,7 +230,8 @@ def finish(doc, template, host, pool, shared, decision, attempts=None, check_mod
     return {"changed": changed, "copy": None, "released": released, "row": row}
 
 
-def report_row(host, pool, template=None, tried=None):
+def report_row(host: str, pool: str, template: Optional[dict[str, Any]] = None,
+               tried: Optional[Sequence[dict[str, Any]]] = None) -> dict[str, Any]:
     """An empty row of the deployment report; :func:`finish` fills it."""
     return {
         "host": host,
@@ -243,7 +250,7 @@ def report_row(host, pool, template=None, tried=None):
     }
 
 
-def rate_mb_s(moved, rate=None, seconds=None):
+def rate_mb_s(moved: Optional[int], rate: Optional[float] = None, seconds: Optional[float] = None) -> Optional[float]:
     """MB/s (10^6 bytes) of a transfer: from the engine's rate (bytes/s), else bytes over seconds; None for none."""
     if not moved:
         return None
@@ -261,7 +268,7 @@ def rate_mb_s(moved, rate=None, seconds=None):
 COLUMNS = ("HOST", "POOL", "STATUS", "ON", "MOVED", "TIME", "RATE", "RESUMED", "SOURCE / ATTEMPTS")
 
 
-def human_bytes(count):
+def human_bytes(count: Optional[int]) -> str:
     if not count:
         return "-"
     if count < MiB:
@@ -293,7 +300,7 @@ def _cells(row):
     ]
 
 
-def report_table(rows):
+def report_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The rows as aligned text lines (a header, then one line per row, sorted by host and pool)."""
     table = [list(COLUMNS)] + [_cells(r) for r in sorted(rows or [], key=lambda r: (str(r.get("host")),
                                                                                     str(r.get("pool"))))]

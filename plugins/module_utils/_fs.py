@@ -28,6 +28,7 @@ import fcntl
 import json
 import os
 import stat
+from typing import Any, Optional
 
 # Temporary files are named ``<final name>.<8 random hex digits>.tmp``: this many characters longer than the name
 # they replace (the long-name check in _download counts them).
@@ -52,27 +53,20 @@ class NotRegularFile(OSError):
         self.kind = kind
 
 
-def file_kind(mode):
+_KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "FIFO"),
+          (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def file_kind(mode: int) -> str:
     """What a ``st_mode`` is, in words: ``file``, ``directory``, ``symlink``, ``FIFO``, ``socket``,
     ``character device``, ``block device``."""
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode):
-        return "character device"
-    if stat.S_ISBLK(mode):
-        return "block device"
+    for is_kind, kind in _KINDS:
+        if is_kind(mode):
+            return kind
     return "special file"
 
 
-def kind_at(path):
+def kind_at(path: str) -> Optional[str]:
     """The :func:`file_kind` of what ``path`` names itself (``lstat``: a symlink is not followed), or None when
     nothing is there. Never opens anything, so a FIFO cannot block. A regular file with more than one name is
     ``hard link``: one of our own files never has another name, and writing it would write the other file."""
@@ -85,7 +79,7 @@ def kind_at(path):
     return file_kind(st.st_mode)
 
 
-def open_regular(path, flags=os.O_RDONLY, mode=0o600):
+def open_regular(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
     """``os.open`` for one of our own files: never follows a symlink at ``path`` (ELOOP), never blocks on a FIFO
     (``O_NONBLOCK`` for the open; cleared again, regular files ignore it anyway), and refuses anything that is not
     a regular file with :class:`NotRegularFile`, for writing also a file with another name (a hard link planted
@@ -115,7 +109,7 @@ def open_regular(path, flags=os.O_RDONLY, mode=0o600):
     return fd
 
 
-def create_temp(directory, name, mode=0o600):
+def create_temp(directory: str, name: str, mode: int = 0o600) -> tuple[int, str]:
     """Create a new, empty temporary file for ``<directory>/<name>``: ``<name>.<random>.tmp``, opened
     ``O_RDWR|O_CREAT|O_EXCL|O_NOFOLLOW`` (nothing already there, a symlink included, is ever opened). Returns
     ``(fd, path)``; the caller renames or unlinks it."""
@@ -130,7 +124,7 @@ def create_temp(directory, name, mode=0o600):
     raise FileExistsError(errno.EEXIST, "no free temporary name for %s" % name, os.path.join(directory, name))
 
 
-def unlink_if_present(path):
+def unlink_if_present(path: str) -> bool:
     """Remove ``path`` (the entry itself: a symlink is removed, not its target). Returns True when something was
     removed. Only ENOENT is swallowed."""
     try:
@@ -140,7 +134,7 @@ def unlink_if_present(path):
     return True
 
 
-def fsync_directory(path):
+def fsync_directory(path: str) -> None:
     """Make the entries of directory ``path`` durable (after a rename or an unlink). EINVAL (a file system that
     cannot fsync a directory) is ignored; everything else is raised."""
     fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
@@ -153,7 +147,7 @@ def fsync_directory(path):
         os.close(fd)
 
 
-def fsync_path(path):
+def fsync_path(path: str) -> None:
     """fsync the regular file at ``path`` (opened as :func:`open_regular` does)."""
     fd = open_regular(path)
     try:
@@ -162,7 +156,7 @@ def fsync_path(path):
         os.close(fd)
 
 
-def write_atomic(path, data, durable, mode=0o600):
+def write_atomic(path: str, data: bytes, durable: bool, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` (bytes): a :func:`create_temp` file in the same directory, then a rename
     over ``path`` (which replaces a symlink there, never writes through it).
 
@@ -187,13 +181,14 @@ def write_atomic(path, data, durable, mode=0o600):
         fsync_directory(directory)
 
 
-def write_json_atomic(path, data, durable=False, mode=0o600, indent=1):
+def write_json_atomic(path: str, data: Any, durable: bool = False, mode: int = 0o600,
+                      indent: Optional[int] = 1) -> None:
     """:func:`write_atomic` of ``data`` as JSON (sorted keys)."""
     text = json.dumps(data, sort_keys=True, indent=indent) + ("\n" if indent else "")
     write_atomic(path, text.encode("utf-8"), durable=durable, mode=mode)
 
 
-def read_json(path, limit=16 * 1024 * 1024):
+def read_json(path: str, limit: int = 16 * 1024 * 1024) -> Optional[dict[str, Any]]:
     """The JSON object at ``path`` (one of our sidecars), or None when it is missing, unreadable, not an object,
     or not a regular file (a FIFO there is never opened for reading in a way that could block)."""
     try:

@@ -36,6 +36,7 @@ import stat
 import struct
 import subprocess
 from collections import namedtuple
+from typing import Any, Optional, Sequence
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     DirectDownloadError,
@@ -119,7 +120,7 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-def refuse(rule, msg, **details):
+def refuse(rule: str, msg: str, **details: Any) -> ImageRejected:
     """An ImageRejected naming its rule (``details["rule"]``)."""
     return ImageRejected(msg, rule=rule, **details)
 
@@ -163,7 +164,7 @@ def _vmdk_descriptor(head):
     return False
 
 
-def signatures(head):
+def signatures(head: bytes) -> list[str]:
     """Every disk-format signature in ``head`` (the first HEAD_BYTES of a file), in the order of precedence:
     ``qcow2``/``qcow``, then the foreign formats qemu probes, then ``iso``. An empty list means raw."""
     found = []
@@ -193,12 +194,12 @@ def signatures(head):
     return found
 
 
-def read_head(path, count=HEAD_BYTES):
+def read_head(path: str, count: int = HEAD_BYTES) -> bytes:
     with open(path, "rb") as handle:
         return handle.read(count)
 
 
-def established_format(head, name="the image"):
+def established_format(head: bytes, name: str = "the image") -> str:
     """The one format the bytes show (``raw`` when none); ImageRejected when they show two."""
     found = signatures(head)
     if len(found) > 1:
@@ -224,7 +225,7 @@ def _name_at(handle, size, offset, length):
     return handle.read(length).decode("utf-8", "replace") or "(empty name)"
 
 
-def qcow2_header(path):
+def qcow2_header(path: str) -> Qcow2Header:
     """Read a qcow2 header without trusting one field of it: offsets are checked against the file, loops are
     bounded by the first cluster. Raises ImageRejected for a header qemu would not open (truncated, version,
     cluster size)."""
@@ -331,7 +332,8 @@ def _kill_group(proc):
     proc.wait()
 
 
-def run_qemu_img(args, qemu_img="qemu-img", timeout=QEMU_IMG_TIMEOUT):
+def run_qemu_img(args: Sequence[str], qemu_img: str = "qemu-img",
+                 timeout: float = QEMU_IMG_TIMEOUT) -> tuple[int, bytes, bytes]:
     """Run ``qemu-img ARGS`` on a leash (see the module docstring) and return ``(returncode, stdout, stderr)``.
 
     Raises DirectDownloadError (retryable) when qemu-img is missing or does not answer within ``timeout`` seconds;
@@ -361,7 +363,7 @@ def run_qemu_img(args, qemu_img="qemu-img", timeout=QEMU_IMG_TIMEOUT):
     return proc.returncode, stdout, stderr
 
 
-def qemu_img_info(path, fmt, qemu_img="qemu-img", timeout=QEMU_IMG_TIMEOUT):
+def qemu_img_info(path: str, fmt: str, qemu_img: str = "qemu-img", timeout: float = QEMU_IMG_TIMEOUT) -> dict[str, Any]:
     """``qemu-img info --output=json -f FMT /absolute/path`` as a dict. ImageRejected when qemu-img cannot read
     the image (another host would get the same bytes)."""
     path = os.path.abspath(path)  # "json:{...}" or "nbd:..." never reach qemu-img's filename parser
@@ -387,7 +389,8 @@ def _allocated(st):
     return st.st_blocks * 512
 
 
-def inspect_image(path, declared_format=None, qemu_img="qemu-img", timeout=QEMU_IMG_TIMEOUT):
+def inspect_image(path: str, declared_format: Optional[str] = None, qemu_img: str = "qemu-img",
+                  timeout: float = QEMU_IMG_TIMEOUT) -> ImageInfo:
     """What ``path`` is, established from its bytes. qemu-img runs only on a qcow2 whose header names no other
     file and sets nothing refused, always with ``-f qcow2``; raw, ISO and foreign formats never reach it.
 
@@ -431,7 +434,7 @@ def _disagreement(info, header):
     return None
 
 
-def info_from_json(path, data, allocated):
+def info_from_json(path: str, data: dict[str, Any], allocated: Optional[int]) -> ImageInfo:
     specific = (data.get("format-specific") or {}).get("data") or {}
     return ImageInfo(
         format=data.get("format"),
@@ -455,24 +458,17 @@ _WHAT = {
 }
 
 
-def check_policy(info, expected_format=None, limits=None):
+def check_policy(info: ImageInfo, expected_format: Optional[str] = None, limits: Optional[Limits] = None) -> None:
     """Refuse what must not reach a pool. Raises ImageRejected naming the rule; returns None when acceptable."""
     limits = limits or DEFAULT_LIMITS
     name = info.path or "the image"
-    if info.backing_file:
-        raise refuse(
-            "backing_file",
-            "%s is a %s image with a backing file (%s): refused, a template must be self-contained "
-            "(a backing file can point anywhere on the host; CVE-2024-50386)" % (name, info.format, info.backing_file),
-            format=info.format, backing_file=info.backing_file,
-        )
-    if info.data_file:
-        raise refuse(
-            "data_file",
-            "%s is a %s image with an external data file (%s): refused, it could expose any file on the host "
-            "(CVE-2024-50386)" % (name, info.format, info.data_file),
-            format=info.format, data_file=info.data_file,
-        )
+    for rule, named, what, why in (
+            ("backing_file", info.backing_file, "a backing file",
+             "a template must be self-contained (a backing file can point anywhere on the host; CVE-2024-50386)"),
+            ("data_file", info.data_file, "an external data file", "it could expose any file on the host (CVE-2024-50386)")):
+        if named:
+            raise refuse(rule, "%s is a %s image with %s (%s): refused, %s" % (name, info.format, what, named, why),
+                         format=info.format, **{rule: named})
     if info.problem:
         raise refuse(info.problem[0], info.problem[1], format=info.format)
     expected = (expected_format or "").strip().lower() or None
@@ -502,7 +498,7 @@ def check_policy(info, expected_format=None, limits=None):
         )
 
 
-def check_size(path, limits=None):
+def check_size(path: str, limits: Optional[Limits] = None) -> None:
     """Refuse a file larger than ``max_size`` (the downloaded or the extracted file)."""
     limits = limits or DEFAULT_LIMITS
     size = os.path.getsize(path)
@@ -511,7 +507,7 @@ def check_size(path, limits=None):
                      % (path, human_size(size), human_size(limits.max_size)), size=size, max_size=limits.max_size)
 
 
-def check_announced_size(size, url, limits=None):
+def check_announced_size(size: Optional[int], url: str, limits: Optional[Limits] = None) -> None:
     """Refuse, before any byte is written, a download whose announced size (Content-Length, a metalink's size) is
     above ``max_size``: the same rule as :func:`check_size` on the file, without fetching it first."""
     limits = limits or DEFAULT_LIMITS
@@ -521,7 +517,8 @@ def check_announced_size(size, url, limits=None):
                      size=size, max_size=limits.max_size)
 
 
-def admit(path, declared_format=None, limits=None, qemu_img="qemu-img", timeout=QEMU_IMG_TIMEOUT):
+def admit(path: str, declared_format: Optional[str] = None, limits: Optional[Limits] = None,
+          qemu_img: str = "qemu-img", timeout: float = QEMU_IMG_TIMEOUT) -> ImageInfo:
     """The whole gate on one file: size cap, inspection, policy. Returns the ImageInfo of an admitted image."""
     check_size(path, limits)
     try:

@@ -41,6 +41,7 @@ import ssl
 import threading
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment
+from typing import Any, Iterable, Mapping, Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     HTTPStatusError, InvalidInput, SourceError)
@@ -50,7 +51,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._trust import (
     normalize_fingerprint)
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
 
-COLLECTION_VERSION = "0.1.0"  # keep in step with galaxy.yml
+COLLECTION_VERSION = "0.1.0"  # galaxy.yml is the truth; tests/unit/test_collection_version.py checks they agree
 DEFAULT_USER_AGENT = "directdownload.kvm/" + COLLECTION_VERSION
 DEFAULT_MAX_REDIRECTS = 10
 
@@ -72,7 +73,7 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECA
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def check_headers(headers):
+def check_headers(headers: Optional[Mapping[str, Any]]) -> dict[str, str]:
     """Validate user headers without ever showing a value; return a plain ``{name: str(value)}`` dict.
 
     Raises InvalidInput (bad name, CR/LF/NUL in a value, a header the engine sets itself, a None value)."""
@@ -100,10 +101,7 @@ def check_headers(headers):
     return checked
 
 
-_check_headers = check_headers  # the earlier private name, still imported by _template.py
-
-
-def check_headers_on_redirect(names):
+def check_headers_on_redirect(names: Optional[Iterable[str]]) -> frozenset[str]:
     """The user headers that may follow a redirect to another origin, as a frozenset of lower-case names.
     Credential headers cannot be named: they never go to another host."""
     if not names:
@@ -315,7 +313,7 @@ def _validators(response):
     return {"etag": response.getheader("ETag"), "last_modified": response.getheader("Last-Modified")}
 
 
-def if_range_value(validators):
+def if_range_value(validators: Optional[Mapping[str, Optional[str]]]) -> Optional[str]:
     """What to send as If-Range: a strong ETag, else Last-Modified, else None (weak tags are not allowed)."""
     if not validators:
         return None
@@ -346,7 +344,7 @@ def _accepts_ranges(response):
     return response.status == 206 or "bytes" in (response.getheader("Accept-Ranges") or "").lower()
 
 
-def status_error(url, status, reason="", retry_after=None):
+def status_error(url: str, status: int, reason: str = "", retry_after: Optional[str] = None) -> HTTPStatusError:
     """HTTPStatusError for an unusable answer: 5xx, 408 and 429 are retryable, other 4xx are not."""
     hint = ""
     if status in (401, 403):

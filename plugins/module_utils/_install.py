@@ -21,7 +21,6 @@ from __future__ import annotations
 import bz2
 import contextlib
 import errno
-import json
 import lzma
 import os
 import stat
@@ -29,6 +28,7 @@ import struct
 import time
 import zipfile
 import zlib
+from typing import Any, Mapping, Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _gate
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
@@ -38,15 +38,9 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
     NotEnoughSpace,
     human_size,
 )
-# The gate's names, re-exported for the callers that know them from here.
+# inspect_image: _download still calls it through this module (the gate's one name re-exported here).
 from ansible_collections.directdownload.kvm.plugins.module_utils._gate import (  # pylint: disable=unused-import
-    ALLOWED_FORMATS,
     ISO_OFFSETS,
-    QCOW2_MAGIC,
-    QEMU_IMG_TIMEOUT,
-    ImageInfo,
-    check_policy,
-    info_from_json as _info_from_json,
     inspect_image,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import DEFAULT_BLOCK_SIZE, SparseWriter
@@ -85,13 +79,13 @@ _MAGICS = (
 
 # ---------------------------------------------------------------- sizes and free space
 
-def free_space(path):
+def free_space(path: str) -> int:
     """Bytes an unprivileged writer may still use on the filesystem holding ``path``."""
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
 
-def ensure_free_space(directory, needed_bytes, what):
+def ensure_free_space(directory: str, needed_bytes: Optional[int], what: str) -> None:
     """Raise NotEnoughSpace when ``directory`` has less than ``needed_bytes`` free. Unknown need: no check."""
     if not needed_bytes or needed_bytes <= 0:
         return
@@ -112,7 +106,7 @@ def _read_at(path, offset, count):
         return handle.read(count)
 
 
-def is_iso(path):
+def is_iso(path: str) -> bool:
     """True when ``path`` carries an ISO 9660 volume descriptor signature ("CD001")."""
     with open(path, "rb") as handle:
         for offset in ISO_OFFSETS:
@@ -122,7 +116,7 @@ def is_iso(path):
     return False
 
 
-def compression_from_head(head):
+def compression_from_head(head: bytes) -> Optional[str]:
     """``gzip|bzip2|xz|zip|zstd`` from the first bytes of a stream, or None. ``url_check`` uses it on the head of a
     remote file; :func:`detect_compression` on a file."""
     if head[:3] == b"BZh" and head[3:4].isdigit() and head[3:4] != b"0":
@@ -130,7 +124,7 @@ def compression_from_head(head):
     return next((name for magic, name in _MAGICS if head.startswith(magic)), None)
 
 
-def detect_compression(path):
+def detect_compression(path: str) -> Optional[str]:
     """``gzip|bzip2|xz|zip|zstd`` from the magic bytes, never from the name; None when not compressed.
 
     An ISO answers None whatever its first bytes are (its first 32 KiB are a free system area).
@@ -141,7 +135,7 @@ def detect_compression(path):
     return kind
 
 
-def estimated_extracted_size(path, kind):
+def estimated_extracted_size(path: str, kind: str) -> Optional[int]:
     """Best-effort size of the extracted bytes, or None when the archive does not say.
 
     gzip: the ISIZE trailer, which is the size modulo 2**32 of the last member only: a lower bound.
@@ -283,7 +277,7 @@ def _zip_file_members(archive):
     return [info for info in archive.infolist() if not info.is_dir()]
 
 
-def extracting_path(final_path):
+def extracting_path(final_path: str) -> str:
     """``<dir>/.<name>.extracting``: the hidden file an extraction writes before ``install_file``."""
     directory, name = os.path.split(final_path)
     return os.path.join(directory, ".%s.extracting" % name)
@@ -503,7 +497,8 @@ def _over_cap(src_path, kind, bounds, estimate=None):
                         % (src_path, kind, what, why, rule), cap=bounds.cap)
 
 
-def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_space=True, mode=0o644, limits=None):
+def extract(src_path: str, dst_path: str, kind: Optional[str] = None, block_size: int = DEFAULT_BLOCK_SIZE,
+            check_space: bool = True, mode: int = 0o644, limits: Optional[_gate.Limits] = None) -> int:
     """Decompress ``src_path`` into the new file ``dst_path`` (created with O_EXCL) and return the bytes written.
 
     Streamed, constant memory, through ``SparseWriter`` so zero blocks become holes, fsynced at the end.
@@ -558,22 +553,10 @@ def extract(src_path, dst_path, kind=None, block_size=DEFAULT_BLOCK_SIZE, check_
     finally:
         os.close(fd)
         if not done:
-            _unlink_quietly(dst_path)
-
-
-def _unlink_quietly(path):
-    _fs.unlink_if_present(path)
+            _fs.unlink_if_present(dst_path)
 
 
 # ---------------------------------------------------------------- atomic install
-
-def _fsync_path(path, directory=False):
-    """The one fsync policy (_fs): a directory's EINVAL is ignored, a file is opened without following links."""
-    if directory:
-        _fs.fsync_directory(path)
-    else:
-        _fs.fsync_path(path)
-
 
 def _refuse_special_destination(final_path):
     try:
@@ -589,27 +572,27 @@ def _refuse_special_destination(final_path):
         raise InvalidInput("refusing to install to %s: it exists and is not a regular file" % final_path, path=final_path)
 
 
-def install_file(tmp_path, final_path):
+def install_file(tmp_path: str, final_path: str) -> str:
     """Make ``tmp_path`` durable and rename it to ``final_path`` in one step; fsync the directory.
 
     ``final_path`` may be an existing regular file (it is replaced atomically); a symlink, a directory or any
     other special file is refused. Both paths must be on the same filesystem (same pool directory).
     """
     _refuse_special_destination(final_path)
-    _fsync_path(tmp_path)
+    _fs.fsync_path(tmp_path)
     try:
         os.rename(tmp_path, final_path)  # replaces a symlink itself, never writes through one, even in a race
     except OSError as exc:
         if exc.errno == errno.EXDEV:
             raise DirectDownloadError("cannot install %s as %s: not on the same filesystem" % (tmp_path, final_path)) from exc
         raise
-    _fsync_path(os.path.dirname(os.path.abspath(final_path)), directory=True)
+    _fs.fsync_directory(os.path.dirname(os.path.abspath(final_path)))
     return final_path
 
 
 # ---------------------------------------------------------------- installed-image records
 
-def record_path(final_path):
+def record_path(final_path: str) -> str:
     """``<dir>/.<name>.ddinfo.json`` beside the installed image."""
     directory, name = os.path.split(final_path)
     return os.path.join(directory, ".%s.ddinfo.json" % name)
@@ -620,7 +603,7 @@ def _file_identity(final_path):
     return {"st_size": st.st_size, "st_mtime_ns": st.st_mtime_ns, "st_ino": st.st_ino}
 
 
-def write_record(final_path, data):
+def write_record(final_path: str, data: Mapping[str, Any]) -> dict[str, Any]:
     """Atomically write the record of the installed ``final_path``: ``data`` (checksum, url, format,
     virtual_size, ...) plus the file's size, mtime_ns and inode as they are now. Returns the record."""
     record = dict(data)
@@ -634,17 +617,12 @@ def write_record(final_path, data):
     return record
 
 
-def read_record(final_path):
+def read_record(final_path: str) -> Optional[dict[str, Any]]:
     """The record of ``final_path`` as a dict, or None when there is none or it is unreadable."""
-    try:
-        with open(record_path(final_path)) as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    return _fs.read_json(record_path(final_path))
 
 
-def record_matches_file(final_path, record):
+def record_matches_file(final_path: str, record: Optional[Mapping[str, Any]]) -> bool:
     """True when the installed file is still the one recorded (same size, mtime_ns and inode): no re-hash.
 
     A file replaced (new inode), rewritten or touched (new mtime) no longer matches. Inode numbers can be
@@ -661,16 +639,12 @@ def record_matches_file(final_path, record):
     return (record.get("st_size"), record.get("st_mtime_ns"), record.get("st_ino")) == (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def remove_image(final_path):
+def remove_image(final_path: str) -> bool:
     """Remove an installed image and its record. Returns True when something was removed."""
     _refuse_special_destination(final_path)
     removed = False
     for path in (final_path, record_path(final_path)):
-        try:
-            os.unlink(path)
-            removed = True
-        except FileNotFoundError:
-            pass
+        removed = _fs.unlink_if_present(path) or removed
     if removed:
-        _fsync_path(os.path.dirname(os.path.abspath(final_path)), directory=True)
+        _fs.fsync_directory(os.path.dirname(os.path.abspath(final_path)))
     return removed

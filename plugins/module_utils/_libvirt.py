@@ -47,7 +47,7 @@ def _target_from_xml(name, xml):
     return path
 
 
-def pool_target_path(name, uri=DEFAULT_URI):
+def pool_target_path(name: str, uri: str = DEFAULT_URI) -> str:
     """The directory of the active libvirt pool ``name``."""
     if HAS_LIBVIRT:
         try:
@@ -67,7 +67,7 @@ def pool_target_path(name, uri=DEFAULT_URI):
     return _target_from_xml(name, _virsh(uri, "pool-dumpxml", name))
 
 
-def refresh_pool(name, uri=DEFAULT_URI):
+def refresh_pool(name: str, uri: str = DEFAULT_URI) -> None:
     """Make libvirt see the newly installed volume at once (``virsh vol-list`` shows it)."""
     if HAS_LIBVIRT:
         try:

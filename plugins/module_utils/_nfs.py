@@ -9,7 +9,7 @@ Two transports behind the Source contract of ``docs/architecture.md``:
 
 ``mount``
     The kernel client. The file's DIRECTORY is mounted read-only (CloudStack mounts the file itself, which fails
-    with exit 32: research section 3.4) with explicit options on a private ``mkdtemp`` mount point, the file is
+    with exit 32: CloudStack issue #13917) with explicit options on a private ``mkdtemp`` mount point, the file is
     read with plain ``readinto`` calls, and the directory is always unmounted again: ``umount``, then
     ``umount -f``, then ``umount -l`` as the last resort. Every exit code is checked. Byte ranges and resume work.
 ``libnfs``
@@ -96,7 +96,7 @@ class NfsLocation:
         return "nfs://%s%s?%s" % (self.host_for_url, path, "&".join(query))
 
 
-def parse_nfs_url(url):
+def parse_nfs_url(url: str) -> NfsLocation:
     """Parse and check ``nfs://server[:port]/export/path/file[?version=3|4]``; raise InvalidInput otherwise."""
     shown = redact_url(url)
     try:
@@ -154,16 +154,16 @@ class NfsOptions:
             except (TypeError, ValueError):
                 version = -1
             if version not in NFS_VERSIONS:
-                raise InvalidInput("nfs_version must be 3 or 4")
+                raise InvalidInput("the NFS version must be 3 or 4")
         if mount_mode not in NFS_MOUNT_MODES:
-            raise InvalidInput("nfs_mount_mode must be soft or hard, got %r" % (mount_mode,))
+            raise InvalidInput("the NFS mount mode must be soft or hard, got %r" % (mount_mode,))
         for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise InvalidInput("%s must be a positive number of seconds" % name)
         if timeo is not None and (not isinstance(timeo, int) or timeo < 1):
-            raise InvalidInput("nfs_timeo must be a positive number of deciseconds")
+            raise InvalidInput("the NFS timeo must be a positive number of deciseconds")
         if not isinstance(retrans, int) or retrans < 0:
-            raise InvalidInput("nfs_retrans must be 0 or more")
+            raise InvalidInput("the NFS retrans must be 0 or more")
         self.transport = transport
         self.version = version
         self.mount_mode = mount_mode
@@ -175,7 +175,8 @@ class NfsOptions:
 
     @classmethod
     def from_any(cls, options, transport=None):
-        """An ``NfsOptions`` from None, an ``NfsOptions``, or any object with ``nfs_*``/timeout attributes;
+        """An ``NfsOptions`` from None, an ``NfsOptions``, or the engine's ``SourceOptions`` (only its
+        ``connect_timeout`` and ``read_timeout`` are used; the mount settings keep their defaults);
         ``transport``, when given, wins over the options' own."""
         if isinstance(options, cls):
             if transport is None or transport == options.transport:
@@ -188,16 +189,8 @@ class NfsOptions:
             value = getattr(options, name, None)
             return default if value is None else value
 
-        return cls(
-            transport=transport or pick("nfs_transport", "auto"),
-            version=pick("nfs_version", None),
-            mount_mode=pick("nfs_mount_mode", "soft"),
-            timeo=pick("nfs_timeo", None),
-            retrans=pick("nfs_retrans", 2),
-            connect_timeout=pick("connect_timeout", 10),
-            read_timeout=pick("read_timeout", 60),
-            mount_dir=pick("nfs_mount_dir", None),
-        )
+        return cls(transport=transport or "auto", connect_timeout=pick("connect_timeout", 10),
+                   read_timeout=pick("read_timeout", 60))
 
 
 def _checked_transport(transport):
@@ -220,7 +213,7 @@ def _which(name, sbin=False):
     return shutil.which(name, path=os.pathsep.join(_SBIN_DIRS))
 
 
-def kernel_nfs_support():
+def kernel_nfs_support() -> bool:
     """True when the running kernel has an NFS client: loaded (``/proc/filesystems``) or loadable (a module)."""
     try:
         with open("/proc/filesystems") as handle:
@@ -241,7 +234,7 @@ def kernel_nfs_support():
     return False
 
 
-def transport_problems(transport):
+def transport_problems(transport: str) -> list[str]:
     """Why ``transport`` cannot run on this host: a list of reasons, empty when it can."""
     problems = []
     if transport == "mount":
@@ -258,7 +251,7 @@ def transport_problems(transport):
     return problems
 
 
-def choose_transport(requested="auto"):
+def choose_transport(requested: str = "auto") -> str:
     """``mount`` or ``libnfs`` for ``requested``. Raises SourceError when no transport can run here."""
     if requested == "libnfs":
         problems = transport_problems("libnfs")
@@ -318,7 +311,7 @@ def _last_line(text):
 # Error classification
 
 
-def classify_libnfs_error(text):
+def classify_libnfs_error(text: str) -> tuple[str, bool, str]:
     """(reason, retryable, explanation) for the stderr/stdout of nfs-ls or nfs-cat."""
     if "MNT3ERR_ACCES" in text or "MNT3ERR_NOENT" in text or "MNT3ERR_PERM" in text:
         # Also what a server answers to a client that its export rules leave out: another host may pass.
@@ -341,7 +334,7 @@ def classify_libnfs_error(text):
     return "nfs_error", True, "NFS error"
 
 
-def classify_mount_error(text):
+def classify_mount_error(text: str) -> tuple[str, bool, str]:
     """(reason, retryable, explanation) for mount(8)/mount.nfs output."""
     low = text.lower()
     if "access denied by server" in low:
@@ -487,7 +480,14 @@ class _GuardedBody:
     file descriptor under a running read could hand its number to a new file, so a close during a read only
     interrupts it (``_interrupt``); the reader then releases the resources (``_release``) on its way out."""
 
-    def __init__(self):
+    content_type = None
+
+    def __init__(self, location, size, validators, offset):
+        self.url = location.url
+        self._location = location
+        self.size = size
+        self.validators = validators
+        self.offset = offset
         self._guard = threading.Lock()
         self._reading = False
         self._closed = False
@@ -533,18 +533,12 @@ class _GuardedBody:
 class MountedFileBody(_GuardedBody):
     """A body read from the mounted file. Closing it closes the file and unmounts."""
 
-    content_type = None
     accept_ranges = True
 
     def __init__(self, location, mount, handle, st, offset, end):
-        super().__init__()
-        self.url = location.url
-        self._location = location
+        super().__init__(location, st.st_size, _validators_from_stat(st), offset)
         self._mount = mount
         self._handle = handle
-        self.size = st.st_size
-        self.validators = _validators_from_stat(st)
-        self.offset = offset
         self._position = offset
         self._end = st.st_size if end is None else end
 
@@ -578,7 +572,7 @@ class MountedFileBody(_GuardedBody):
 # libnfs transport
 
 
-def parse_nfs_ls(text):
+def parse_nfs_ls(text: str) -> dict[str, tuple[str, int]]:
     """``{name: (type, size)}`` from ``nfs-ls`` output (type ``-`` file, ``d`` directory, ``l`` link, ...)."""
     entries = {}
     for line in text.splitlines():
@@ -591,17 +585,11 @@ def parse_nfs_ls(text):
 class PipeBody(_GuardedBody):
     """The stdout of ``nfs-cat``. Stalls longer than ``read_timeout`` and short streams raise SourceError."""
 
-    content_type = None
     accept_ranges = False
 
     def __init__(self, location, proc, stderr_file, size, read_timeout, first_byte_timeout):
-        super().__init__()
-        self.url = location.url
-        self.offset = 0
-        self.size = size
-        self.validators = {"etag": None, "last_modified": None}
+        super().__init__(location, size, {"etag": None, "last_modified": None}, 0)
         self.received = 0
-        self._location = location
         self._proc = proc
         self._stderr = stderr_file
         self._fd = proc.stdout.fileno()

@@ -5,7 +5,7 @@
 # Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
 """Probe a template URL as a KVM host sees it (CloudStack's CheckUrlCommand), for ``url_check``.
 
-What the probe does, and where it differs from CloudStack (research §1.3, §8):
+What the probe does, and where it differs from CloudStack's ``LibvirtCheckUrlCommand``:
 
 - ``source.probe()``: HEAD, or a one-byte ranged GET where HEAD is refused; the template's headers are sent
   (CloudStack never sends them on the probe, so protected URLs could not be registered); redirects by the same
@@ -28,6 +28,7 @@ import io
 import lzma
 import struct
 import zlib
+from typing import Any, Callable, Optional, Sequence
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _gate
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput, printable
@@ -75,7 +76,7 @@ def _zip_member_data(head):
     return head[30 + name_length + extra_length:], method
 
 
-def decompress_head(head, kind, wanted=WANTED_PLAIN_BYTES):
+def decompress_head(head: bytes, kind: str, wanted: int = WANTED_PLAIN_BYTES) -> bytes:
     """Decompress the start of a compressed stream ``head`` (which may stop anywhere). Returns up to ``wanted``
     plain bytes (fewer, possibly none, when the head is too short), or None when ``kind`` cannot be read here."""
     try:
@@ -118,14 +119,14 @@ def _read_bounded(reader, wanted):
     return plain
 
 
-def qcow2_virtual_size(plain):
+def qcow2_virtual_size(plain: bytes) -> Optional[int]:
     """The virtual size from a qcow2 header (bytes 24-31, big-endian), or None when the magic is not there."""
     if len(plain) < 32 or plain[:4] != QCOW2_MAGIC:
         return None
     return struct.unpack(">Q", plain[24:32])[0]
 
 
-def detect_format(plain, complete=False):
+def detect_format(plain: bytes, complete: bool = False) -> Optional[str]:
     """What the image is, from its first (decompressed) bytes: ``qcow2``, ``iso``, a foreign format name
     (``vmdk``, ``vhdx``, ``vpc``, ``qed``, ``luks``, ``vdi``), ``html`` (an error page served with 200), or ``raw``.
     ``None`` when the bytes are too few to tell an ISO from raw (unless ``complete``: the whole file was read)."""
@@ -142,7 +143,7 @@ def detect_format(plain, complete=False):
     return "raw"
 
 
-def inspect_head(read_head, size=None):
+def inspect_head(read_head: Callable[[int], bytes], size: Optional[int] = None) -> dict[str, Any]:
     """Read and interpret the start of an image with ``read_head(count) -> bytes``.
 
     Returns a dict: ``compression``, ``format_detected``, ``virtual_size`` (qcow2: from its header; raw/iso
@@ -177,7 +178,7 @@ def inspect_head(read_head, size=None):
     return {"compression": kind, "format_detected": fmt, "virtual_size": virtual_size, "notes": notes}
 
 
-def gate_notes(plain, fmt, virtual_size):
+def gate_notes(plain: bytes, fmt: Optional[str], virtual_size: Optional[int]) -> list[str]:
     """What the download's safety gate would refuse, as far as the head shows it (notes for the operator)."""
     notes = []
     found = _gate.signatures(plain)
@@ -203,7 +204,7 @@ def _unreachable(url, error, **extra):
     return result
 
 
-def format_matches(expected, detected):
+def format_matches(expected: Optional[str], detected: Optional[str]) -> Optional[bool]:
     """True/False when both are known. ``raw`` cannot be proven from bytes, so raw matches anything that is not
     a recognised other format."""
     if not expected or not detected:
@@ -213,7 +214,8 @@ def format_matches(expected, detected):
     return expected == detected
 
 
-def probe_plain(url, open_plain, image_format=None, read_header=True):
+def probe_plain(url: str, open_plain: Callable[[str], Any], image_format: Optional[str] = None,
+                read_header: bool = True) -> dict[str, Any]:
     """Probe one http(s) or nfs URL. Returns the result dict (``reachable`` False with ``error`` on failure)."""
     try:
         source = open_plain(url)  # http(s): _http.HttpSource; nfs: _nfs.NfsSource (status None, size from stat)
@@ -253,8 +255,9 @@ def probe_plain(url, open_plain, image_format=None, read_header=True):
     return result
 
 
-def probe_metalink(url, open_plain, image_format=None, read_header=True, metalink_name=None, locations=(),
-                   document=None):
+def probe_metalink(url: str, open_plain: Callable[[str], Any], image_format: Optional[str] = None,
+                   read_header: bool = True, metalink_name: Optional[str] = None, locations: Sequence[str] = (),
+                   document: Optional[bytes] = None) -> dict[str, Any]:
     """Fetch and parse the metalink at ``url`` (or use ``document``), then probe its mirrors in order until one
     answers. Sizes come from the mirror that answered. Returns the result dict."""
     from ansible_collections.directdownload.kvm.plugins.module_utils import _metalink  # pylint: disable=import-outside-toplevel
@@ -296,7 +299,8 @@ def probe_metalink(url, open_plain, image_format=None, read_header=True, metalin
         mirror_errors=mirror_errors, is_metalink=True, metalink=summary)
 
 
-def probe_url(url, open_plain, image_format=None, read_header=True, metalink_name=None, locations=()):
+def probe_url(url: str, open_plain: Callable[[str], Any], image_format: Optional[str] = None, read_header: bool = True,
+              metalink_name: Optional[str] = None, locations: Sequence[str] = ()) -> dict[str, Any]:
     """Probe ``url`` (http, https, nfs, or a metalink). ``open_plain(url)`` returns a Source for one plain URL
     (``_metalink.plain_source_factory``). Raises InvalidInput for a URL that can never work; anything about the
     network is in the result."""

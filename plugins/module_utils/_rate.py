@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from typing import Optional, Union
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput, SourceError
 from ansible_collections.directdownload.kvm.plugins.module_utils._retry import Budget
@@ -32,7 +33,7 @@ WATCH_INTERVAL = 0.25
 PACED_READ_MIN = 16 * 1024
 
 
-def parse_rate(value, name="max_rate"):
+def parse_rate(value: Union[int, str, None], name: str = "max_rate") -> Optional[int]:
     """Bytes per second (an int) from ``value`` (int, or a string with a suffix), None for None, '' or 0."""
     if value is None or value == "" or value == 0:
         return None

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import fcntl
 import glob
 import json
@@ -54,6 +53,7 @@ import os
 import uuid
 from datetime import datetime, timedelta, timezone
 
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
 
@@ -284,8 +284,7 @@ class Registry:
     def _locked(self):
         self._ensure_directory()
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-                         | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+            fd = _fs.open_regular(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise RegistryError("cannot open the registry lock %s: %s" % (self.lock_path, exc.strerror or exc),
                                 path=self.path) from exc
@@ -296,34 +295,20 @@ class Registry:
             os.close(fd)  # closing the descriptor releases the flock
 
     def _remove_stale_temporaries(self):
-        """Under the lock only the lock holder writes a temporary file: any other one was left by a killed writer."""
-        pattern = os.path.join(self.directory, ".%s.tmp.*" % os.path.basename(self.path))
-        for leftover in glob.glob(pattern):
-            with contextlib.suppress(OSError):
-                os.unlink(leftover)
+        """Under the lock only the lock holder writes a temporary file: any other one was left by a killed writer
+        (``_fs.create_temp`` names; ``.<name>.tmp.*`` were the names of earlier releases)."""
+        name = os.path.basename(self.path)
+        patterns = ("%s.%s%s" % (name, "[0-9a-f]" * _fs.TEMP_RANDOM_HEX, _fs.TEMP_SUFFIX), ".%s.tmp.*" % name)
+        for pattern in patterns:
+            for leftover in glob.glob(os.path.join(glob.escape(self.directory), pattern)):
+                _fs.unlink_if_present(leftover)
 
     def _write(self, text):
-        temp_path = os.path.join(self.directory, ".%s.tmp.%d.%s" % (os.path.basename(self.path), os.getpid(),
-                                                                    uuid.uuid4().hex[:8]))
-        data = text.encode("utf-8")
         try:
-            fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
-            try:
-                os.fchmod(fd, FILE_MODE)  # the umask could only narrow it; make it exactly 0600
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp_path, self.path)
+            _fs.write_atomic(self.path, text.encode("utf-8"), durable=True, mode=FILE_MODE)  # exactly 0600
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp_path)
             raise RegistryError("cannot write the registry %s: %s" % (self.path, exc.strerror or exc),
                                 path=self.path, errno=exc.errno) from exc
-        _fsync_directory(self.directory)
 
     @contextlib.contextmanager
     def transaction(self):
@@ -345,20 +330,6 @@ class Registry:
 
 def _fingerprint(doc):
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
-
-
-def _fsync_directory(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some filesystems refuse fsync on a directory; the rename itself is done
-        if exc.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------------------

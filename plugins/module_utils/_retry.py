@@ -34,6 +34,7 @@ from __future__ import annotations
 import random
 import time
 from email.utils import parsedate_to_datetime
+from typing import Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     ChecksumMismatch,
@@ -58,7 +59,7 @@ MAX_BACKOFF = 30.0
 MAX_RETRY_AFTER = 600.0
 
 
-def classify(exc):
+def classify(exc: BaseException) -> str:
     """``PERMANENT`` or ``TEMPORARY`` for this host (see the module docstring)."""
     if isinstance(exc, (ChecksumMismatch, ImageRejected, InvalidInput)):
         return PERMANENT
@@ -78,7 +79,7 @@ def classify(exc):
     return PERMANENT
 
 
-def parse_retry_after(value, now=None):
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
     """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP date), or None when absent or
     unreadable. A date in the past means 0."""
     if value is None or isinstance(value, bool):

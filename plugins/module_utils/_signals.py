@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from typing import Iterator
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
 
@@ -47,7 +48,7 @@ def _handler(signum, _frame):
 
 
 @contextlib.contextmanager
-def interruptible():
+def interruptible() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread. Outside the main thread
     (where handlers cannot be set) the block runs unchanged."""
     if threading.current_thread() is not threading.main_thread():
@@ -64,7 +65,7 @@ def interruptible():
 
 
 @contextlib.contextmanager
-def deferred():
+def deferred() -> Iterator[list[int]]:
     """Hold SIGINT/SIGTERM back until the block is done (no-op without :func:`interruptible`). Yields a list that
     holds the name of the signal that arrived meanwhile, if any: the caller finishes its work and reports it."""
     arrived = []

@@ -5,7 +5,7 @@
 # Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
 """Registration of a direct-download template or ISO: input validation and the record the registry stores.
 
-Pure functions, no I/O. CloudStack's registration rules (research §1.2) are kept where they are right and fixed
+Pure functions, no I/O. CloudStack's registration rules (``registerTemplate``) are kept where they are right and fixed
 where users were hurt:
 
 - hypervisor: KVM only; ``direct_download`` must be true (this collection does nothing else);
@@ -24,11 +24,12 @@ where users were hurt:
 from __future__ import annotations
 
 from urllib.parse import urlsplit
+from typing import Any, Mapping, Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 # The HTTP source's header rules, so that registration refuses exactly what a download would refuse.
-from ansible_collections.directdownload.kvm.plugins.module_utils._http import _check_headers as check_headers
+from ansible_collections.directdownload.kvm.plugins.module_utils._http import check_headers
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     COMPRESSION_SUFFIXES,
     METALINK_SUFFIXES,
@@ -62,7 +63,7 @@ PROBED_BY = ("url", "format", "http_headers")
 _CLOUDSTACK_HEADER_PREFIX = "HTTP_HEADER:"
 
 
-def validate_name(name):
+def validate_name(name: Optional[str]) -> str:
     text = (name or "").strip() if isinstance(name, str) else ""
     if not text:
         raise InvalidInput("a template needs a non-empty name")
@@ -73,7 +74,7 @@ def validate_name(name):
     return text
 
 
-def validate_hypervisor(hypervisor, direct_download=True):
+def validate_hypervisor(hypervisor: Optional[str], direct_download: bool = True) -> str:
     if not direct_download:
         raise InvalidInput("only direct download templates are supported: direct_download must be true (this collection "
                            "registers templates that bypass secondary storage)")
@@ -83,7 +84,7 @@ def validate_hypervisor(hypervisor, direct_download=True):
     return value
 
 
-def validate_format_and_type(image_format, template_type=None):
+def validate_format_and_type(image_format: Optional[str], template_type: Optional[str] = None) -> tuple[str, str]:
     """Returns ``(format, type)``. An ISO is registered with type ``iso`` and format ``iso`` (registerIso); a disk
     image with type ``template``. ``type`` defaults from the format."""
     fmt = (image_format or "").strip().lower()
@@ -113,7 +114,7 @@ def _suffix_of(path):
     return None, compression
 
 
-def validate_url(url, image_format):
+def validate_url(url: Optional[str], image_format: str) -> str:
     """Check the scheme and the suffix of ``url`` for ``image_format``. Returns the URL unchanged.
 
     Messages show the URL redacted (credentials and query values hidden)."""
@@ -155,13 +156,13 @@ def validate_url(url, image_format):
                        "count)" % (image_format, shown, expected), url=shown)
 
 
-def validate_checksum(checksum, default_algorithm="md5"):
+def validate_checksum(checksum: Optional[str], default_algorithm: str = "md5") -> Optional[str]:
     """The canonical ``{ALG}hex`` form, or None for no checksum."""
     parsed = parse_checksum(checksum, default_algorithm)
     return parsed.cloudstack if parsed is not None else None
 
 
-def validate_headers(headers):
+def validate_headers(headers: Optional[Mapping[str, Any]]) -> dict[str, str]:
     """Check and normalise the template's HTTP headers. CloudStack detail keys (``HTTP_HEADER:Authorization``)
     are accepted and stripped to the header name. The per-header rules (token names, no line breaks, none of the
     headers the engine sets, no ``Host``) are the HTTP source's own; registration adds: no name given twice.
@@ -185,7 +186,8 @@ def validate_headers(headers):
     return check_headers(clean)
 
 
-def validate_size(size, virtual_size, allow_unknown_size):
+def validate_size(size: Optional[int], virtual_size: Optional[int],
+                  allow_unknown_size: bool) -> tuple[Optional[int], Optional[int]]:
     """Sizes are non-negative integers or None. A template whose size is 0 or unknown is refused unless
     ``allow_unknown_size``. Returns ``(size, virtual_size)`` with 0 turned into None."""
     values = []
@@ -207,7 +209,8 @@ def validate_size(size, virtual_size, allow_unknown_size):
     return size, virtual_size
 
 
-def build_template(params, existing=None, now_stamp=None):
+def build_template(params: Mapping[str, Any], existing: Optional[Mapping[str, Any]] = None,
+                   now_stamp: Optional[str] = None) -> dict[str, Any]:
     """The record to store for the ``template`` module options ``params`` (validated here).
 
     ``existing`` is the stored record of that name, if any. Probe facts (size, virtual_size, checked_on,
@@ -257,7 +260,7 @@ def build_template(params, existing=None, now_stamp=None):
     return record
 
 
-def changed_fields(before, after):
+def changed_fields(before: Optional[Mapping[str, Any]], after: Mapping[str, Any]) -> list[str]:
     """Names of the fields that differ (timestamps ignored), sorted; for messages and diffs."""
     ignore = ("created_at", "updated_at")
     keys = set(before or {}) | set(after or {})

@@ -33,6 +33,7 @@ import os
 import re
 import ssl
 from urllib.parse import urlsplit
+from typing import Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import DEFAULT_TRUST_DIR
@@ -75,7 +76,7 @@ def _no_passphrase():
     raise _EncryptedKey()
 
 
-def load_pem_certificates(path):
+def load_pem_certificates(path: str) -> list[str]:
     """The certificates in ``path`` as a list of PEM strings (a DER file gives one, converted to PEM).
 
     Raises InvalidInput naming the file when it cannot be read or holds no certificate. Only the framing is
@@ -105,7 +106,7 @@ def _plain_pem(block):
     return re.sub(r"-----(BEGIN|END) (?:TRUSTED |X509 )CERTIFICATE-----", r"-----\1 CERTIFICATE-----", block)
 
 
-def certificate_files(directory):
+def certificate_files(directory: str) -> list[str]:
     """Sorted paths of the certificate files (by suffix) directly in ``directory``."""
     names = sorted(os.listdir(directory))
     return [os.path.join(directory, name) for name in names
@@ -174,8 +175,9 @@ def _load_client_certificate(context, client_cert, client_key):
                getattr(exc, "reason", None) or exc), path=client_cert) from exc
 
 
-def build_ssl_context(validate_certs=True, ca_path=None, trust_dir=DEFAULT_TRUST_DIR, client_cert=None,
-                      client_key=None):
+def build_ssl_context(validate_certs: bool = True, ca_path: Optional[str] = None,
+                      trust_dir: Optional[str] = DEFAULT_TRUST_DIR, client_cert: Optional[str] = None,
+                      client_key: Optional[str] = None) -> ssl.SSLContext:
     """The client ``ssl.SSLContext`` for HTTPS sources.
 
     ``validate_certs=False`` turns certificate and host name checks off: INSECURE, anyone on the path can serve
@@ -202,7 +204,7 @@ def build_ssl_context(validate_certs=True, ca_path=None, trust_dir=DEFAULT_TRUST
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def normalize_fingerprint(value):
+def normalize_fingerprint(value: object) -> str:
     """A SHA-256 certificate fingerprint as 64 lower-case hex digits.
 
     Accepts ``AB:CD:...`` (openssl, keytool, the peer_server result), plain hex, and a ``sha256:``/``SHA256=``
@@ -218,13 +220,13 @@ def normalize_fingerprint(value):
     return text
 
 
-def fingerprint_of(der):
+def fingerprint_of(der: bytes) -> str:
     """The SHA-256 fingerprint of a DER certificate, as ``AB:CD:...`` (the form openssl and keytool print)."""
     digest = hashlib.sha256(der).hexdigest().upper()
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
-def build_pinned_context(client_cert=None, client_key=None):
+def build_pinned_context(client_cert: Optional[str] = None, client_key: Optional[str] = None) -> ssl.SSLContext:
     """The client context for a pinned source: TLS >= 1.2, no CA or host name check here; ``check_pin`` after the
     handshake is what decides (call it before sending anything)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -240,7 +242,7 @@ class PinMismatch(ssl.SSLError):
     """The server's certificate is not the pinned one (raised before any request byte is sent)."""
 
 
-def check_pin(sock, pin_sha256):
+def check_pin(sock: ssl.SSLSocket, pin_sha256: str) -> None:
     """Raise PinMismatch unless the certificate ``sock`` (a connected SSLSocket) got is the one pinned.
 
     ``pin_sha256`` is a normalized fingerprint (``normalize_fingerprint``). Constant-time compare.
@@ -259,7 +261,7 @@ def _colon(hex_digest):
     return ":".join(text[i:i + 2] for i in range(0, len(text), 2))
 
 
-def is_verification_error(exc):
+def is_verification_error(exc: BaseException) -> bool:
     """True when ``exc`` is a TLS failure that another attempt cannot fix (trust, host name, client cert)."""
     if isinstance(exc, (ssl.SSLCertVerificationError, PinMismatch)):
         return True
@@ -270,7 +272,7 @@ def is_verification_error(exc):
     return False
 
 
-def describe_tls_error(exc, url):
+def describe_tls_error(exc: BaseException, url: str) -> str:
     """Operator text for a TLS failure while talking to ``url`` (redacted here)."""
     where = redact_url(url)
     host = urlsplit(url).hostname or where

@@ -164,10 +164,6 @@ certificate:
     fingerprint:
       description: SHA-256 fingerprint, as RV(directdownload.kvm.certificate#module:fingerprint) shows it.
       type: str
-    fingerprint_sha256:
-      description: The same as RV(certificate.fingerprint), under the registry's field name (kept for existing
-        playbooks).
-      type: str
     hypervisor:
       description: C(KVM).
       type: str
@@ -260,7 +256,7 @@ def public(record):
         return None
     shown = copy.deepcopy(record)
     shown.pop("pem", None)
-    shown["fingerprint"] = shown.get("fingerprint_sha256")  # the name certificate and certificate_info use
+    shown["fingerprint"] = shown.pop("fingerprint_sha256", None)  # the name certificate and certificate_info use
     return shown
 
 

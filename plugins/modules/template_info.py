@@ -100,8 +100,7 @@ certificates:
     - The certificates, sorted by alias, with C(hosts) holding the status per host (only the O(host) one when O(host)
       is given).
     - C(fingerprint) is the SHA-256 fingerprint, the key M(directdownload.kvm.certificate) and
-      M(directdownload.kvm.certificate_info) return; C(fingerprint_sha256) holds the same value, the registry's field
-      name, kept for existing playbooks.
+      M(directdownload.kvm.certificate_info) return.
   returned: always
   type: list
   elements: dict
@@ -130,6 +129,14 @@ from ansible_collections.directdownload.kvm.plugins.module_utils import _registr
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
 
 
+def _public_certificate(record):
+    """One fingerprint name across the certificate modules: the registry's ``fingerprint_sha256`` is shown as
+    ``fingerprint``."""
+    shown = dict(record)
+    shown["fingerprint"] = shown.pop("fingerprint_sha256", None)
+    return shown
+
+
 def collect(doc, params):
     """The filtered view of ``doc`` that the module returns."""
     show = (lambda record: record) if params["reveal_secrets"] else reg.public_template
@@ -149,7 +156,7 @@ def collect(doc, params):
         "templates": [show(t) for t in templates],
         "copies": copies,
         "claims": claims,
-        "certificates": [dict(c, fingerprint=c.get("fingerprint_sha256"))
+        "certificates": [_public_certificate(c)
                          for c in reg.list_certificates(doc, alias=params["alias"], host=params["host"])],
         "schema_version": doc["schema_version"],
     }

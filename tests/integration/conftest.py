@@ -45,7 +45,7 @@ CALLBACK_DIR = Path(__file__).resolve().parent / "callback_plugins"
 CALLBACK_NAME = "directdownload_test_results"
 RESULTS_FILE_ENV = "DIRECTDOWNLOAD_TEST_RESULTS"
 
-# The venv that runs pytest also serves as the managed-host interpreter: it has requests, lxml, cryptography.
+# The venv that runs pytest also serves as the managed-host interpreter: it has lxml and cryptography.
 VENV_PYTHON = sys.executable
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from ansible_collections.directdownload.kvm.tests.integration.hosts.kvmhosts import KvmHosts, can_run
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import missing
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 from ansible_collections.directdownload.kvm.tests.unit.lib.tls import TestCA
 
@@ -35,7 +36,7 @@ KEYSTORE_SECRET = "test-keystore-secret"
 def kvm_hosts(tmp_path_factory):
     reason = can_run()
     if reason == "needs root (network namespaces, mounts)":
-        pytest.skip(reason)
+        missing(reason)
     if reason:
         pytest.fail(f"the namespaced KVM hosts cannot start: {reason} (see bindep.txt)")
     hosts = KvmHosts(tmp_path_factory.mktemp("kvmhosts"), count=HOST_COUNT)

@@ -24,6 +24,7 @@ from ansible_collections.directdownload.kvm.tests.integration.conftest import (
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib import nfs as nfs_lib
 from ansible_collections.directdownload.kvm.tests.unit.lib.nfs import GaneshaServer, ganesha_available
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import require
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 MiB = images.MiB
@@ -34,13 +35,6 @@ PLAYBOOKS = REPO_ROOT / "playbooks"
 # The shared ganesha server and a fresh directory in its export, per test.
 nfs_server = nfs_lib.nfs_server
 nfs_export = nfs_lib.nfs_export
-
-
-@pytest.fixture(name="pool")
-def pool_fixture(tmp_path):
-    path = tmp_path / "pool"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture(name="image")
@@ -125,9 +119,7 @@ def test_url_check_over_nfs(run_module, nfs_export, image):
 def test_server_stopped_mid_transfer_installs_nothing(tmp_path, pool):
     """A private ganesha in its own network namespace; ansible-playbook runs in that namespace. The server is
     frozen once the ``.part`` holds 16 MiB, then stopped by PID: the task fails and the pool shows no image."""
-    reason = ganesha_available()
-    if reason:
-        pytest.skip(reason)
+    require(ganesha_available())
     export = tmp_path / "export"
     export.mkdir()
     source = images.random_raw(export / "disk.raw", 256 * MiB)
@@ -208,17 +200,16 @@ def write_metalink(path, urls, data):
                     % (NS_V4, len(data), hashlib.sha256(data).hexdigest(), entries))
 
 
-@pytest.fixture(name="www")
-def www_fixture(tmp_path, image):
-    root = tmp_path / "www"
-    root.mkdir()
-    (root / "disk.qcow2").write_bytes(open(image, "rb").read())
-    with ImageServer(root) as server:
-        yield root, server
+@pytest.fixture(name="http_mirror")
+def http_mirror_fixture(www, image):
+    """The image over HTTP too: ``(www, server)`` (``www``, ``pool``: tests/integration/conftest.py)."""
+    (www / "disk.qcow2").write_bytes(open(image, "rb").read())
+    with ImageServer(www) as server:
+        yield www, server
 
 
-def test_metalink_prefers_the_nfs_mirror(run_module, nfs_export, image, pool, www):
-    root, http = www
+def test_metalink_prefers_the_nfs_mirror(run_module, nfs_export, image, pool, http_mirror):
+    root, http = http_mirror
     data = open(image, "rb").read()
     nfs_url = nfs_export.url("disk.qcow2", 4)
     write_metalink(root / "disk.qcow2.meta4", [nfs_url, http.url("disk.qcow2")], data)
@@ -231,8 +222,8 @@ def test_metalink_prefers_the_nfs_mirror(run_module, nfs_export, image, pool, ww
     assert http.requests_for("/disk.qcow2") == []  # the HTTP mirror was never needed
 
 
-def test_metalink_fails_over_from_a_broken_nfs_mirror_to_http(run_module, nfs_export, image, pool, www):
-    root, http = www
+def test_metalink_fails_over_from_a_broken_nfs_mirror_to_http(run_module, nfs_export, image, pool, http_mirror):
+    root, http = http_mirror
     data = open(image, "rb").read()
     broken = nfs_export.url("missing/disk.qcow2", 3)
     write_metalink(root / "disk.qcow2.meta4", [broken, http.url("disk.qcow2")], data)
@@ -244,10 +235,10 @@ def test_metalink_fails_over_from_a_broken_nfs_mirror_to_http(run_module, nfs_ex
     assert sha256(pool / "disk.qcow2") == sha256(image)
 
 
-def test_segmented_metalink_uses_http_for_ranges_the_nfs_mirror_cannot_serve(run_module, nfs_export, image, pool, www):
+def test_segmented_metalink_uses_http_for_ranges_the_nfs_mirror_cannot_serve(run_module, nfs_export, image, pool, http_mirror):
     """connections: 2 splits the file into byte ranges. nfs-cat cannot seek, so the NFS mirror (libnfs here)
     refuses ranges (reason no_range) and the HTTP mirror serves them; the result is still exact."""
-    root, http = www
+    root, http = http_mirror
     data = open(image, "rb").read()
     write_metalink(root / "disk.qcow2.meta4", [nfs_export.url("disk.qcow2", 4), http.url("disk.qcow2")], data)
     record = run_module(MODULE, args_for(http.url("disk.qcow2.meta4"), pool, connections=2, format="qcow2"))[0]

@@ -1,7 +1,7 @@
 # Copyright (c) directdownload.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""A real NFS server for tests: nfs-ganesha with the VFS backend on loopback (research: test-infra.md section 6).
+"""A real NFS server for tests: nfs-ganesha with the VFS backend on loopback (its configuration: docs/nfs.md, "Tests").
 
 Two ways to use it:
 
@@ -43,6 +43,8 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import require
+
 GANESHA = shutil.which("ganesha.nfsd") or "/usr/bin/ganesha.nfsd"
 RPCBIND = shutil.which("rpcbind") or shutil.which("rpcbind", path="/usr/sbin:/sbin") or "/usr/sbin/rpcbind"
 NFS_LS = shutil.which("nfs-ls") or "/usr/bin/nfs-ls"
@@ -55,7 +57,7 @@ START_TIMEOUT = 30
 
 
 def ganesha_available():
-    """None when a server can run here, else the reason (for pytest.skip)."""
+    """None when a server can run here, else the reason (for ``require.require``: skip here, fail under CI=true)."""
     if not os.path.exists(GANESHA):
         return "nfs-ganesha is not installed"
     if not _plugins_dir():
@@ -426,10 +428,9 @@ class SharedGanesha:
 
 @pytest.fixture(scope="session")
 def nfs_server():
-    """The shared nfs-ganesha server (skips the test when this machine cannot run one)."""
-    reason = ganesha_available()
-    if reason:
-        pytest.skip(reason)
+    """The shared nfs-ganesha server (``require``: skips the test when this machine cannot run one, fails it under
+    CI=true)."""
+    require(ganesha_available())
     shared = SharedGanesha().acquire()
     try:
         yield shared

@@ -25,10 +25,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _certs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import needs_tool, require_tool
 from ansible_collections.directdownload.kvm.tests.unit.lib.tls import TestCA, days_from_now, make_ca_certificate_pem
 
 KEYTOOL = _certs.find_keytool()
-needs_keytool = pytest.mark.skipif(KEYTOOL is None, reason="keytool (a Java runtime) is not installed")
+needs_keytool = needs_tool("keytool", _certs.find_keytool)
 
 # Distinctive, so that finding it anywhere in output is unambiguous.
 PASSWORD = "Pa55-w0rd-unlikely-9f3c"
@@ -53,8 +54,7 @@ def ca_pems():
 @pytest.fixture(scope="session")
 def agent_keystores(tmp_path_factory):
     """A JKS and a PKCS12 keystore, each with the agent's own key pair (PrivateKeyEntry), made once."""
-    if KEYTOOL is None:
-        pytest.skip("keytool is not installed")
+    require_tool("keytool", _certs.find_keytool)
     base = tmp_path_factory.mktemp("agent-keystores")
     made = {}
     for store_type, name in (("JKS", "cloud.jks"), ("PKCS12", "cloud.p12")):
@@ -520,8 +520,7 @@ def test_a_failed_rotation_puts_the_keystore_back(jks, ca_pems, wrapped_keytool,
 @pytest.fixture(scope="session")
 def cloud_keystores(tmp_path_factory):
     """A JKS and a PKCS12 keystore holding a key pair under the agent's real alias, ``cloud``."""
-    if KEYTOOL is None:
-        pytest.skip("keytool is not installed")
+    require_tool("keytool", _certs.find_keytool)
     base = tmp_path_factory.mktemp("cloud-keystores")
     made = {}
     for store_type, name in (("JKS", "cloud.jks"), ("PKCS12", "cloud.p12")):

@@ -11,7 +11,6 @@ the image names; honest qcow2, raw and ISO images (plain and compressed) must st
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._http import So
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_source
 from ansible_collections.directdownload.kvm.tests.unit.lib import hostile, images
 from ansible_collections.directdownload.kvm.tests.unit.lib.images import KiB, MiB
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import require_tool
 
 COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(_gate.__file__), "..", "..", "..", "..", ".."))
 
@@ -187,8 +187,7 @@ class _TraceCollector:
     FIFO that a thread here drains: the leash forbids qemu-img (and so strace, its parent) to write files."""
 
     def __init__(self, directory):
-        strace = shutil.which("strace")
-        assert strace, "strace is needed (bindep.txt, profile test)"
+        strace = require_tool("strace")
         self.fifo = hostile.fifo(directory / "trace.fifo")
         self.wrapper = directory / "qemu-img"
         self.wrapper.write_text('#!/bin/sh\nexec %s -f -qq -o %s -e trace=%%file %s "$@"\n'
@@ -359,18 +358,9 @@ def test_qemu_img_always_gets_a_format_and_an_absolute_path(tmp_path, monkeypatc
 # ---------------------------------------------------------------- caps, bombs and space
 
 @pytest.fixture
-def tmpfs_pool(tmp_path):
-    """A 128 MiB tmpfs pool, unmounted in any case. Needs root (CI runs as root)."""
-    mount_point = tmp_path / "pool"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mount_point)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-    if result.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % result.stderr.decode(errors="replace").strip())
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
+def tmpfs_pool(mount_tmpfs):
+    """A 128 MiB tmpfs pool (tests/unit/conftest.py), unmounted in any case. Needs root (CI runs as root)."""
+    return mount_tmpfs("128m", "pool")
 
 
 @pytest.fixture(name="bombs", scope="module")

@@ -23,36 +23,22 @@ SIZE = 1024 * 1024 + 123
 SECRET = "s3cr3t-header-value"
 
 
-@pytest.fixture(scope="module")
-def ca():
-    return TestCA(common_name="http test CA")
+# pool, www, server and ca: tests/unit/conftest.py
 
 
-@pytest.fixture()
-def root(tmp_path):
-    served = tmp_path / "served"
-    served.mkdir()
-    return served
-
-
-@pytest.fixture()
-def data(root):
+@pytest.fixture(autouse=True)
+def data(www):
+    """What every test's server serves: ``f.bin``, random bytes."""
     payload = os.urandom(SIZE)
-    (root / "f.bin").write_bytes(payload)
+    (www / "f.bin").write_bytes(payload)
     return payload
 
 
-@pytest.fixture()
-def server(root, data):
-    with ImageServer(root) as srv:
-        yield srv
-
-
 @pytest.fixture(params=["http", "https"])
-def any_server(request, root, data, ca, tmp_path):
+def any_server(request, www, data, ca, tmp_path):
     """The same server over HTTP and over HTTPS (with options that trust the CA)."""
     context = ca.server_context() if request.param == "https" else None
-    with ImageServer(root, ssl_context=context) as srv:
+    with ImageServer(www, ssl_context=context) as srv:
         srv.options = SourceOptions(ca_path=ca.ca_pem_path(tmp_path), trust_dir=None)
         yield srv
 
@@ -356,8 +342,8 @@ def test_url_username_wins_over_url_credentials_and_wrong_ones_fail_clearly(serv
     assert "wrong" not in info.value.msg
 
 
-def test_url_credentials_never_follow_a_redirect_to_another_host(root, data):
-    with ImageServer(root) as first, ImageServer(root) as second:
+def test_url_credentials_never_follow_a_redirect_to_another_host(www, data):
+    with ImageServer(www) as first, ImageServer(www) as second:
         first.set_fault("/away", redirect_to=second.url("f.bin"))
         second.set_fault("/f.bin", require_headers={"Authorization": _basic("ops", SECRET)})
         for force in (True, False):
@@ -433,8 +419,8 @@ def test_too_many_redirects(server):
     assert len(server.requests_for("/loop")) == 3
 
 
-def test_https_to_http_refused(root, data, ca, tmp_path):
-    with ImageServer(root) as plain, ImageServer(root, ssl_context=ca.server_context()) as secure:
+def test_https_to_http_refused(www, data, ca, tmp_path):
+    with ImageServer(www) as plain, ImageServer(www, ssl_context=ca.server_context()) as secure:
         secure.set_fault("/f.bin", redirect_to=plain.url("f.bin"))
         options = opts(follow_redirects=True, ca_path=ca.ca_pem_path(tmp_path))
         with pytest.raises(SourceError, match="must not downgrade") as info:
@@ -445,8 +431,8 @@ def test_https_to_http_refused(root, data, ca, tmp_path):
         assert read_all(HttpSource(plain.url("up"), options).open()) == data
 
 
-def test_credentials_not_forwarded_to_another_host(root, data):
-    with ImageServer(root) as first, ImageServer(root) as second:
+def test_credentials_not_forwarded_to_another_host(www, data):
+    with ImageServer(www) as first, ImageServer(www) as second:
         first.set_fault("/same", redirect_to="/f.bin")
         first.set_fault("/away", redirect_to=second.url("f.bin"))
         headers = {"Authorization": "Bearer " + SECRET, "Cookie": "c=" + SECRET, "X-Mirror": "kept"}
@@ -463,10 +449,10 @@ def test_credentials_not_forwarded_to_another_host(root, data):
 
 
 @pytest.mark.parametrize("name", ["X-Vault-Token", "X-Goog-Signature", "Api-Token", "X-JFrog-Art-Api", "X-Custom"])
-def test_no_user_header_reaches_another_origin(root, data, name):
+def test_no_user_header_reaches_another_origin(www, data, name):
     """Any header may be a credential (the docs call every value a secret): after a redirect to another origin
     (here: another port of the same address) none is sent, unless headers_on_redirect names it."""
-    with ImageServer(root) as first, ImageServer(root) as second:
+    with ImageServer(www) as first, ImageServer(www) as second:
         first.set_fault("/away", redirect_to=second.url("f.bin"))
         headers = {name: SECRET, "X-Mirror-Key": "public", "Authorization": "Bearer " + SECRET}
         assert read_all(HttpSource(first.url("away"), opts(follow_redirects=True, headers=headers)).open()) == data
@@ -492,15 +478,15 @@ def test_headers_on_redirect_cannot_name_credentials():
 # -- TLS --------------------------------------------------------------------------------------------------------
 
 
-def test_wrong_host_certificate_refused_even_with_ca_trusted(root, data, ca, tmp_path):
-    with ImageServer(root, ssl_context=ca.server_context(hostnames=("wrong.example",))) as srv:
+def test_wrong_host_certificate_refused_even_with_ca_trusted(www, data, ca, tmp_path):
+    with ImageServer(www, ssl_context=ca.server_context(hostnames=("wrong.example",))) as srv:
         with pytest.raises(SourceError, match="host name mismatch") as info:
             HttpSource(srv.url("f.bin"), opts(ca_path=ca.ca_pem_path(tmp_path))).open()
         assert not info.value.retryable and info.value.details["reason"] == "tls"
 
 
-def test_untrusted_ca_refused_with_help(root, data):
-    with ImageServer(root, ssl_context=TestCA().server_context()) as srv:
+def test_untrusted_ca_refused_with_help(www, data):
+    with ImageServer(www, ssl_context=TestCA().server_context()) as srv:
         with pytest.raises(SourceError) as info:
             HttpSource(srv.url("f.bin"), opts()).probe()
         assert "not trusted" in info.value.msg and "directdownload.kvm.certificate" in info.value.msg
@@ -509,20 +495,20 @@ def test_untrusted_ca_refused_with_help(root, data):
         assert read_all(body) == data
 
 
-def test_ca_path_directory_and_trust_dir(root, data, ca, tmp_path):
+def test_ca_path_directory_and_trust_dir(www, data, ca, tmp_path):
     cas = tmp_path / "cas"
     cas.mkdir()
     ca.ca_pem_path(cas)
-    with ImageServer(root, ssl_context=ca.server_context(hostnames=("localhost",))) as srv:
+    with ImageServer(www, ssl_context=ca.server_context(hostnames=("localhost",))) as srv:
         url = srv.url("f.bin", host="localhost")
         assert read_all(HttpSource(url, opts(ca_path=str(cas))).open()) == data
         assert read_all(HttpSource(url, opts(trust_dir=str(cas))).open()) == data
 
 
-def test_client_certificate_required(root, data, ca, tmp_path):
+def test_client_certificate_required(www, data, ca, tmp_path):
     cert, key = ca.client_cert_files(tmp_path)
     trust = ca.ca_pem_path(tmp_path)
-    with ImageServer(root, ssl_context=ca.server_context(require_client_cert=True)) as srv:
+    with ImageServer(www, ssl_context=ca.server_context(require_client_cert=True)) as srv:
         with pytest.raises(SourceError, match="client certificate"):
             HttpSource(srv.url("f.bin"), opts(ca_path=trust)).open()
         source = HttpSource(srv.url("f.bin"), opts(ca_path=trust, client_cert=cert, client_key=key))
@@ -571,8 +557,8 @@ def test_proxy_bypassed_by_no_proxy(monkeypatch, server, data):
         assert proxy.requests == []
 
 
-def test_https_through_proxy_tunnel(monkeypatch, root, data, ca, tmp_path):
-    with ForwardProxy() as proxy, ImageServer(root, ssl_context=ca.server_context()) as srv:
+def test_https_through_proxy_tunnel(monkeypatch, www, data, ca, tmp_path):
+    with ForwardProxy() as proxy, ImageServer(www, ssl_context=ca.server_context()) as srv:
         _proxy_env(monkeypatch, proxy.proxy_url)
         options = SourceOptions(ca_path=ca.ca_pem_path(tmp_path), trust_dir=None)
         assert read_all(HttpSource(srv.url("f.bin"), options).open()) == data
@@ -627,9 +613,9 @@ def test_probe_errors(server):
     assert info.value.status == 404 and not info.value.retryable
 
 
-def test_read_head(any_server, data, root):
+def test_read_head(any_server, data, www):
     assert HttpSource(any_server.url("f.bin"), any_server.options).read_head(512) == data[:512]
-    (root / "tiny").write_bytes(b"abc")
+    (www / "tiny").write_bytes(b"abc")
     assert HttpSource(any_server.url("tiny"), any_server.options).read_head(512) == b"abc"
     any_server.set_fault("*", no_range=True)
     assert HttpSource(any_server.url("f.bin"), any_server.options).read_head(100) == data[:100]

@@ -14,7 +14,7 @@ import zipfile
 
 import pytest
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _install
+from ansible_collections.directdownload.kvm.plugins.module_utils import _gate, _install
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     DirectDownloadError,
     ImageRejected,
@@ -40,21 +40,6 @@ def compressed(tmp_path_factory, holey):
     """Every compression kind of ``holey``, each named with a misleading suffix."""
     directory = tmp_path_factory.mktemp("compressed")
     return {kind: images.compress(holey, directory / ("%s.qcow2" % kind), kind) for kind in images.COMPRESSION_KINDS}
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs, unmounted in any case. Needs root (CI runs as root); skipped elsewhere."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-    if result.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here: %s" % result.stderr.decode(errors="replace").strip())
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 # ---------------------------------------------------------------- detection
@@ -167,7 +152,7 @@ def test_extract_a_qcow2_inside_gzip_gives_the_qcow2(tmp_path):
     packed = images.compress(disk, tmp_path / "download", "gzip")
     dst = str(tmp_path / "disk")
     _install.extract(packed, dst, "gzip")
-    info = _install.inspect_image(dst)
+    info = _gate.inspect_image(dst)
     assert (info.format, info.virtual_size) == ("qcow2", 64 * MiB)
 
 
@@ -340,55 +325,55 @@ def test_enospc_mid_way_removes_the_partial_file(small_tmpfs, tmp_path):
 
 def test_inspect_qcow2(tmp_path):
     disk = images.qcow2(tmp_path / "disk.qcow2", 64 * MiB, writes=[(0, MiB, 0x11)])
-    info = _install.inspect_image(disk, "qcow2")
+    info = _gate.inspect_image(disk, "qcow2")
     assert (info.format, info.virtual_size, info.backing_file, info.data_file) == ("qcow2", 64 * MiB, None, None)
     assert info.actual_size > MiB
     assert info.raw_json["format"] == "qcow2"
-    _install.check_policy(info, "qcow2")
-    _install.check_policy(info, "QCOW2")
-    _install.check_policy(info)
+    _gate.check_policy(info, "qcow2")
+    _gate.check_policy(info, "QCOW2")
+    _gate.check_policy(info)
 
 
 def test_inspect_raw_probed_and_declared(tmp_path):
     raw = images.sparse_raw(tmp_path / "disk.raw", 16 * MiB)
     for declared in (None, "raw"):
-        info = _install.inspect_image(raw, declared)
+        info = _gate.inspect_image(raw, declared)
         assert (info.format, info.virtual_size) == ("raw", 16 * MiB)
-        _install.check_policy(info, declared)
+        _gate.check_policy(info, declared)
 
 
 def test_inspect_iso_never_asks_qemu_img(tmp_path):
     iso = images.iso(tmp_path / "cd.iso", 3 * MiB)
-    info = _install.inspect_image(iso, qemu_img=str(tmp_path / "no-such-qemu-img"))
+    info = _gate.inspect_image(iso, qemu_img=str(tmp_path / "no-such-qemu-img"))
     assert (info.format, info.virtual_size, info.raw_json) == ("iso", 3 * MiB, None)
-    _install.check_policy(info, "iso")
+    _gate.check_policy(info, "iso")
     with pytest.raises(ImageRejected, match="expected to be qcow2 but it is iso"):
-        _install.check_policy(info, "qcow2")
+        _gate.check_policy(info, "qcow2")
 
 
 def test_backing_file_is_refused_without_running_qemu_img(tmp_path):
     base = images.qcow2(tmp_path / "base.qcow2", 16 * MiB)
     overlay = images.qcow2_with_backing(tmp_path / "overlay.qcow2", base)
-    info = _install.inspect_image(overlay, "qcow2", qemu_img=str(tmp_path / "no-such-qemu-img"))
+    info = _gate.inspect_image(overlay, "qcow2", qemu_img=str(tmp_path / "no-such-qemu-img"))
     assert info.backing_file == base
     with pytest.raises(ImageRejected, match="backing file") as caught:
-        _install.check_policy(info, "qcow2")
+        _gate.check_policy(info, "qcow2")
     assert base in caught.value.msg and not caught.value.retryable
 
 
 def test_backing_file_reported_by_qemu_img_is_refused_too(tmp_path):
     # Defence in depth: even an ImageInfo built from qemu-img's JSON alone is refused on its backing-filename.
-    info = _install._info_from_json("x", {"format": "qcow2", "virtual-size": 1, "backing-filename": "/etc/shadow"}, 0)
+    info = _gate.info_from_json("x", {"format": "qcow2", "virtual-size": 1, "backing-filename": "/etc/shadow"}, 0)
     with pytest.raises(ImageRejected, match="/etc/shadow"):
-        _install.check_policy(info)
+        _gate.check_policy(info)
 
 
 def test_external_data_file_is_refused(tmp_path):
     disk = images.qcow2_with_data_file(tmp_path / "disk.qcow2", tmp_path / "disk.data")
-    info = _install.inspect_image(disk)
+    info = _gate.inspect_image(disk)
     assert info.data_file == str(tmp_path / "disk.data")
     with pytest.raises(ImageRejected, match="external data file"):
-        _install.check_policy(info, "qcow2")
+        _gate.check_policy(info, "qcow2")
 
 
 def test_raw_disk_holding_a_qcow2_header_is_refused_even_when_declared_raw(tmp_path):
@@ -396,28 +381,28 @@ def test_raw_disk_holding_a_qcow2_header_is_refused_even_when_declared_raw(tmp_p
     # the qcow2 it looks like and read its backing file (issue 16). qemu-img is not even run.
     raw = images.raw_containing_qcow2_header(tmp_path / "guest.raw", 4 * MiB, backing="/etc/hostname")
     for declared in ("raw", None):
-        info = _install.inspect_image(raw, declared, qemu_img=str(tmp_path / "no-such-qemu-img"))
+        info = _gate.inspect_image(raw, declared, qemu_img=str(tmp_path / "no-such-qemu-img"))
         assert info.format == "qcow2" and info.backing_file == "/etc/hostname"
         with pytest.raises(ImageRejected, match="backing file"):
-            _install.check_policy(info, declared)
+            _gate.check_policy(info, declared)
 
 
 def test_format_mismatch_names_both_formats(tmp_path):
     raw = images.random_raw(tmp_path / "disk", MiB, seed=10)
-    info = _install.inspect_image(raw, "qcow2")
+    info = _gate.inspect_image(raw, "qcow2")
     assert info.format == "raw"
     with pytest.raises(ImageRejected, match="expected to be qcow2 but it is raw"):
-        _install.check_policy(info, "qcow2")
+        _gate.check_policy(info, "qcow2")
 
 
 @pytest.mark.parametrize("fmt", ["vmdk", "vpc", "vhdx", "vdi", "qed"])
 def test_foreign_formats_are_refused(tmp_path, fmt):
     disk = str(tmp_path / ("disk." + fmt))
     subprocess.run([images.QEMU_IMG, "create", "-q", "-f", fmt, disk, "16M"], check=True)
-    info = _install.inspect_image(disk, qemu_img=str(tmp_path / "no-such-qemu-img"))
+    info = _gate.inspect_image(disk, qemu_img=str(tmp_path / "no-such-qemu-img"))
     assert info.format == fmt
     with pytest.raises(ImageRejected, match="qcow2, raw or iso only"):
-        _install.check_policy(info)
+        _gate.check_policy(info)
 
 
 def test_encrypted_qcow2_is_refused(tmp_path):
@@ -425,19 +410,19 @@ def test_encrypted_qcow2_is_refused(tmp_path):
     disk = str(tmp_path / "enc.qcow2")
     subprocess.run([images.QEMU_IMG, "create", "-q", "--object", "secret,id=sec0,data=s3cret", "-f", "qcow2",
                     "-o", "encrypt.format=aes,encrypt.key-secret=sec0", disk, "16M"], check=True)
-    info = _install.inspect_image(disk)
+    info = _gate.inspect_image(disk)
     assert info.format == "qcow2" and info.encrypted
     with pytest.raises(ImageRejected, match="encrypted"):
-        _install.check_policy(info)
+        _gate.check_policy(info)
 
 
 def test_missing_qemu_img_names_the_package(tmp_path):
     disk = images.qcow2(tmp_path / "disk", 16 * MiB)  # raw and ISO never need qemu-img: their size is their size
     with pytest.raises(DirectDownloadError, match="qemu-utils on Debian/Ubuntu, qemu-img on RHEL") as caught:
-        _install.inspect_image(disk, qemu_img=str(tmp_path / "no-such-qemu-img"))
+        _gate.inspect_image(disk, qemu_img=str(tmp_path / "no-such-qemu-img"))
     assert caught.value.retryable  # another host may have it
     raw = images.random_raw(tmp_path / "disk.raw", 64 * KiB, seed=11)
-    assert _install.inspect_image(raw, qemu_img=str(tmp_path / "no-such-qemu-img")).format == "raw"
+    assert _gate.inspect_image(raw, qemu_img=str(tmp_path / "no-such-qemu-img")).format == "raw"
 
 
 def test_qemu_img_failure_carries_its_stderr(tmp_path):
@@ -446,7 +431,7 @@ def test_qemu_img_failure_carries_its_stderr(tmp_path):
         handle.seek(40)
         handle.write(struct.pack(">Q", 0x1234))  # an unaligned L1 table offset: qemu-img refuses the image
     with pytest.raises(ImageRejected, match="qemu-img could not read") as caught:
-        _install.inspect_image(disk)
+        _gate.inspect_image(disk)
     assert "l1 table" in caught.value.details["stderr"].lower()
     assert not caught.value.retryable and caught.value.details["rule"] == "qemu_img"
 

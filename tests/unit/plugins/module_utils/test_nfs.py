@@ -38,6 +38,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._nfs import (
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib import nfs as nfs_lib
 from ansible_collections.directdownload.kvm.tests.unit.lib.nfs import GaneshaServer, ganesha_available
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import require, require_root, require_tool
 
 # The shared ganesha server and a fresh directory in its export, per test.
 nfs_server = nfs_lib.nfs_server
@@ -212,8 +213,9 @@ def test_no_client_at_all_says_what_to_install(tmp_path, monkeypatch):
     assert "libnfs-utils" in info.value.msg
 
 
-@pytest.mark.skipif(_nfs.kernel_nfs_support(), reason="this host has a kernel NFS client")
-def test_auto_picks_libnfs_without_a_kernel_client():
+def test_auto_picks_libnfs_without_a_kernel_client(monkeypatch):
+    monkeypatch.setattr(_nfs, "kernel_nfs_support", lambda: False)  # the one part of the host this test replaces
+    require_tool("nfs-cat")
     assert _nfs.choose_transport("auto") == "libnfs"
     assert any("kernel has no NFS client" in p for p in _nfs.transport_problems("mount"))
 
@@ -421,9 +423,7 @@ def test_server_stopped_mid_transfer(tmp_path, version):
     NFSv4: nfs-cat fails ("Failed to read from file", exit 10). NFSv3: libnfs keeps reconnecting and sends
     nothing; the read timeout ends it.
     """
-    reason = ganesha_available()
-    if reason:
-        pytest.skip(reason)
+    require(ganesha_available())
     export = tmp_path / "export"
     export.mkdir()
     data = os.urandom(64 * MiB)
@@ -536,8 +536,7 @@ class FakeMountTools:
 
 @pytest.fixture
 def fake_mount(tmp_path, monkeypatch):
-    if os.geteuid() != 0:
-        pytest.skip("bind mounts (the stand-in for NFS mounts) need root")
+    require_root("bind mounts (the stand-in for NFS mounts)")
     tools = FakeMountTools(tmp_path, monkeypatch)
     try:
         yield tools

@@ -103,19 +103,11 @@ CAP = 4 * MiB  # 5 s for SIZE: "several seconds"
 
 
 @pytest.fixture
-def www(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
+def disk(www):
+    """``www`` (tests/unit/conftest.py) serving ``disk.raw`` of random bytes: ``(www, its sha256)``."""
     data = os.urandom(SIZE)
-    (root / "disk.raw").write_bytes(data)
-    return root, hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def pool(tmp_path):
-    path = tmp_path / "pool"
-    path.mkdir()
-    return path
+    (www / "disk.raw").write_bytes(data)
+    return www, hashlib.sha256(data).hexdigest()
 
 
 def request_for(url, pool, **kwargs):
@@ -155,8 +147,8 @@ class TimedSource:
         return source
 
 
-def test_max_rate_holds_on_one_stream(www, pool):
-    root, _digest = www
+def test_max_rate_holds_on_one_stream(disk, pool):
+    root, _digest = disk
     timed = TimedSource()
     with ImageServer(root) as server:
         result = _download.run(request_for(server.url("disk.raw"), pool, max_rate="4M"), timed)
@@ -175,8 +167,8 @@ def write_metalink(root, urls, digest, name="disk.raw"):
     (root / "disk.raw.meta4").write_text(document)
 
 
-def test_max_rate_holds_across_the_connections_of_a_segmented_download(www, tmp_path):
-    root, digest = www
+def test_max_rate_holds_across_the_connections_of_a_segmented_download(disk, tmp_path):
+    root, digest = disk
     with ImageServer(root) as first, ImageServer(root) as second:
         write_metalink(root, [first.url("disk.raw"), second.url("disk.raw")], digest)
         metalink_file = parse_metalink((root / "disk.raw.meta4").read_bytes())
@@ -194,8 +186,8 @@ def test_max_rate_holds_across_the_connections_of_a_segmented_download(www, tmp_
     assert 0.9 * CAP <= rate <= 1.1 * CAP
 
 
-def test_the_engine_passes_max_rate_to_a_segmented_download(www, pool):
-    root, digest = www
+def test_the_engine_passes_max_rate_to_a_segmented_download(disk, pool):
+    root, digest = disk
     with ImageServer(root) as first, ImageServer(root) as second:
         write_metalink(root, [first.url("disk.raw"), second.url("disk.raw")], digest)
         result = _download.run(request_for(first.url("disk.raw.meta4"), pool, max_rate="8M", connections=4),
@@ -204,8 +196,8 @@ def test_the_engine_passes_max_rate_to_a_segmented_download(www, pool):
     assert result["elapsed"] >= SIZE / (8 * MiB) * 0.9, "the cap held (the whole run takes at least the capped time)"
 
 
-def test_a_connection_below_lowest_speed_is_recycled_and_the_download_resumes(www, pool):
-    root, digest = www
+def test_a_connection_below_lowest_speed_is_recycled_and_the_download_resumes(disk, pool):
+    root, digest = disk
     with ImageServer(root) as server:
         server.set_fault("/disk.raw", rate=512 * 1024, times=1)  # the first connection crawls, later ones fly
         logged = []
@@ -227,8 +219,8 @@ def test_a_connection_below_lowest_speed_is_recycled_and_the_download_resumes(ww
         assert hashlib.sha256(handle.read()).hexdigest() == digest
 
 
-def test_a_slow_mirror_is_left_for_another_on_resume(www, pool):
-    root, digest = www
+def test_a_slow_mirror_is_left_for_another_on_resume(disk, pool):
+    root, digest = disk
     with ImageServer(root) as slow, ImageServer(root) as fast:
         slow.set_fault("/disk.raw", rate=512 * 1024)
         write_metalink(root, [slow.url("disk.raw"), fast.url("disk.raw")], digest)
@@ -240,8 +232,8 @@ def test_a_slow_mirror_is_left_for_another_on_resume(www, pool):
     assert fast_gets[0].headers["range"] == "bytes=%d-" % result["resumed_from"], "resumed on the other mirror"
 
 
-def test_a_slow_segment_goes_to_another_mirror(www, pool):
-    root, digest = www
+def test_a_slow_segment_goes_to_another_mirror(disk, pool):
+    root, digest = disk
     with ImageServer(root) as slow, ImageServer(root) as fast:
         slow.set_fault("/disk.raw", rate=128 * 1024)
         write_metalink(root, [slow.url("disk.raw"), fast.url("disk.raw")], digest)
@@ -253,8 +245,8 @@ def test_a_slow_segment_goes_to_another_mirror(www, pool):
         assert hashlib.sha256(handle.read()).hexdigest() == digest
 
 
-def test_the_overall_timeout_stops_a_transfer_and_keeps_the_part(www, pool):
-    root, _digest = www
+def test_the_overall_timeout_stops_a_transfer_and_keeps_the_part(disk, pool):
+    root, _digest = disk
     with ImageServer(root) as server:
         server.set_fault("/disk.raw", rate=2 * MiB)
         started = time.monotonic()
@@ -265,9 +257,9 @@ def test_the_overall_timeout_stops_a_transfer_and_keeps_the_part(www, pool):
     assert os.path.getsize(pool / ".disk.raw.part") > 0, "the bytes so far stay resumable"
 
 
-def test_no_limits_means_no_watcher_thread(www, pool):
+def test_no_limits_means_no_watcher_thread(disk, pool):
     """The uncapped path stays the plain pipeline: no dd-watch thread, no pacing."""
-    root, _digest = www
+    root, _digest = disk
     names = set()
     stop = threading.Event()
 

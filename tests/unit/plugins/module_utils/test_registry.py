@@ -111,7 +111,7 @@ def test_failed_rename_keeps_old_file_and_leaves_no_temporary(tmp_path, monkeypa
     def refuse(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(reg.os, "replace", refuse)
+    monkeypatch.setattr(reg.os, "rename", refuse)  # _fs.write_atomic renames the temporary file over the registry
     with pytest.raises(RegistryError, match="cannot write the registry .*No space left"):
         with Registry(path).transaction() as doc:
             reg.remove_template(doc, "debian-12")
@@ -119,13 +119,17 @@ def test_failed_rename_keeps_old_file_and_leaves_no_temporary(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["registry.json", "registry.json.lock"]
 
 
-def test_stale_temporary_from_a_killed_writer_is_removed_by_the_next_writer(tmp_path):
+@pytest.mark.parametrize("name", ["registry.json.deadbeef.tmp", ".registry.json.tmp.99999.deadbeef"])
+def test_stale_temporary_from_a_killed_writer_is_removed_by_the_next_writer(tmp_path, name):
     path = tmp_path / "registry.json"
-    leftover = tmp_path / ".registry.json.tmp.99999.deadbeef"
+    leftover = tmp_path / name  # _fs.create_temp's name; the one of earlier releases
     leftover.write_text('{"half": ')
+    keep = tmp_path / "registry.json.notmine.tmp"
+    keep.write_text("someone else's")
     with Registry(path).transaction() as doc:
         reg.upsert_template(doc, TEMPLATE)
     assert not leftover.exists()
+    assert keep.exists()
 
 
 def test_default_path_is_expanded_for_the_running_user(monkeypatch, tmp_path):

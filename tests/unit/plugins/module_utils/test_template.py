@@ -15,7 +15,7 @@ SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# URL scheme and suffix (CloudStack §1.2 table, with its bugs fixed)
+# URL scheme and suffix (CloudStack's registerTemplate rules, with their bugs fixed)
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("url, fmt", [

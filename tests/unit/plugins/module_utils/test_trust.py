@@ -19,17 +19,13 @@ from ansible_collections.directdownload.kvm.tests.unit.lib.tls import (
     TestCA, days_from_now, make_self_signed_server_pem, server_context_from_pem)
 
 
-@pytest.fixture(scope="module")
-def ca():
-    return TestCA(common_name="trust test CA")
+# www and ca: tests/unit/conftest.py
 
 
-@pytest.fixture()
-def root(tmp_path):
-    served = tmp_path / "served"
-    served.mkdir()
-    (served / "f.bin").write_bytes(b"hello")
-    return served
+@pytest.fixture(autouse=True)
+def hello(www):
+    """What every test's TLS server serves: ``f.bin``."""
+    (www / "f.bin").write_bytes(b"hello")
 
 
 def fetch(context, server, host="127.0.0.1"):
@@ -55,14 +51,14 @@ def test_defaults_are_strict_and_include_system_cas(tmp_path):
     assert context.cert_store_stats()["x509_ca"] > 0
 
 
-def test_ca_path_file(ca, root, tmp_path):
-    with ImageServer(root, ssl_context=ca.server_context()) as srv:
+def test_ca_path_file(ca, www, tmp_path):
+    with ImageServer(www, ssl_context=ca.server_context()) as srv:
         assert fetch(build_ssl_context(ca_path=ca.ca_pem_path(tmp_path), trust_dir=None), srv) == 200
         error = tls_error(build_ssl_context(trust_dir=None), srv)
         assert isinstance(error, ssl.SSLCertVerificationError) and is_verification_error(error)
 
 
-def test_ca_path_directory_without_hash_links(ca, root, tmp_path):
+def test_ca_path_directory_without_hash_links(ca, www, tmp_path):
     other = TestCA(common_name="other CA")
     trust = tmp_path / "cas"
     trust.mkdir()
@@ -70,25 +66,25 @@ def test_ca_path_directory_without_hash_links(ca, root, tmp_path):
     (trust / "two.crt").write_text(other.cert_pem)
     (trust / "README").write_text("not a certificate, ignored")
     context = build_ssl_context(ca_path=str(trust), trust_dir=None)
-    with ImageServer(root, ssl_context=ca.server_context()) as one, \
-            ImageServer(root, ssl_context=other.server_context()) as two:
+    with ImageServer(www, ssl_context=ca.server_context()) as one, \
+            ImageServer(www, ssl_context=other.server_context()) as two:
         assert fetch(context, one) == 200 and fetch(context, two) == 200
 
 
-def test_der_certificate_file(ca, root, tmp_path):
+def test_der_certificate_file(ca, www, tmp_path):
     der = tmp_path / "ca.cer"
     der.write_bytes(ca.cert.public_bytes(serialization.Encoding.DER))
     assert len(load_pem_certificates(str(der))) == 1
-    with ImageServer(root, ssl_context=ca.server_context()) as srv:
+    with ImageServer(www, ssl_context=ca.server_context()) as srv:
         assert fetch(build_ssl_context(ca_path=str(der), trust_dir=None), srv) == 200
 
 
-def test_trust_dir_is_picked_up_and_missing_is_fine(ca, root, tmp_path):
+def test_trust_dir_is_picked_up_and_missing_is_fine(ca, www, tmp_path):
     trust_dir = tmp_path / "trust.d"
     build_ssl_context(trust_dir=str(trust_dir))  # missing: no error
     trust_dir.mkdir()
     ca.ca_pem_path(trust_dir)
-    with ImageServer(root, ssl_context=ca.server_context()) as srv:
+    with ImageServer(www, ssl_context=ca.server_context()) as srv:
         assert fetch(build_ssl_context(trust_dir=str(trust_dir)), srv) == 200
 
 
@@ -124,49 +120,49 @@ def test_ca_path_missing_or_empty(tmp_path):
         build_ssl_context(ca_path=str(tmp_path))
 
 
-def test_partial_chain_trusts_an_uploaded_intermediate(root, tmp_path):
+def test_partial_chain_trusts_an_uploaded_intermediate(www, tmp_path):
     top = TestCA(common_name="root only")
     intermediate = TestCA(common_name="intermediate", parent=top)
-    with ImageServer(root, ssl_context=intermediate.server_context()) as srv:
+    with ImageServer(www, ssl_context=intermediate.server_context()) as srv:
         assert fetch(build_ssl_context(ca_path=intermediate.ca_pem_path(tmp_path), trust_dir=None), srv) == 200
         assert fetch(build_ssl_context(ca_path=top.ca_pem_path(tmp_path), trust_dir=None), srv) == 200
 
 
-def test_self_signed_server_certificate_in_trust_dir(root, tmp_path):
+def test_self_signed_server_certificate_in_trust_dir(www, tmp_path):
     cert_pem, key_pem = make_self_signed_server_pem()
     trust_dir = tmp_path / "trust"
     trust_dir.mkdir()
     (trust_dir / "mirror.pem").write_text(cert_pem)
-    with ImageServer(root, ssl_context=server_context_from_pem(cert_pem, key_pem)) as srv:
+    with ImageServer(www, ssl_context=server_context_from_pem(cert_pem, key_pem)) as srv:
         assert fetch(build_ssl_context(trust_dir=str(trust_dir)), srv) == 200
 
 
-def test_validate_certs_false_accepts_anything(root):
-    with ImageServer(root, ssl_context=TestCA().server_context(hostnames=("wrong.example",))) as srv:
+def test_validate_certs_false_accepts_anything(www):
+    with ImageServer(www, ssl_context=TestCA().server_context(hostnames=("wrong.example",))) as srv:
         context = build_ssl_context(validate_certs=False)
         assert context.verify_mode == ssl.CERT_NONE and fetch(context, srv) == 200
 
 
-def test_messages_for_verification_failures(ca, root, tmp_path):
+def test_messages_for_verification_failures(ca, www, tmp_path):
     trusted = build_ssl_context(ca_path=ca.ca_pem_path(tmp_path), trust_dir=None)
     url = "https://user:pw@127.0.0.1/f.bin?token=secret"
-    with ImageServer(root, ssl_context=TestCA().server_context()) as srv:
+    with ImageServer(www, ssl_context=TestCA().server_context()) as srv:
         text = describe_tls_error(tls_error(trusted, srv), url)
         assert "not trusted" in text and "directdownload.kvm.certificate" in text
         assert "secret" not in text and "pw" not in text
-    with ImageServer(root, ssl_context=ca.server_context(hostnames=("wrong.example",))) as srv:
+    with ImageServer(www, ssl_context=ca.server_context(hostnames=("wrong.example",))) as srv:
         error = tls_error(trusted, srv)
         assert is_verification_error(error) and "host name mismatch" in describe_tls_error(error, url)
-    with ImageServer(root, ssl_context=ca.server_context(not_after=days_from_now(-1))) as srv:
+    with ImageServer(www, ssl_context=ca.server_context(not_after=days_from_now(-1))) as srv:
         assert "expired" in describe_tls_error(tls_error(trusted, srv), url)
-    with ImageServer(root, ssl_context=ca.server_context(not_before=days_from_now(2))) as srv:
+    with ImageServer(www, ssl_context=ca.server_context(not_before=days_from_now(2))) as srv:
         assert "not valid yet" in describe_tls_error(tls_error(trusted, srv), url)
 
 
-def test_client_certificate(ca, root, tmp_path):
+def test_client_certificate(ca, www, tmp_path):
     cert, key = ca.client_cert_files(tmp_path)
     trust = ca.ca_pem_path(tmp_path)
-    with ImageServer(root, ssl_context=ca.server_context(require_client_cert=True)) as srv:
+    with ImageServer(www, ssl_context=ca.server_context(require_client_cert=True)) as srv:
         error = tls_error(build_ssl_context(ca_path=trust, trust_dir=None), srv)
         assert is_verification_error(error) and "client certificate" in describe_tls_error(error, srv.url("f.bin"))
         assert fetch(build_ssl_context(ca_path=trust, trust_dir=None, client_cert=cert, client_key=key), srv) == 200
@@ -192,8 +188,8 @@ def test_client_certificate_errors(ca, tmp_path):
         build_ssl_context(client_cert=cert, client_key=str(encrypted), trust_dir=None)
 
 
-def test_plain_http_port_gives_a_helpful_message(root):
-    with ImageServer(root) as srv:
+def test_plain_http_port_gives_a_helpful_message(www):
+    with ImageServer(www) as srv:
         error = tls_error(build_ssl_context(trust_dir=None), srv)
         assert "plain http" in describe_tls_error(error, srv.url("f.bin", scheme="https"))
 
