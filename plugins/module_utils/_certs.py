@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._settings import DEFAULT_AGENT_PROPERTIES, DEFAULT_KEYSTORE
 from ansible_collections.directdownload.kvm.plugins.module_utils._trust import certificate_files
 
 CRYPTOGRAPHY_IMP_ERR = None
@@ -83,7 +84,8 @@ _KEYTOOL_NOISE = (
 class KeystoreError(DirectDownloadError):
     """keytool failed, or the keystore is not what it should be. Another host would not fix this one."""
 
-    retryable = False
+    retry_here = False
+    retry_elsewhere = False
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -623,6 +625,44 @@ class KeystoreTarget:
                 % (self.path, found, self.store_type, found), path=self.path,
             )
         return found
+
+
+def keystore_argument_spec() -> dict:
+    """The keystore option group of ``certificate`` and ``certificate_info``; documented once in the doc fragment
+    ``directdownload.kvm._keystore`` (keep both in step). Defaults from ``_settings``."""
+    return dict(
+        keystore=dict(type="path", default=DEFAULT_KEYSTORE),
+        keystore_password=dict(type="str", no_log=True),
+        agent_properties=dict(type="path", default=DEFAULT_AGENT_PROPERTIES),
+        keytool=dict(type="path"),
+    )
+
+
+def keystore_target(params: dict, no_log_values: set, store_type: str = "auto", create: bool = False) -> KeystoreTarget:
+    """The keystore the options of :func:`keystore_argument_spec` name, with its password: the option, else
+    ``keystore.passphrase`` of ``agent_properties``. The password is added to ``no_log_values`` (the module's),
+    so that Ansible masks it wherever it would appear."""
+    password = params["keystore_password"]
+    if password is None:
+        password = password_from_agent_properties(params["agent_properties"])
+    if password:
+        no_log_values.add(password)
+    return KeystoreTarget(params["keystore"], password, store_type, create, params["keytool"])
+
+
+def read_certificate_option(params: dict):
+    """The bytes of the certificate given by the ``content`` (PEM text or base64 body) or ``src`` (a file on the
+    host that runs the module) option; None when neither is given."""
+    if params.get("content") is not None:
+        return params["content"]
+    if params.get("src") is None:
+        return None
+    try:
+        with open(params["src"], "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise DirectDownloadError("cannot read the certificate file %s: %s" % (params["src"], exc.strerror or exc),
+                                  path=params["src"]) from exc
 
 
 class _DirectoryLock:

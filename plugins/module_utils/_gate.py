@@ -43,13 +43,14 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
     human_size,
     printable,
 )
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import FORMATS
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
 
-ALLOWED_FORMATS = ("qcow2", "raw", "iso")
+ALLOWED_FORMATS = FORMATS  # the one table, _formats.py
 
 # Defaults of the caps (module options max_size, max_virtual_size, max_expansion, allow_encrypted).
 DEFAULT_MAX_VIRTUAL_SIZE = 16 * TiB

@@ -221,7 +221,7 @@ def probe_plain(url, open_plain, image_format=None, read_header=True):
     except InvalidInput:
         raise
     except DirectDownloadError as exc:
-        return _unreachable(url, exc.msg, status=exc.details.get("status"), retryable=exc.retryable)
+        return _unreachable(url, exc.msg, status=exc.details.get("status"), retry_elsewhere=exc.retry_elsewhere)
     result = {
         "reachable": True,
         "url": redact_url(url),

@@ -54,11 +54,11 @@ import os
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._settings import DEFAULT_REGISTRY_PATH
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
 
 SCHEMA_VERSION = 1
-DEFAULT_REGISTRY_PATH = "~/.local/state/directdownload/registry.json"
 MASK = "********"
 
 FILE_MODE = 0o600
@@ -79,12 +79,19 @@ DEFAULT_CLAIM_TTL = 3 * 3600
 class RegistryError(DirectDownloadError):
     """The registry file cannot be used: unreadable, corrupt, newer schema, not writable. Never retryable."""
 
-    retryable = False
+    retry_here = False
+    retry_elsewhere = False
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Paths, time
 # --------------------------------------------------------------------------------------------------------------
+
+def registry_argument_spec() -> dict:
+    """The ``registry`` option of every registry module; documented once in the doc fragment
+    ``directdownload.kvm._registry`` (keep both in step)."""
+    return {"registry": dict(type="path", default=DEFAULT_REGISTRY_PATH)}
+
 
 def default_registry_path():
     """The documented default, expanded for the user running the module (on the host that runs it)."""
@@ -325,6 +332,14 @@ class Registry:
                                 path=self.path, errno=exc.errno) from exc
         _fsync_directory(self.directory)
 
+    def apply(self, change, check_mode=False):
+        """``change(doc)`` in one transaction, or on a read copy that is never written (``check_mode``: what would
+        happen). Returns what ``change`` returns. The one place where check mode meets the registry."""
+        if check_mode:
+            return change(self.read())
+        with self.transaction() as doc:
+            return change(doc)
+
     @contextlib.contextmanager
     def transaction(self):
         """Exclusive read-modify-write. Yields the document; writes it back atomically when the block ends without
@@ -474,7 +489,7 @@ def record_copy(doc, record, now=None):
     ``Ready`` and download_state ``DOWNLOADED`` unless given. Returns ``(before, after)``."""
     for key in ("template_id", "host", "pool"):
         if not record.get(key):
-            raise ValueError("a copy needs %s" % key)
+            raise InvalidInput("a copy needs %s" % key)
     new = copy.deepcopy(record)
     new["shared"] = bool(new.get("shared"))
     new.setdefault("state", "Ready")
@@ -617,11 +632,11 @@ def set_certificate_host_status(doc, alias, host, status, details=None, now=None
     """Record the outcome for ``host``: UPLOADED, FAILED, REVOKED or SKIPPED, with details and a timestamp.
     The timestamp is refreshed only when the status or details change. Returns ``(before, after)``."""
     if status not in CERTIFICATE_HOST_STATUSES:
-        raise ValueError("certificate host status must be one of %s, got %r" % (", ".join(CERTIFICATE_HOST_STATUSES),
+        raise InvalidInput("certificate host status must be one of %s, got %r" % (", ".join(CERTIFICATE_HOST_STATUSES),
                                                                                 status))
     record = doc["certificates"].get(alias)
     if record is None:
-        raise KeyError("no certificate with alias %r in the registry" % alias)
+        raise InvalidInput("no certificate with alias %r in the registry" % alias, alias=alias)
     hosts = record.setdefault("hosts", {})
     current = hosts.get(host)
     before = copy.deepcopy(current) if current is not None else None

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import FORMATS, canonical_format
 # The HTTP source's header rules, so that registration refuses exactly what a download would refuse.
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import _check_headers as check_headers
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
@@ -36,7 +37,6 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     redact_url,
 )
 
-FORMATS = ("qcow2", "raw", "iso")
 TYPES = ("template", "iso")
 HYPERVISORS = ("kvm",)
 
@@ -86,8 +86,8 @@ def validate_hypervisor(hypervisor, direct_download=True):
 def validate_format_and_type(image_format, template_type=None):
     """Returns ``(format, type)``. An ISO is registered with type ``iso`` and format ``iso`` (registerIso); a disk
     image with type ``template``. ``type`` defaults from the format."""
-    fmt = (image_format or "").strip().lower()
-    if fmt not in FORMATS:
+    fmt = canonical_format(image_format)
+    if fmt is None:
         raise InvalidInput("format must be one of %s, got %r" % (", ".join(FORMATS), image_format))
     kind = (template_type or ("iso" if fmt == "iso" else "template")).strip().lower()
     if kind not in TYPES:

@@ -11,6 +11,8 @@ import posixpath
 import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
+
 SUPPORTED_SCHEMES = ("http", "https", "nfs")
 METALINK_SUFFIXES = (".metalink", ".meta4")
 METALINK_CONTENT_TYPES = ("application/metalink4+xml", "application/metalink+xml")
@@ -145,13 +147,13 @@ def is_metalink_answer(final_url, content_type):
 
 
 def safe_file_name(name):
-    """Return ``name`` if it is a plain file name that cannot escape a directory, else raise ValueError.
+    """Return ``name`` if it is a plain file name that cannot escape a directory, else raise InvalidInput.
 
     Names from URLs and metalink documents are never used as paths: no separators, no ``..``, no drive letters,
     no leading dot (hidden names are ours: ``.name.part``).
     """
     if not name or not _SAFE_NAME.match(name) or ".." in name:
-        raise ValueError("unsafe file name %r: use letters, digits, '.', '_', '+', '-' and no leading dot" % (name,))
+        raise InvalidInput("unsafe file name %r: use letters, digits, '.', '_', '+', '-' and no leading dot" % (name,))
     return name
 
 

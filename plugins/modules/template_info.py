@@ -21,14 +21,10 @@ author:
 extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_registry
+  - directdownload.kvm._registry
   - directdownload.kvm._attributes.info_module
   - directdownload.kvm._attributes.idempotent_not_modify_state
 options:
-  registry:
-    description:
-      - Path of the registry file on the host that runs the module.
-    type: path
-    default: ~/.local/state/directdownload/registry.json
   name:
     description:
       - Only this template (and its copies).
@@ -122,61 +118,51 @@ schema_version:
   description: The schema version of the registry document.
   returned: always
   type: int
+retry_here:
+  description:
+    - On failure, whether running the task again on this host, later, may succeed (V(true) for a timeout or an HTTP
+      503; V(false) for a bad option, an HTTP 404, an untrusted certificate, a checksum mismatch, a refused image).
+    - Every module fails with the same keys, RV(msg), RV(retry_here), RV(retry_elsewhere) and the details of the error.
+  returned: failure
+  type: bool
+  sample: false
+retry_elsewhere:
+  description:
+    - On failure, whether another host or mirror may succeed (V(true) for a transport failure or an untrusted
+      certificate, which another host may trust; V(false) for a bad option, a checksum mismatch or an image refused
+      by policy, which every host would meet). The C(deploy) role stops trying hosts when it is V(false).
+  returned: failure
+  type: bool
+  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.directdownload.kvm.plugins.module_utils import _records
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
-
-
-def collect(doc, params):
-    """The filtered view of ``doc`` that the module returns."""
-    show = (lambda record: record) if params["reveal_secrets"] else reg.public_template
-    templates = [t for t in reg.list_templates(doc, name=params["name"])
-                 if params["template_id"] in (None, t.get("id"))]
-    template_ids = None
-    if params["name"] is not None or params["template_id"] is not None:
-        template_ids = {t["id"] for t in templates}
-        if params["template_id"] is not None:
-            template_ids.add(params["template_id"])
-    copies = [c for c in reg.list_copies(doc, host=params["host"], pool=params["pool"])
-              if template_ids is None or c.get("template_id") in template_ids]
-    claims = [dict(c) for c in doc["claims"]
-              if (template_ids is None or c.get("template_id") in template_ids)
-              and params["pool"] in (None, c.get("pool")) and params["host"] in (None, c.get("host"))]
-    result = {
-        "templates": [show(t) for t in templates],
-        "copies": copies,
-        "claims": claims,
-        "certificates": [dict(c, fingerprint=c.get("fingerprint_sha256"))
-                         for c in reg.list_certificates(doc, alias=params["alias"], host=params["host"])],
-        "schema_version": doc["schema_version"],
-    }
-    if (params["name"] is not None or params["template_id"] is not None) and len(templates) == 1:
-        result["template"] = show(templates[0])
-    return result
+from ansible_collections.directdownload.kvm.plugins.module_utils._module import failures
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            registry=dict(type="path", default=reg.DEFAULT_REGISTRY_PATH),
             name=dict(type="str"),
             template_id=dict(type="str"),
             host=dict(type="str"),
             pool=dict(type="str"),
             alias=dict(type="str"),
             reveal_secrets=dict(type="bool", default=False),
+            **reg.registry_argument_spec()
         ),
         supports_check_mode=True,
     )
-    registry = reg.Registry(module.params["registry"])
-    try:
-        result = collect(registry.read(), module.params)
-    except DirectDownloadError as exc:
-        module.fail_json(msg=exc.msg, registry=registry.path)
-    module.exit_json(changed=False, registry=registry.path, exists=registry.exists(), **result)
+    params = module.params
+    registry = reg.Registry(params["registry"])
+    with failures(module, registry=registry.path):
+        result = _records.select(registry.read(), name=params["name"], template_id=params["template_id"],
+                                 host=params["host"], pool=params["pool"], alias=params["alias"],
+                                 reveal_secrets=params["reveal_secrets"])
+        module.exit_json(changed=False, registry=registry.path, exists=registry.exists(), **result)
 
 
 if __name__ == "__main__":

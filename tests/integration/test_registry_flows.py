@@ -685,7 +685,7 @@ def test_deploy_checksum_mismatch_stops_without_rotation(run_playbook, tmp_path,
     run = deploy(run_playbook, inv, registry, extra_args=["--limit", "kvm1"], expect_rc=2)
     attempts = download_attempts(run)
     assert [a["tried_on"] for a in attempts] == ["kvm1"], "a checksum mismatch is not retried on other hosts"
-    assert attempts[0]["retryable"] is False
+    assert attempts[0]["retry_elsewhere"] is False and attempts[0]["retry_here"] is False
     [row] = run.report
     assert row["status"] == "failed"
     assert "after trying kvm1 (stopped: the error is not retryable on another host)" in row["error"]
