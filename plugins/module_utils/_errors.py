@@ -90,9 +90,8 @@ def human_size(count: int) -> str:
     return "%.1f TiB" % value
 
 
-class InvalidInput(DirectDownloadError, ValueError):
-    """A bad option value (checksum form, URL scheme, alias, file name, agent settings file ...). Retryable nowhere.
-    Also a ValueError, so that a parser's ``except ValueError`` around a validation keeps working."""
+class InvalidInput(DirectDownloadError):
+    """A bad option value (checksum form, URL scheme, alias, file name, agent settings file ...). Retryable nowhere."""
 
     retry_here = False
     retry_elsewhere = False

@@ -3,7 +3,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 #
 # Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
-"""The image formats the collection installs, and the one place where a ``format`` value is read.
+"""The image formats the collection installs and the one place where a ``format`` value is read; the compression
+names, suffixes and magic numbers; the signatures of the formats. One table each, used by probing (``_probe``),
+installing (``_install``) and the safety gate (``_gate``).
 
 CloudStack writes formats in upper case (``QCOW2``, ``RAW``, ``ISO``); Ansible users write ``qcow2``. Every module,
 role and playbook accepts both: a module passes its ``format`` option through :func:`canonical_format` (the
@@ -17,6 +19,36 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
 
 # The formats that direct download to KVM installs (the safety gate refuses every other one).
 FORMATS = ("qcow2", "raw", "iso")
+
+# Signatures of the formats: the qcow2 magic at byte 0; an ISO 9660 primary/supplementary/terminator volume
+# descriptor sits at sectors 16-18 ("CD001" at byte 1 of each).
+QCOW2_MAGIC = b"QFI\xfb"
+ISO_MAGIC = b"CD001"
+ISO_OFFSETS = (32769, 34817, 36865)
+
+# Compressions, detected by content (never by name), and the URL suffixes that name them.
+COMPRESSIONS = ("gzip", "bzip2", "xz", "zip", "zstd")
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+COMPRESSION_MAGICS = (
+    ((b"\x1f\x8b", "gzip"),)
+    + tuple((b"BZh%d" % level, "bzip2") for level in range(1, 10))
+    + (
+        (b"\xfd7zXZ\x00", "xz"),
+        (b"PK\x03\x04", "zip"),
+        (b"PK\x05\x06", "zip"),  # an empty archive: extraction then says it has no file member
+        (ZSTD_MAGIC, "zstd"),
+    )
+)
+# The magic each member of a concatenated stream starts with (gzip, bzip2 and xz allow several members).
+STREAM_MAGICS = {kind: tuple(magic for magic, name in COMPRESSION_MAGICS if name == kind)
+                 for kind in ("gzip", "bzip2", "xz")}
+
+
+def compression_from_head(head: bytes) -> str | None:
+    """``gzip|bzip2|xz|zip|zstd`` from the first bytes of a stream, or None. ``url_check`` uses it on the head of a
+    remote file, ``_install.detect_compression`` on a file."""
+    return next((name for magic, name in COMPRESSION_MAGICS if head.startswith(magic)), None)
 
 
 def canonical_format(value: str | None, name: str = "format") -> str | None:
@@ -35,4 +67,5 @@ def canonical_format(value: str | None, name: str = "format") -> str | None:
     return text
 
 
-__all__ = ["FORMATS", "canonical_format"]
+__all__ = ["COMPRESSIONS", "COMPRESSION_MAGICS", "COMPRESSION_SUFFIXES", "FORMATS", "ISO_MAGIC", "ISO_OFFSETS",
+           "QCOW2_MAGIC", "STREAM_MAGICS", "ZSTD_MAGIC", "canonical_format", "compression_from_head"]

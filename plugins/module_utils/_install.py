@@ -38,11 +38,17 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
     NotEnoughSpace,
     human_size,
 )
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import (  # pylint: disable=unused-import
+    ISO_MAGIC,
+    ISO_OFFSETS,
+    QCOW2_MAGIC,
+    STREAM_MAGICS,
+    ZSTD_MAGIC,
+    compression_from_head,  # re-exported: callers know it from here
+)
 # The gate's names, re-exported for the callers that know them from here.
 from ansible_collections.directdownload.kvm.plugins.module_utils._gate import (  # pylint: disable=unused-import
     ALLOWED_FORMATS,
-    ISO_OFFSETS,
-    QCOW2_MAGIC,
     QEMU_IMG_TIMEOUT,
     ImageInfo,
     check_policy,
@@ -73,14 +79,6 @@ _READ_CHUNK = 256 * 1024
 XZ_MEMORY_LIMIT = 512 * 1024 * 1024
 ZSTD_MAX_WINDOW = 128 * 1024 * 1024
 
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_MAGICS = (
-    (b"\x1f\x8b", "gzip"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"PK\x03\x04", "zip"),
-    (b"PK\x05\x06", "zip"),  # an empty archive: extract() then says it has no file member
-    (_ZSTD_MAGIC, "zstd"),
-)
 
 
 # ---------------------------------------------------------------- sizes and free space
@@ -117,17 +115,9 @@ def is_iso(path):
     with open(path, "rb") as handle:
         for offset in ISO_OFFSETS:
             handle.seek(offset)
-            if handle.read(5) == b"CD001":
+            if handle.read(len(ISO_MAGIC)) == ISO_MAGIC:
                 return True
     return False
-
-
-def compression_from_head(head):
-    """``gzip|bzip2|xz|zip|zstd`` from the first bytes of a stream, or None. ``url_check`` uses it on the head of a
-    remote file; :func:`detect_compression` on a file."""
-    if head[:3] == b"BZh" and head[3:4].isdigit() and head[3:4] != b"0":
-        return "bzip2"
-    return next((name for magic, name in _MAGICS if head.startswith(magic)), None)
 
 
 def detect_compression(path):
@@ -231,7 +221,7 @@ def _zstd_frame_sizes(path):
         handle.seek(0)
         while pos < end:
             magic = handle.read(4)
-            if magic == _ZSTD_MAGIC:
+            if magic == ZSTD_MAGIC:
                 descriptor = handle.read(1)
                 if not descriptor:
                     break
@@ -289,8 +279,6 @@ def extracting_path(final_path):
     return os.path.join(directory, ".%s.extracting" % name)
 
 
-_STREAM_MAGICS = {"gzip": (b"\x1f\x8b",), "bzip2": tuple(b"BZh%d" % level for level in range(1, 10)),
-                  "xz": (b"\xfd7zXZ\x00",)}
 
 
 def _trailing(path, kind, offset, detail):
@@ -352,7 +340,7 @@ class _StreamReader:
         if not self._input:
             self._done = True
             return
-        if not self._input.startswith(_STREAM_MAGICS[self._kind]):
+        if not self._input.startswith(STREAM_MAGICS[self._kind]):
             raise _trailing(self._path, self._kind, self._handle.tell() - len(self._input), "bytes that are not %s"
                             % self._kind)
         self._decompressor = self._new()

@@ -286,7 +286,7 @@ def parse_metalink(data, name=None, location_preference=(), max_size=DEFAULT_MAX
     file_name = element.get("name")
     try:
         safe_file_name(file_name)
-    except ValueError as exc:
+    except InvalidInput as exc:
         raise InvalidInput("the metalink file name is refused: %s" % exc, name=_shorten(file_name or "", 80)) from exc
     parse = _parse_v4_file if version == 4 else _parse_v3_file
     size, hashes, pieces, urls = parse(element, notes)

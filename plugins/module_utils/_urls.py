@@ -12,11 +12,11 @@ import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import COMPRESSION_SUFFIXES
 
 SUPPORTED_SCHEMES = ("http", "https", "nfs")
 METALINK_SUFFIXES = (".metalink", ".meta4")
 METALINK_CONTENT_TYPES = ("application/metalink4+xml", "application/metalink+xml")
-COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 

@@ -35,11 +35,6 @@ def test_an_instance_narrows_its_scope_and_the_alias_follows():
     assert _errors.SourceError("x").retry_here is True, "an instance's change stays on the instance"
 
 
-def test_invalid_input_is_also_a_value_error():
-    with pytest.raises(ValueError):
-        raise _errors.InvalidInput("bad")
-
-
 def test_messages_and_details_are_escaped():
     error = _errors.DirectDownloadError("line\nforged", name="a\x1bb")
     assert error.msg == "line\\nforged" and error.details["name"] == "a\\x1bb"
