@@ -52,6 +52,7 @@ import glob
 import json
 import os
 import uuid
+from typing import Any, Callable
 from datetime import datetime, timedelta, timezone
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
@@ -93,25 +94,25 @@ def registry_argument_spec() -> dict:
     return {"registry": dict(type="path", default=DEFAULT_REGISTRY_PATH)}
 
 
-def default_registry_path():
+def default_registry_path() -> str:
     """The documented default, expanded for the user running the module (on the host that runs it)."""
     return os.path.expanduser(DEFAULT_REGISTRY_PATH)
 
 
-def resolve_path(path=None):
+def resolve_path(path: str | None = None) -> str:
     return os.path.abspath(os.path.expanduser(path or DEFAULT_REGISTRY_PATH))
 
 
-def utc_now():
+def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def timestamp(when=None):
+def timestamp(when: datetime | None = None) -> str:
     """``2025-01-31T12:00:00Z``: second precision, UTC, sortable as text."""
     return (when or utc_now()).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_timestamp(text):
+def parse_timestamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
@@ -119,11 +120,11 @@ def parse_timestamp(text):
 # The document
 # --------------------------------------------------------------------------------------------------------------
 
-def empty_document():
+def empty_document() -> dict:
     return {"schema_version": SCHEMA_VERSION, "templates": {}, "copies": [], "certificates": {}, "claims": []}
 
 
-def serialize(doc):
+def serialize(doc: dict) -> str:
     """Stable text: sorted keys, 2-space indent, trailing newline. Copies and claims are kept sorted."""
     return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -159,7 +160,7 @@ def _claim_sort_key(record):
     return (str(record.get("template_id", "")), str(record.get("pool", "")), str(record.get("host", "")))
 
 
-def normalize(doc):
+def normalize(doc: dict) -> dict:
     """Fill missing tables and template defaults, sort the lists. Returns ``doc`` (modified in place)."""
     for table, kind in TABLES.items():
         if doc.get(table) is None:
@@ -173,7 +174,7 @@ def normalize(doc):
     return doc
 
 
-def load_document(text, path="<registry>"):
+def load_document(text: str, path: str = "<registry>") -> dict:
     """Parse, check and migrate a registry document. Raises RegistryError with the reason and the path."""
     if not text.strip():
         raise RegistryError(
@@ -257,7 +258,7 @@ class Registry:
         self.lock_path = self.path + ".lock"
         self.directory = os.path.dirname(self.path)
 
-    def exists(self):
+    def exists(self) -> bool:
         return os.path.exists(self.path)
 
     def _read_text(self):
@@ -273,7 +274,7 @@ class Registry:
             raise RegistryError("cannot read the registry %s: %s" % (self.path, exc.strerror or exc),
                                 path=self.path) from exc
 
-    def read(self):
+    def read(self) -> dict:
         """The current document (migrated in memory); an empty document when the file does not exist yet."""
         text = self._read_text()
         if text is None:
@@ -332,7 +333,7 @@ class Registry:
                                 path=self.path, errno=exc.errno) from exc
         _fsync_directory(self.directory)
 
-    def apply(self, change, check_mode=False):
+    def apply(self, change: Callable[[dict], Any], check_mode: bool = False) -> Any:
         """``change(doc)`` in one transaction, or on a read copy that is never written (``check_mode``: what would
         happen). Returns what ``change`` returns. The one place where check mode meets the registry."""
         if check_mode:
@@ -380,7 +381,7 @@ def _fsync_directory(directory):
 # Secrets in output
 # --------------------------------------------------------------------------------------------------------------
 
-def mask_headers(headers, previous=None):
+def mask_headers(headers: dict | None, previous: dict | None = None) -> dict | None:
     """Header names with masked values. With ``previous`` (the other side of a diff), a value that differs is
     shown as ``******** (changed)`` so that a diff still tells that a secret changed, without showing it."""
     masked = {}
@@ -392,7 +393,7 @@ def mask_headers(headers, previous=None):
     return masked
 
 
-def public_template(record, previous=None):
+def public_template(record: dict | None, previous: dict | None = None) -> dict | None:
     """A template record fit for module output and diffs: header values masked, URL credentials and query values
     redacted. ``previous`` is the other side of a diff (see :func:`mask_headers`)."""
     if record is None:
@@ -409,7 +410,7 @@ def public_template(record, previous=None):
 # Templates
 # --------------------------------------------------------------------------------------------------------------
 
-def get_template(doc, name=None, template_id=None):
+def get_template(doc: dict, name: str | None = None, template_id: str | None = None) -> dict | None:
     """A template by name, or by id. Returns the stored record (a live reference into ``doc``) or None."""
     templates = doc["templates"]
     if name is not None:
@@ -425,7 +426,7 @@ def get_template(doc, name=None, template_id=None):
     return None
 
 
-def upsert_template(doc, record, now=None):
+def upsert_template(doc: dict, record: dict, now: datetime | None = None) -> tuple:
     """Insert or replace the template named ``record['name']``.
 
     The id and ``created_at`` of an existing record are kept; a new record gets a UUID4 unless ``record`` has an
@@ -451,7 +452,7 @@ def upsert_template(doc, record, now=None):
     return before, copy.deepcopy(new)
 
 
-def remove_template(doc, name=None, template_id=None):
+def remove_template(doc: dict, name: str | None = None, template_id: str | None = None) -> dict | None:
     """Remove a template (its copies and claims are left alone: see :func:`remove_copies_of`). Returns it or None."""
     record = get_template(doc, name=name, template_id=template_id)
     if record is None:
@@ -460,7 +461,7 @@ def remove_template(doc, name=None, template_id=None):
     return record
 
 
-def list_templates(doc, name=None):
+def list_templates(doc: dict, name: str | None = None) -> list:
     return [copy.deepcopy(doc["templates"][key]) for key in sorted(doc["templates"]) if name in (None, key)]
 
 
@@ -474,7 +475,7 @@ def _copy_matches(record, template_id, host, pool):
     return bool(record.get("shared")) or host is None or record.get("host") == host
 
 
-def find_copy(doc, template_id, host, pool):
+def find_copy(doc: dict, template_id: str, host: str, pool: str) -> dict | None:
     """The copy of ``template_id`` on ``pool`` as seen from ``host``: the host's own copy on a host-local pool, or
     the copy on a shared pool whoever downloaded it. ``host=None`` matches any host. Live reference or None."""
     for record in doc["copies"]:
@@ -483,7 +484,7 @@ def find_copy(doc, template_id, host, pool):
     return None
 
 
-def record_copy(doc, record, now=None):
+def record_copy(doc: dict, record: dict, now: datetime | None = None) -> tuple:
     """Insert or replace a copy; ``record`` needs template_id, host, pool (and usually install_path, size,
     virtual_size, checksum, format, shared). ``downloaded_at`` defaults to now for a new or changed copy; state is
     ``Ready`` and download_state ``DOWNLOADED`` unless given. Returns ``(before, after)``."""
@@ -512,7 +513,7 @@ def record_copy(doc, record, now=None):
     return before, copy.deepcopy(new)
 
 
-def remove_copy(doc, template_id, host, pool):
+def remove_copy(doc: dict, template_id: str, host: str, pool: str) -> dict | None:
     """Remove the copy :func:`find_copy` returns. Returns the removed record or None."""
     record = find_copy(doc, template_id, host, pool)
     if record is not None:
@@ -520,7 +521,7 @@ def remove_copy(doc, template_id, host, pool):
     return record
 
 
-def remove_copies_of(doc, template_id):
+def remove_copies_of(doc: dict, template_id: str) -> list:
     """Remove every copy and claim of a template (unregister with purge). Returns the removed copies."""
     removed = [r for r in doc["copies"] if r.get("template_id") == template_id]
     doc["copies"] = [r for r in doc["copies"] if r.get("template_id") != template_id]
@@ -528,7 +529,7 @@ def remove_copies_of(doc, template_id):
     return removed
 
 
-def list_copies(doc, template_id=None, host=None, pool=None):
+def list_copies(doc: dict, template_id: str | None = None, host: str | None = None, pool: str | None = None) -> list:
     """Copies filtered by template id, host (the ``host`` field as recorded) and pool; sorted."""
     return [copy.deepcopy(r) for r in doc["copies"]
             if template_id in (None, r.get("template_id")) and host in (None, r.get("host"))
@@ -587,7 +588,7 @@ def claim_copy(doc, template_id, host, pool, shared=False, holder=None, ttl=DEFA
     return "granted", copy.deepcopy(claim)
 
 
-def release_claim(doc, token):
+def release_claim(doc: dict, token: str) -> dict | None:
     """Drop the claim with ``token``. Returns it, or None when there was none (already released or expired)."""
     for record in doc["claims"]:
         if record.get("token") == token:
@@ -600,7 +601,7 @@ def release_claim(doc, token):
 # Certificates and their per-host status
 # --------------------------------------------------------------------------------------------------------------
 
-def get_certificate(doc, alias):
+def get_certificate(doc: dict, alias: str) -> dict | None:
     return doc["certificates"].get(alias)
 
 
@@ -628,7 +629,8 @@ def upsert_certificate(doc, alias, pem, now=None, **metadata):
     return before, copy.deepcopy(new)
 
 
-def set_certificate_host_status(doc, alias, host, status, details=None, now=None):
+def set_certificate_host_status(doc: dict, alias: str, host: str, status: str, details: str | None = None,
+                                now: datetime | None = None) -> tuple:
     """Record the outcome for ``host``: UPLOADED, FAILED, REVOKED or SKIPPED, with details and a timestamp.
     The timestamp is refreshed only when the status or details change. Returns ``(before, after)``."""
     if status not in CERTIFICATE_HOST_STATUSES:
@@ -646,11 +648,11 @@ def set_certificate_host_status(doc, alias, host, status, details=None, now=None
     return before, copy.deepcopy(hosts[host])
 
 
-def remove_certificate(doc, alias):
+def remove_certificate(doc: dict, alias: str) -> dict | None:
     return doc["certificates"].pop(alias, None)
 
 
-def list_certificates(doc, alias=None, host=None):
+def list_certificates(doc: dict, alias: str | None = None, host: str | None = None) -> list:
     """Certificates sorted by alias; with ``host``, only those with a status for that host, and only that host's
     status in ``hosts``."""
     found = []
