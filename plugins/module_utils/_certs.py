@@ -650,6 +650,17 @@ def keystore_target(params: dict, no_log_values: set, store_type: str = "auto", 
     return KeystoreTarget(params["keystore"], password, store_type, create, params["keytool"])
 
 
+def certificate_source_argument_spec() -> dict:
+    """The options that give one certificate (``alias``, ``content``, ``src``, ``state``) to ``certificate`` and
+    ``certificate_registry``; read with :func:`read_certificate_option`. ``content`` and ``src`` exclude each other."""
+    return dict(
+        alias=dict(type="str", required=True),
+        content=dict(type="str"),
+        src=dict(type="path"),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+    )
+
+
 def read_certificate_option(params: dict) -> str | bytes | None:
     """The bytes of the certificate given by the ``content`` (PEM text or base64 body) or ``src`` (a file on the
     host that runs the module) option; None when neither is given."""

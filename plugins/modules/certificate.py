@@ -42,6 +42,7 @@ extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_certificates
   - directdownload.kvm._keystore
+  - directdownload.kvm._failure
 attributes:
   check_mode:
     support: full
@@ -234,22 +235,6 @@ is_ca:
   returned: when O(state=present), or O(state=absent) with a certificate given
   type: bool
   sample: true
-retry_here:
-  description:
-    - On failure, whether running the task again on this host, later, may succeed (V(true) for a timeout or an HTTP
-      503; V(false) for a bad option, an HTTP 404, an untrusted certificate, a checksum mismatch, a refused image).
-    - Every module fails with the same keys, RV(msg), RV(retry_here), RV(retry_elsewhere) and the details of the error.
-  returned: failure
-  type: bool
-  sample: false
-retry_elsewhere:
-  description:
-    - On failure, whether another host or mirror may succeed (V(true) for a transport failure or an untrusted
-      certificate, which another host may trust; V(false) for a bad option, a checksum mismatch or an image refused
-      by policy, which every host would meet). The C(deploy) role stops trying hosts when it is V(false).
-  returned: failure
-  type: bool
-  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -281,10 +266,7 @@ def certificate_output(result, keystore, trust_dir, cert, diff):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            alias=dict(type="str", required=True),
-            content=dict(type="str"),
-            src=dict(type="path"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
+            **_certs.certificate_source_argument_spec(),
             keystore_type=dict(type="str", default="auto", choices=["auto", "JKS", "PKCS12"]),
             create_keystore=dict(type="bool", default=False),
             manage_keystore=dict(type="bool", default=True),

@@ -27,6 +27,7 @@ extends_documentation_fragment:
   - directdownload.kvm._keystore
   - directdownload.kvm._attributes.info_module
   - directdownload.kvm._attributes.idempotent_not_modify_state
+  - directdownload.kvm._failure
 requirements:
   - Python C(cryptography) on the KVM host.
   - C(keytool) from a Java runtime when O(include_keystore=true) and the keystore exists.
@@ -196,22 +197,6 @@ expiring_soon:
   type: list
   elements: str
   sample: [mirror-ca]
-retry_here:
-  description:
-    - On failure, whether running the task again on this host, later, may succeed (V(true) for a timeout or an HTTP
-      503; V(false) for a bad option, an HTTP 404, an untrusted certificate, a checksum mismatch, a refused image).
-    - Every module fails with the same keys, RV(msg), RV(retry_here), RV(retry_elsewhere) and the details of the error.
-  returned: failure
-  type: bool
-  sample: false
-retry_elsewhere:
-  description:
-    - On failure, whether another host or mirror may succeed (V(true) for a transport failure or an untrusted
-      certificate, which another host may trust; V(false) for a bad option, a checksum mismatch or an image refused
-      by policy, which every host would meet). The C(deploy) role stops trying hosts when it is V(false).
-  returned: failure
-  type: bool
-  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib

@@ -30,6 +30,7 @@ extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_registry
   - directdownload.kvm._registry
+  - directdownload.kvm._failure
 attributes:
   check_mode:
     support: full
@@ -185,22 +186,6 @@ registry:
   returned: always
   type: str
   sample: /root/.local/state/directdownload/registry.json
-retry_here:
-  description:
-    - On failure, whether running the task again on this host, later, may succeed (V(true) for a timeout or an HTTP
-      503; V(false) for a bad option, an HTTP 404, an untrusted certificate, a checksum mismatch, a refused image).
-    - Every module fails with the same keys, RV(msg), RV(retry_here), RV(retry_elsewhere) and the details of the error.
-  returned: failure
-  type: bool
-  sample: false
-retry_elsewhere:
-  description:
-    - On failure, whether another host or mirror may succeed (V(true) for a transport failure or an untrusted
-      certificate, which another host may trust; V(false) for a bad option, a checksum mismatch or an image refused
-      by policy, which every host would meet). The C(deploy) role stops trying hosts when it is V(false).
-  returned: failure
-  type: bool
-  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -226,10 +211,7 @@ def certificate_result(params, registry_path, before, after, diff):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            alias=dict(type="str", required=True),
-            content=dict(type="str"),
-            src=dict(type="path"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
+            **_certs.certificate_source_argument_spec(),
             host=dict(type="str"),
             status=dict(type="str", choices=list(_registry.CERTIFICATE_HOST_STATUSES)),
             details=dict(type="str"),

@@ -32,6 +32,7 @@ extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_registry
   - directdownload.kvm._registry
+  - directdownload.kvm._failure
 attributes:
   check_mode:
     support: full
@@ -230,22 +231,6 @@ registry:
   returned: always
   type: str
   sample: /home/ops/.local/state/directdownload/registry.json
-retry_here:
-  description:
-    - On failure, whether running the task again on this host, later, may succeed (V(true) for a timeout or an HTTP
-      503; V(false) for a bad option, an HTTP 404, an untrusted certificate, a checksum mismatch, a refused image).
-    - Every module fails with the same keys, RV(msg), RV(retry_here), RV(retry_elsewhere) and the details of the error.
-  returned: failure
-  type: bool
-  sample: false
-retry_elsewhere:
-  description:
-    - On failure, whether another host or mirror may succeed (V(true) for a transport failure or an untrusted
-      certificate, which another host may trust; V(false) for a bad option, a checksum mismatch or an image refused
-      by policy, which every host would meet). The C(deploy) role stops trying hosts when it is V(false).
-  returned: failure
-  type: bool
-  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule

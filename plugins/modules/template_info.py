@@ -24,6 +24,7 @@ extends_documentation_fragment:
   - directdownload.kvm._registry
   - directdownload.kvm._attributes.info_module
   - directdownload.kvm._attributes.idempotent_not_modify_state
+  - directdownload.kvm._failure
 options:
   name:
     description:
@@ -118,22 +119,6 @@ schema_version:
   description: The schema version of the registry document.
   returned: always
   type: int
-retry_here:
-  description:
-    - On failure, whether running the task again on this host, later, may succeed (V(true) for a timeout or an HTTP
-      503; V(false) for a bad option, an HTTP 404, an untrusted certificate, a checksum mismatch, a refused image).
-    - Every module fails with the same keys, RV(msg), RV(retry_here), RV(retry_elsewhere) and the details of the error.
-  returned: failure
-  type: bool
-  sample: false
-retry_elsewhere:
-  description:
-    - On failure, whether another host or mirror may succeed (V(true) for a transport failure or an untrusted
-      certificate, which another host may trust; V(false) for a bad option, a checksum mismatch or an image refused
-      by policy, which every host would meet). The C(deploy) role stops trying hosts when it is V(false).
-  returned: failure
-  type: bool
-  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -146,13 +131,13 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._module import 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            **reg.registry_argument_spec(),
             name=dict(type="str"),
             template_id=dict(type="str"),
             host=dict(type="str"),
             pool=dict(type="str"),
             alias=dict(type="str"),
             reveal_secrets=dict(type="bool", default=False),
-            **reg.registry_argument_spec()
         ),
         supports_check_mode=True,
     )
