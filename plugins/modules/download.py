@@ -471,7 +471,8 @@ retry_here:
   description:
     - On failure, whether running the task again on this host, later, may succeed (V(true) for a timeout or an HTTP
       503; V(false) for a bad option, an HTTP 404, an untrusted certificate, a checksum mismatch, a refused image).
-    - Every module fails with the same keys, RV(msg), RV(retry_here), RV(retry_elsewhere) and the details of the error.
+    - Every module of the collection fails with the same keys, C(msg), RV(retry_here), RV(retry_elsewhere) and the
+      details of the error.
   returned: failure
   type: bool
   sample: false
