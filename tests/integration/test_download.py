@@ -226,6 +226,7 @@ def test_https_private_ca_trust_and_host_name(run_module, www, pool, qcow2_image
         assert untrusted["status"] == "failed"
         assert "certificate" in untrusted["result"]["msg"].lower()
         assert untrusted["result"]["retry_elsewhere"] is True, "another host may hold the uploaded CA"
+        assert untrusted["result"]["retry_here"] is False, "asking this host again gives the same answer"
         trusted = download(run_module, dict(args, ca_path=ca_file))
         assert trusted["status"] == "changed", trusted["result"]
     with ImageServer(www, ssl_context=ca.server_context(hostnames=("wrong.example.com",))) as wrong_host:
