@@ -16,7 +16,8 @@ description:
   - Returns one entry per item that ran (skipped items left out), in order, with C(host), C(outcome) (V(ok),
     V(failed), V(unreachable)), C(error) (the message of a failure, prefixed with C(host unreachable) for a host that could not
     be reached; for a probe that ran but could not reach the URL, its C(error)) and C(retry_elsewhere)
-    (false when the result said that no other host can succeed: its RV(directdownload.kvm.download#module:retry_elsewhere)).
+    (false when the result said that no other host can succeed, as
+    RV(directdownload.kvm.download#module:retry_elsewhere) does).
 author:
   - directdownload.kvm maintainers (@directdownload)
 positional: _input

@@ -80,7 +80,6 @@ XZ_MEMORY_LIMIT = 512 * 1024 * 1024
 ZSTD_MAX_WINDOW = 128 * 1024 * 1024
 
 
-
 # ---------------------------------------------------------------- sizes and free space
 
 def free_space(path):
@@ -277,8 +276,6 @@ def extracting_path(final_path):
     """``<dir>/.<name>.extracting``: the hidden file an extraction writes before ``install_file``."""
     directory, name = os.path.split(final_path)
     return os.path.join(directory, ".%s.extracting" % name)
-
-
 
 
 def _trailing(path, kind, offset, detail):

@@ -634,8 +634,8 @@ def set_certificate_host_status(doc: dict, alias: str, host: str, status: str, d
     """Record the outcome for ``host``: UPLOADED, FAILED, REVOKED or SKIPPED, with details and a timestamp.
     The timestamp is refreshed only when the status or details change. Returns ``(before, after)``."""
     if status not in CERTIFICATE_HOST_STATUSES:
-        raise InvalidInput("certificate host status must be one of %s, got %r" % (", ".join(CERTIFICATE_HOST_STATUSES),
-                                                                                status))
+        raise InvalidInput("certificate host status must be one of %s, got %r"
+                           % (", ".join(CERTIFICATE_HOST_STATUSES), status))
     record = doc["certificates"].get(alias)
     if record is None:
         raise InvalidInput("no certificate with alias %r in the registry" % alias, alias=alias)

@@ -216,5 +216,6 @@ def main():
             module.fail_json(msg="cannot reach %s: %s" % (redact_url(params["url"]), result["error"]), **result)
         module.exit_json(changed=False, **result)
 
+
 if __name__ == "__main__":
     main()
