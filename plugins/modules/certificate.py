@@ -42,7 +42,6 @@ extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_certificates
   - directdownload.kvm._keystore
-  - directdownload.kvm._failure
 attributes:
   check_mode:
     support: full

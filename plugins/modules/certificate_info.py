@@ -27,7 +27,6 @@ extends_documentation_fragment:
   - directdownload.kvm._keystore
   - directdownload.kvm._attributes.info_module
   - directdownload.kvm._attributes.idempotent_not_modify_state
-  - directdownload.kvm._failure
 requirements:
   - Python C(cryptography) on the KVM host.
   - C(keytool) from a Java runtime when O(include_keystore=true) and the keystore exists.

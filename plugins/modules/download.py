@@ -36,7 +36,6 @@ extends_documentation_fragment:
   - directdownload.kvm._attributes.FLOW
   - directdownload.kvm._transport
   - directdownload.kvm._limits
-  - directdownload.kvm._failure
 attributes:
   action:
     support: full

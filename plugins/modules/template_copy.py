@@ -35,7 +35,6 @@ extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_registry
   - directdownload.kvm._registry
-  - directdownload.kvm._failure
 attributes:
   check_mode:
     support: full

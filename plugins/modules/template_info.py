@@ -24,7 +24,6 @@ extends_documentation_fragment:
   - directdownload.kvm._registry
   - directdownload.kvm._attributes.info_module
   - directdownload.kvm._attributes.idempotent_not_modify_state
-  - directdownload.kvm._failure
 options:
   name:
     description:

@@ -36,7 +36,6 @@ extends_documentation_fragment:
   - directdownload.kvm._transport
   - directdownload.kvm._attributes.info_module
   - directdownload.kvm._attributes.idempotent_not_modify_state
-  - directdownload.kvm._failure
 requirements:
   - Python C(lxml) on the KVM host for Metalink URLs.
   - Python C(zstandard) to read the header of a zstd-compressed image (optional).
