@@ -187,7 +187,7 @@ class ActionModule(ActionBase):
             except AnsibleError as exc:
                 self._display.vvvv("directdownload.kvm.download: reading the progress failed: %s" % to_text(exc))
                 if time.monotonic() - last_seen > self._lease_seconds + 30:
-                    return dict(failed=True, retryable=True, ansible_job_id=job["ansible_job_id"], msg=(
+                    return dict(failed=True, retry_here=True, retry_elsewhere=True, ansible_job_id=job["ansible_job_id"], msg=(
                         "lost the host while watching the download (%s); the download stopped there within %d s, "
                         "keeping its .part: run again to resume" % (to_text(exc), self._lease_seconds)))
                 continue

@@ -4,7 +4,8 @@
 #
 # Note that this doc fragment is PRIVATE to the collection. It can have breaking changes at any time.
 # Do not use this from other collections or standalone plugins/modules!
-"""Attribute descriptions shared by every module of the collection.
+"""Attribute descriptions shared by every module of the collection, and the note on the shape of every module's
+failure (``_module.failures``; RETURN cannot come from a fragment, so ``download`` lists the keys in its RETURN).
 
 A module extends ``directdownload.kvm._attributes`` and then states, in its own ``attributes:`` block, the
 ``support`` (full, partial, none, N/A) and ``details`` of each attribute. The variants below fill in the
@@ -30,6 +31,13 @@ attributes:
     description:
       - When run twice in a row outside check mode with the same arguments, the second run reports no change.
       - This assumes that what the module manages or queries has not changed in a relevant way in between.
+notes:
+  - "On failure the module returns C(msg), the details of the error (for example C(rule), C(status), C(reason),
+    C(expected)/C(actual), C(path)) and its retry scope: C(retry_here), whether running the task again on this host,
+    later, may succeed (a timeout, an HTTP 503), and C(retry_elsewhere), whether another host or mirror may succeed
+    (an untrusted certificate: another host may trust the CA; never for a bad option, a checksum mismatch or a refused
+    image). Both are booleans set by the class of the error, the same in every module of the collection; they
+    replace C(retryable)."
 """
 
     # For modules that only read state. Use together with the standard fragment.

@@ -15,8 +15,9 @@ description:
     and M(directdownload.kvm.download).
   - Returns one entry per item that ran (skipped items left out), in order, with C(host), C(outcome) (V(ok),
     V(failed), V(unreachable)), C(error) (the message of a failure, prefixed with C(host unreachable) for a host that could not
-    be reached; for a probe that ran but could not reach the URL, its C(error)) and C(retryable)
-    (false when the result said that no other host can succeed).
+    be reached; for a probe that ran but could not reach the URL, its C(error)) and C(retry_elsewhere)
+    (false when the result said that no other host can succeed, as
+    RV(directdownload.kvm.download#module:retry_elsewhere) does).
 author:
   - directdownload.kvm maintainers (@directdownload)
 positional: _input
@@ -41,8 +42,8 @@ _value:
   type: list
   elements: dict
   sample:
-    - {host: kvm2, outcome: unreachable, error: "host unreachable: ssh: connect to host kvm2 port 22", retryable: true}
-    - {host: kvm1, outcome: ok, error: null, retryable: true}
+    - {host: kvm2, outcome: unreachable, error: "host unreachable: ssh: connect to host kvm2 port 22", retry_elsewhere: true}
+    - {host: kvm1, outcome: ok, error: null, retry_elsewhere: true}
 """
 
 from ansible.errors import AnsibleFilterError

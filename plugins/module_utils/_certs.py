@@ -32,6 +32,7 @@ import tempfile
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._settings import DEFAULT_AGENT_PROPERTIES, DEFAULT_KEYSTORE
 from ansible_collections.directdownload.kvm.plugins.module_utils._trust import certificate_files
 
 CRYPTOGRAPHY_IMP_ERR = None
@@ -84,19 +85,20 @@ _KEYTOOL_NOISE = (
 class KeystoreError(DirectDownloadError):
     """keytool failed, or the keystore is not what it should be. Another host would not fix this one."""
 
-    retryable = False
+    retry_here = False
+    retry_elsewhere = False
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Certificates
 
 
-def require_cryptography():
+def require_cryptography() -> None:
     if not HAS_CRYPTOGRAPHY:
         raise DirectDownloadError("the Python library 'cryptography' is required on this host", exception=CRYPTOGRAPHY_IMP_ERR)
 
 
-def validate_alias(alias):
+def validate_alias(alias: str) -> str:
     """Return ``alias`` if CloudStack would accept it, else raise InvalidInput saying which rule it breaks.
 
     ``cloudca`` is refused in any case (CloudStack only refuses the lower-case prefix) because Java keystore
@@ -119,13 +121,13 @@ def validate_alias(alias):
     return alias
 
 
-def canonical_alias(alias):
+def canonical_alias(alias: str) -> str:
     """The alias as the stores keep it: validated, in lower case (Java keystore aliases are case-insensitive, JKS
     stores them in lower case), so ``MyCA`` and ``myca`` are one certificate everywhere."""
     return validate_alias(alias).lower()
 
 
-def load_certificate(data):
+def load_certificate(data: str | bytes):
     """Parse one X.509 certificate from PEM, bare base64 (a PEM body without its markers, as CloudStack accepts) or DER.
 
     Raises InvalidInput when nothing parses, when the text holds several certificates (one alias, one certificate),
@@ -167,11 +169,11 @@ def load_certificate(data):
         raise InvalidInput("cannot parse the certificate: %s" % _short(exc)) from exc
 
 
-def to_pem(cert):
+def to_pem(cert) -> bytes:
     return cert.public_bytes(Encoding.PEM)
 
 
-def fingerprint(cert):
+def fingerprint(cert) -> str:
     """SHA-256 of the DER certificate as ``AB:CD:...``: the form keytool and ``openssl x509 -fingerprint`` print."""
     return ":".join("%02X" % byte for byte in bytearray(cert.fingerprint(hashes.SHA256())))
 
@@ -202,7 +204,7 @@ def _is_ca(cert):
         return False
 
 
-def describe(cert, now=None, warning_days=30):
+def describe(cert, now: datetime.datetime | None = None, warning_days: int = 30) -> dict:
     """What operators want to see about a certificate (no secret in here: it is all public).
 
     ``days_until_expiry`` counts whole days left (negative once expired); ``expiring_soon`` is true when fewer
@@ -227,7 +229,7 @@ def describe(cert, now=None, warning_days=30):
     }
 
 
-def check_validity(cert, now=None):
+def check_validity(cert, now: datetime.datetime | None = None) -> None:
     """Raise InvalidInput when ``cert`` is not valid at ``now`` (expired or not yet valid), with the dates."""
     now = now or utc_now()
     start, end = not_before(cert), not_after(cert)
@@ -241,7 +243,7 @@ def check_validity(cert, now=None):
         )
 
 
-def signing_problem(cert):
+def signing_problem(cert) -> str | None:
     """Why ``cert`` cannot sign other certificates (None when it can): basicConstraints absent or CA:FALSE, or a
     keyUsage extension without keyCertSign (RFC 5280 4.2.1.3 and 4.2.1.9)."""
     try:
@@ -259,7 +261,7 @@ def signing_problem(cert):
     return None
 
 
-def check_can_sign(cert, allow_non_ca=False):
+def check_can_sign(cert, allow_non_ca: bool = False) -> None:
     """Refuse a certificate that cannot sign (InvalidInput), unless ``allow_non_ca`` (pinning a server certificate)."""
     problem = signing_problem(cert)
     if problem and not allow_non_ca:
@@ -278,7 +280,7 @@ def _short(exc):
 # Keystore password
 
 
-def read_java_properties(path):
+def read_java_properties(path: str) -> dict:
     """Parse a Java ``.properties`` file into a dict: ``key=value``, ``key: value`` or ``key value``, ``#``/``!``
     comments, backslash line continuations and the usual escapes. Raises OSError when the file cannot be read."""
     with open(path, "r", encoding="latin-1") as handle:
@@ -331,7 +333,7 @@ def _unescape_property(text):
     return "".join(out)
 
 
-def password_from_agent_properties(path):
+def password_from_agent_properties(path: str) -> str | None:
     """``keystore.passphrase`` from the CloudStack agent properties file; None when the file or the key is missing."""
     try:
         properties = read_java_properties(path)
@@ -347,7 +349,7 @@ def password_from_agent_properties(path):
 # keytool
 
 
-def find_keytool(explicit=None):
+def find_keytool(explicit: str | None = None) -> str | None:
     """The keytool executable: ``explicit``, else PATH, else ``$JAVA_HOME/bin``, else ``/usr/lib/jvm/*/bin``.
 
     Returns None when there is none (callers turn that into an error naming the package to install).
@@ -367,7 +369,7 @@ def find_keytool(explicit=None):
     return None
 
 
-def detect_store_type(path):
+def detect_store_type(path: str) -> str | None:
     """``JKS``, ``JCEKS`` or ``PKCS12`` from the first bytes of an existing keystore; None when it does not exist.
 
     Raises KeystoreError for an empty file or one that is no keystore at all.
@@ -390,7 +392,7 @@ def detect_store_type(path):
     raise KeystoreError("%s is not a JKS or PKCS12 keystore (unknown magic bytes %s)" % (path, binascii.hexlify(head).decode()), path=path)
 
 
-def store_type_for_new(path, requested="auto"):
+def store_type_for_new(path: str, requested: str = "auto") -> str:
     """The type of a keystore we create: the requested one, else by file name (``*.jks``: JKS, as CloudStack's
     ``cloud.jks``; anything else: PKCS12, Java's default since 9)."""
     if requested and requested != "auto":
@@ -417,7 +419,7 @@ class KeystoreEntry:
         return "KeystoreEntry(%r, %s, %s)" % (self.alias, self.entry_type, self.fingerprint)
 
 
-def parse_keytool_list(output):
+def parse_keytool_list(output: str) -> list:
     """Entries of ``keytool -list -rfc`` output (English labels), in keystore order.
 
     A private key entry shows only its certificate chain: keytool never prints the key itself.
@@ -595,6 +597,55 @@ class KeystoreTarget:
                 % (self.path, found, self.store_type, found), path=self.path,
             )
         return found
+
+
+def keystore_argument_spec() -> dict:
+    """The keystore option group of ``certificate`` and ``certificate_info``; documented once in the doc fragment
+    ``directdownload.kvm._keystore`` (keep both in step). Defaults from ``_settings``."""
+    return dict(
+        keystore=dict(type="path", default=DEFAULT_KEYSTORE),
+        keystore_password=dict(type="str", no_log=True),
+        agent_properties=dict(type="path", default=DEFAULT_AGENT_PROPERTIES),
+        keytool=dict(type="path"),
+    )
+
+
+def keystore_target(params: dict, no_log_values: set, store_type: str = "auto", create: bool = False) -> KeystoreTarget:
+    """The keystore the options of :func:`keystore_argument_spec` name, with its password: the option, else
+    ``keystore.passphrase`` of ``agent_properties``. The password is added to ``no_log_values`` (the module's),
+    so that Ansible masks it wherever it would appear."""
+    password = params["keystore_password"]
+    if password is None:
+        password = password_from_agent_properties(params["agent_properties"])
+    if password:
+        no_log_values.add(password)
+    return KeystoreTarget(params["keystore"], password, store_type, create, params["keytool"])
+
+
+def certificate_source_argument_spec() -> dict:
+    """The options that give one certificate (``alias``, ``content``, ``src``, ``state``) to ``certificate`` and
+    ``certificate_registry``; read with :func:`read_certificate_option`. ``content`` and ``src`` exclude each other."""
+    return dict(
+        alias=dict(type="str", required=True),
+        content=dict(type="str"),
+        src=dict(type="path"),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+    )
+
+
+def read_certificate_option(params: dict) -> str | bytes | None:
+    """The bytes of the certificate given by the ``content`` (PEM text or base64 body) or ``src`` (a file on the
+    host that runs the module) option; None when neither is given."""
+    if params.get("content") is not None:
+        return params["content"]
+    if params.get("src") is None:
+        return None
+    try:
+        with open(params["src"], "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise DirectDownloadError("cannot read the certificate file %s: %s" % (params["src"], exc.strerror or exc),
+                                  path=params["src"]) from exc
 
 
 class _DirectoryLock:
@@ -828,8 +879,9 @@ def _trust_change(trust_dir, alias, cert, state, check_mode):
     return word, before, after
 
 
-def ensure_certificate(alias, cert, state="present", keystore=None, trust_dir=None, check_mode=False, now=None,
-                       allow_non_ca=False):
+def ensure_certificate(alias: str, cert, state: str = "present", keystore: KeystoreTarget | None = None,
+                       trust_dir: str | None = None, check_mode: bool = False, now: datetime.datetime | None = None,
+                       allow_non_ca: bool = False) -> dict:
     """Make both stores hold ``cert`` under ``alias`` (``present``) or not hold the alias (``absent``).
 
     A certificate that cannot sign (see :func:`signing_problem`) is refused unless ``allow_non_ca``.
@@ -859,7 +911,8 @@ def ensure_certificate(alias, cert, state="present", keystore=None, trust_dir=No
     return result
 
 
-def inventory(keystore=None, trust_dir=None, now=None, warning_days=30, aliases=None):
+def inventory(keystore: KeystoreTarget | None = None, trust_dir: str | None = None,
+              now: datetime.datetime | None = None, warning_days: int = 30, aliases: list | None = None) -> dict:
     """What the host holds: keystore entries and trust-directory files, each described, plus a view by alias.
 
     ``keystore`` is a KeystoreTarget or None (not listed). ``aliases`` limits the answer to those aliases.

@@ -31,7 +31,8 @@ import json
 import os
 import time
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _gate, _install, _progress, _rate, _retry, _signals
+from ansible_collections.directdownload.kvm.plugins.module_utils import (
+    _formats, _fs, _gate, _install, _progress, _rate, _retry, _signals)
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import Checksum, file_digest, new_hash
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     ChecksumMismatch,
@@ -50,6 +51,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._sink import (
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     METALINK_SUFFIXES,
+    SUPPORTED_SCHEMES,
     file_name_from_url,
     is_metalink_answer,
     redact_url,
@@ -63,7 +65,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
 DEFAULT_COMPUTED_ALGORITHM = "sha256"
 # A checksum mismatch earns this many more downloads by default (CloudStack downloads 3 times in all), then fails.
 DEFAULT_MISMATCH_RETRIES = 1
-FORMATS = ("qcow2", "raw", "iso")
+FORMATS = _formats.FORMATS
 MAX_RETRIES = 100
 MAX_RETRY_DELAY = 3600
 MAX_CONNECTIONS = 16
@@ -85,8 +87,9 @@ class DownloadRequest:
         if not url:
             raise InvalidInput("url is required")
         scheme = url_scheme(url)
-        if scheme not in ("http", "https", "nfs"):
-            raise InvalidInput("unsupported URL scheme %r in %s: use http, https or nfs" % (scheme, redact_url(url)))
+        if scheme not in SUPPORTED_SCHEMES:
+            raise InvalidInput("unsupported URL scheme %r in %s: use %s"
+                               % (scheme, redact_url(url), ", ".join(SUPPORTED_SCHEMES)))
         if checksum is not None and not isinstance(checksum, Checksum):
             raise InvalidInput("checksum must be parsed with _checksum.parse_checksum")
         if image_format not in (None,) + FORMATS:

@@ -5,10 +5,17 @@
 # Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
 """Exceptions raised by the direct download engine.
 
-Every error carries a message fit for an operator (no secrets: URLs are redacted by whoever raises) and a
-``retryable`` flag that answers one question: could another attempt - another mirror, another host - succeed
-where this one failed?  CloudStack calls this ``retryOnOtherHosts``; a checksum mismatch or an image refused by
-policy is not retryable, a refused connection is.
+Every error carries a message fit for an operator (no secrets: URLs are redacted by whoever raises) and its
+retry scope, two booleans that the error class sets (an instance may narrow them):
+
+* ``retry_here``: could another attempt on this host, a little later, succeed? (a 503, a timeout: yes; a 404, a
+  TLS verification failure, a checksum mismatch: no). ``_retry.classify`` reads it.
+* ``retry_elsewhere``: could another host or mirror succeed? CloudStack calls this ``retryOnOtherHosts``. A TLS
+  verification failure is retryable elsewhere (that host may hold the uploaded CA) though not here; a checksum
+  mismatch or an image refused by policy is retryable nowhere (every host fetches the same bytes).
+
+``retryable`` is a deprecated alias: reading it gives ``retry_elsewhere``, setting it sets both.
+Modules turn these errors into ``fail_json`` in one place, ``_module.failures``.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 PRINTABLE_LIMIT = 1024
 
 
-def printable(text, limit=None):
+def printable(text: str, limit: int | None = None) -> str:
     """``text`` with every non-printable character escaped (``\\n``, ``\\x1b``, ``\\u2028``, ...), so that bytes
     from an image header or a server answer cannot forge lines or terminal sequences in a message; cut to
     ``limit`` characters when given. Printable text, spaces included, is returned unchanged."""
@@ -47,17 +54,33 @@ class DirectDownloadError(Exception):
     carry text from images and servers (a backing-file name, an HTTP reason, qemu-img's stderr).
     """
 
-    retryable = True
+    retry_here = True
+    retry_elsewhere = True
 
-    def __init__(self, msg, **details):
+    def __init__(self, msg: str, **details) -> None:
         msg = printable(msg)
         details = {key: _printable_value(value) for key, value in details.items()}
         super().__init__(msg)
         self.msg = msg
         self.details = details
 
+    def retry_scope(self, here: bool, elsewhere: bool) -> "DirectDownloadError":
+        """Set this error's retry scope (where the class default does not fit); returns the error, to raise it."""
+        self.retry_here = bool(here)
+        self.retry_elsewhere = bool(elsewhere)
+        return self
 
-def human_size(count):
+    @property
+    def retryable(self) -> bool:
+        """Deprecated alias of ``retry_elsewhere`` (setting it sets both flags)."""
+        return self.retry_elsewhere
+
+    @retryable.setter
+    def retryable(self, value: bool) -> None:
+        self.retry_scope(value, value)
+
+
+def human_size(count: int) -> str:
     """``1536`` -> ``1.5 KiB``: sizes in messages."""
     value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -68,29 +91,40 @@ def human_size(count):
 
 
 class InvalidInput(DirectDownloadError):
-    """A bad option value (checksum form, URL scheme, alias ...). Never retryable."""
+    """A bad option value (checksum form, URL scheme, alias, file name, agent settings file ...). Retryable nowhere."""
 
-    retryable = False
+    retry_here = False
+    retry_elsewhere = False
 
 
 class SourceError(DirectDownloadError):
     """The source could not deliver the bytes: connection refused, timeout, truncated body, TLS failure."""
 
 
+class TLSVerificationError(SourceError):
+    """The server's certificate was not trusted, or its name did not match: asking this host again gives the same
+    answer, another host may trust the CA (it may hold the certificate that ``certificate`` uploaded)."""
+
+    retry_here = False
+    retry_elsewhere = True
+
+
 class HTTPStatusError(SourceError):
     """The server answered with a status we cannot use."""
 
-    def __init__(self, msg, status, **details):
+    def __init__(self, msg: str, status: int, **details) -> None:
         super().__init__(msg, status=status, **details)
         self.status = status
 
 
 class ChecksumMismatch(DirectDownloadError):
-    """The bytes do not match the expected digest. Another host would fetch the same bytes: not retryable."""
+    """The bytes do not match the expected digest. Another host would fetch the same bytes: retryable nowhere
+    (the engine has its own budget for it, ``mismatch_retries``)."""
 
-    retryable = False
+    retry_here = False
+    retry_elsewhere = False
 
-    def __init__(self, msg, expected, actual, **details):
+    def __init__(self, msg: str, expected: str, actual: str, **details) -> None:
         super().__init__(msg, expected=expected, actual=actual, **details)
         self.expected = expected
         self.actual = actual
@@ -99,7 +133,8 @@ class ChecksumMismatch(DirectDownloadError):
 class ImageRejected(DirectDownloadError):
     """The image is refused by policy (backing file, wrong format, archive with several members)."""
 
-    retryable = False
+    retry_here = False
+    retry_elsewhere = False
 
 
 class NotEnoughSpace(DirectDownloadError):

@@ -18,7 +18,7 @@ One deployment of a template onto one pool, as the ``deploy`` role runs it for e
 
 ``attempts`` are the per-item results of the one download task that loops over the candidate hosts (as Ansible
 registers them: ``item`` or the loop variable named by ``ansible_loop_var`` is the host; ``failed``, ``unreachable``,
-``msg``, ``retryable`` on failure; ``changed``, ``path``, ``size``, ``bytes_downloaded``... on success).
+``msg``, ``retry_elsewhere`` on failure; ``changed``, ``path``, ``size``, ``bytes_downloaded``... on success).
 
 The run is a field of the claim (``run_id``), never parsed out of the free-text ``holder``.
 """
@@ -105,20 +105,20 @@ def attempt_outcome(result: dict[str, Any]) -> str:
 
 def summarize_attempts(
         attempts: Optional[Sequence[dict[str, Any]]]) -> tuple[list[dict[str, Any]], Optional[dict[str, Any]]]:
-    """The tried hosts in order: ``[{"host", "outcome", "error", "retryable"}]`` (skipped items left out), and the
-    successful result (the last ``ok`` one) or None. Used for downloads (deploy) and probes (registration)."""
+    """The tried hosts in order: ``[{"host", "outcome", "error", "retry_elsewhere"}]`` (skipped items left out),
+    and the successful result (the last ``ok`` one) or None. Used for downloads (deploy) and probes (registration)."""
     tried, success = [], None
     for result in attempts or []:
         outcome = attempt_outcome(result)
         if outcome == "skipped":
             continue
-        entry = {"host": attempt_host(result), "outcome": outcome, "error": None, "retryable": True}
+        entry = {"host": attempt_host(result), "outcome": outcome, "error": None, "retry_elsewhere": True}
         if outcome == "ok":
             success = result
         else:
             message = result.get("error") or result.get("msg") or ("it failed" if outcome == "failed" else "")
             entry["error"] = ("host unreachable: %s" % message).rstrip(": ") if outcome == "unreachable" else message
-            entry["retryable"] = outcome == "unreachable" or bool(result.get("retryable", True))
+            entry["retry_elsewhere"] = outcome == "unreachable" or bool(result.get("retry_elsewhere", True))
         tried.append(entry)
     return tried, success
 
@@ -127,7 +127,7 @@ def failure_summary(template_name: str, host: str, pool: str, tried: Sequence[di
     """The message of a pool that no candidate could deploy."""
     if not tried:
         return "Template %s could not be downloaded on pool %s of %s: no host was tried" % (template_name, pool, host)
-    stopped = not tried[-1]["retryable"]
+    stopped = not tried[-1]["retry_elsewhere"]
     return "Template %s could not be downloaded on pool %s of %s, after trying %s%s. Details: %s" % (
         template_name, pool, host, ", ".join(t["host"] for t in tried),
         " (stopped: the error is not retryable on another host)" if stopped else "",

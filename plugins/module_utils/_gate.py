@@ -44,13 +44,19 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
     human_size,
     printable,
 )
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import (
+    FORMATS,
+    ISO_MAGIC,
+    ISO_OFFSETS,
+    QCOW2_MAGIC,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
 
-ALLOWED_FORMATS = ("qcow2", "raw", "iso")
+ALLOWED_FORMATS = FORMATS  # the one table, _formats.py
 
 # Defaults of the caps (module options max_size, max_virtual_size, max_expansion, allow_encrypted).
 DEFAULT_MAX_VIRTUAL_SIZE = 16 * TiB
@@ -69,10 +75,8 @@ QEMU_IMG_OPEN_FILES = 64
 
 # How much of the file the sniff reads: qemu probes the first 2048 bytes (BLOCK_PROBE_BUF_SIZE), the ISO 9660
 # volume descriptors sit at sectors 16-18 ("CD001" at byte 1 of each).
-ISO_OFFSETS = (32769, 34817, 36865)
 HEAD_BYTES = max(ISO_OFFSETS) + 5
 
-QCOW2_MAGIC = b"QFI\xfb"
 _QCOW2_EXT_DATA_FILE = 0x44415441
 # Incompatible feature bits qemu knows (dirty, corrupt, external data file, compression type, extended L2).
 _QCOW2_INCOMPAT_DIRTY = 1 << 0
@@ -189,7 +193,7 @@ def signatures(head: bytes) -> list[str]:
         found.append("bochs")
     if head.startswith(_CLOOP_MAGIC):
         found.append("cloop")
-    if any(head[offset:offset + 5] == b"CD001" for offset in ISO_OFFSETS):
+    if any(head[offset:offset + len(ISO_MAGIC)] == ISO_MAGIC for offset in ISO_OFFSETS):
         found.append("iso")
     return found
 

@@ -44,7 +44,7 @@ from urllib.request import getproxies_environment, proxy_bypass_environment
 from typing import Any, Iterable, Mapping, Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
-    HTTPStatusError, InvalidInput, SourceError)
+    HTTPStatusError, InvalidInput, SourceError, TLSVerificationError)
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import BUILTIN_DEFAULTS, DEFAULT_TRUST_DIR
 from ansible_collections.directdownload.kvm.plugins.module_utils._trust import (
     build_pinned_context, build_ssl_context, check_pin, describe_tls_error, is_verification_error,
@@ -703,7 +703,9 @@ class HttpSource:
     def _connection_error(self, exc, target, where, stage):
         url = target.url
         if isinstance(exc, ssl.SSLError):
-            return _fail(describe_tls_error(exc, url), url, retryable=not is_verification_error(exc), reason="tls")
+            if is_verification_error(exc):  # not here, but another host may trust the CA
+                return TLSVerificationError(describe_tls_error(exc, url), url=redact_url(url), reason="tls")
+            return _fail(describe_tls_error(exc, url), url, reason="tls")
         if isinstance(exc, socket.timeout):
             timeout = "connect_timeout" if stage == "connect to" else "read_timeout"
             seconds = self.options.connect_timeout if stage == "connect to" else self.options.read_timeout

@@ -38,9 +38,15 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
     NotEnoughSpace,
     human_size,
 )
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import (
+    ISO_MAGIC,
+    ISO_OFFSETS,
+    STREAM_MAGICS,
+    ZSTD_MAGIC,
+    compression_from_head,
+)
 # inspect_image: _download still calls it through this module (the gate's one name re-exported here).
 from ansible_collections.directdownload.kvm.plugins.module_utils._gate import (  # pylint: disable=unused-import
-    ISO_OFFSETS,
     inspect_image,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import DEFAULT_BLOCK_SIZE, SparseWriter
@@ -66,15 +72,6 @@ _READ_CHUNK = 256 * 1024
 # presets use dictionaries up to 64 MiB (-9); zstd's own default window limit is 128 MiB (--long=27).
 XZ_MEMORY_LIMIT = 512 * 1024 * 1024
 ZSTD_MAX_WINDOW = 128 * 1024 * 1024
-
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_MAGICS = (
-    (b"\x1f\x8b", "gzip"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"PK\x03\x04", "zip"),
-    (b"PK\x05\x06", "zip"),  # an empty archive: extract() then says it has no file member
-    (_ZSTD_MAGIC, "zstd"),
-)
 
 
 # ---------------------------------------------------------------- sizes and free space
@@ -111,17 +108,9 @@ def is_iso(path: str) -> bool:
     with open(path, "rb") as handle:
         for offset in ISO_OFFSETS:
             handle.seek(offset)
-            if handle.read(5) == b"CD001":
+            if handle.read(len(ISO_MAGIC)) == ISO_MAGIC:
                 return True
     return False
-
-
-def compression_from_head(head: bytes) -> Optional[str]:
-    """``gzip|bzip2|xz|zip|zstd`` from the first bytes of a stream, or None. ``url_check`` uses it on the head of a
-    remote file; :func:`detect_compression` on a file."""
-    if head[:3] == b"BZh" and head[3:4].isdigit() and head[3:4] != b"0":
-        return "bzip2"
-    return next((name for magic, name in _MAGICS if head.startswith(magic)), None)
 
 
 def detect_compression(path: str) -> Optional[str]:
@@ -225,7 +214,7 @@ def _zstd_frame_sizes(path):
         handle.seek(0)
         while pos < end:
             magic = handle.read(4)
-            if magic == _ZSTD_MAGIC:
+            if magic == ZSTD_MAGIC:
                 descriptor = handle.read(1)
                 if not descriptor:
                     break
@@ -281,10 +270,6 @@ def extracting_path(final_path: str) -> str:
     """``<dir>/.<name>.extracting``: the hidden file an extraction writes before ``install_file``."""
     directory, name = os.path.split(final_path)
     return os.path.join(directory, ".%s.extracting" % name)
-
-
-_STREAM_MAGICS = {"gzip": (b"\x1f\x8b",), "bzip2": tuple(b"BZh%d" % level for level in range(1, 10)),
-                  "xz": (b"\xfd7zXZ\x00",)}
 
 
 def _trailing(path, kind, offset, detail):
@@ -346,7 +331,7 @@ class _StreamReader:
         if not self._input:
             self._done = True
             return
-        if not self._input.startswith(_STREAM_MAGICS[self._kind]):
+        if not self._input.startswith(STREAM_MAGICS[self._kind]):
             raise _trailing(self._path, self._kind, self._handle.tell() - len(self._input), "bytes that are not %s"
                             % self._kind)
         self._decompressor = self._new()

@@ -51,6 +51,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import SparseWriter, read_bounded
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     METALINK_SUFFIXES,
+    SUPPORTED_SCHEMES,
     redact_url,
     url_path_lower,
     url_scheme,
@@ -69,7 +70,7 @@ NS_V3 = "http://www.metalinker.org/"
 # A metalink for one image is a few KiB; 1 MiB leaves room for thousands of mirrors and piece hashes while a
 # hostile or mistaken URL (an image served as application/metalink+xml) is refused before it is parsed.
 DEFAULT_MAX_DOCUMENT_SIZE = 1024 * 1024
-ALLOWED_SCHEMES = ("http", "https", "nfs")
+ALLOWED_SCHEMES = SUPPORTED_SCHEMES  # the one table, _urls.py
 
 # Declarations are what billion-laughs and XXE documents need; no metalink has a use for them.
 _DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.IGNORECASE)

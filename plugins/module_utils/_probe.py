@@ -33,8 +33,11 @@ from typing import Any, Callable, Optional, Sequence
 from ansible_collections.directdownload.kvm.plugins.module_utils import _gate
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput, printable
 # The magic tables of the installer and the gate: one definition of "what is this file" for probe and install.
-from ansible_collections.directdownload.kvm.plugins.module_utils._gate import ISO_OFFSETS, QCOW2_MAGIC
-from ansible_collections.directdownload.kvm.plugins.module_utils._install import compression_from_head
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import (
+    ISO_OFFSETS,
+    QCOW2_MAGIC,
+    compression_from_head,
+)
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_answer, is_metalink_url, redact_url
 
 try:
@@ -223,7 +226,7 @@ def probe_plain(url: str, open_plain: Callable[[str], Any], image_format: Option
     except InvalidInput:
         raise
     except DirectDownloadError as exc:
-        return _unreachable(url, exc.msg, status=exc.details.get("status"), retryable=exc.retryable)
+        return _unreachable(url, exc.msg, status=exc.details.get("status"), retry_elsewhere=exc.retry_elsewhere)
     result = {
         "reachable": True,
         "url": redact_url(url),

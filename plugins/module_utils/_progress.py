@@ -87,7 +87,8 @@ def group_id(name):
 class ControllerGone(SourceError):
     """The controller stopped renewing the lease of this async download: stop, keep the resumable ``.part``."""
 
-    retryable = False
+    retry_here = False
+    retry_elsewhere = False
 
 
 class Lease:

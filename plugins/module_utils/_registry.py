@@ -51,14 +51,15 @@ import glob
 import json
 import os
 import uuid
+from typing import Any, Callable
 from datetime import datetime, timedelta, timezone
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._settings import DEFAULT_REGISTRY_PATH
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
 
 SCHEMA_VERSION = 1
-DEFAULT_REGISTRY_PATH = "~/.local/state/directdownload/registry.json"
 MASK = "********"
 
 FILE_MODE = 0o600
@@ -79,32 +80,39 @@ DEFAULT_CLAIM_TTL = 3 * 3600
 class RegistryError(DirectDownloadError):
     """The registry file cannot be used: unreadable, corrupt, newer schema, not writable. Never retryable."""
 
-    retryable = False
+    retry_here = False
+    retry_elsewhere = False
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Paths, time
 # --------------------------------------------------------------------------------------------------------------
 
-def default_registry_path():
+def registry_argument_spec() -> dict:
+    """The ``registry`` option of every registry module; documented once in the doc fragment
+    ``directdownload.kvm._registry`` (keep both in step)."""
+    return {"registry": dict(type="path", default=DEFAULT_REGISTRY_PATH)}
+
+
+def default_registry_path() -> str:
     """The documented default, expanded for the user running the module (on the host that runs it)."""
     return os.path.expanduser(DEFAULT_REGISTRY_PATH)
 
 
-def resolve_path(path=None):
+def resolve_path(path: str | None = None) -> str:
     return os.path.abspath(os.path.expanduser(path or DEFAULT_REGISTRY_PATH))
 
 
-def utc_now():
+def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def timestamp(when=None):
+def timestamp(when: datetime | None = None) -> str:
     """``2025-01-31T12:00:00Z``: second precision, UTC, sortable as text."""
     return (when or utc_now()).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_timestamp(text):
+def parse_timestamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
@@ -112,11 +120,11 @@ def parse_timestamp(text):
 # The document
 # --------------------------------------------------------------------------------------------------------------
 
-def empty_document():
+def empty_document() -> dict:
     return {"schema_version": SCHEMA_VERSION, "templates": {}, "copies": [], "certificates": {}, "claims": []}
 
 
-def serialize(doc):
+def serialize(doc: dict) -> str:
     """Stable text: sorted keys, 2-space indent, trailing newline. Copies and claims are kept sorted."""
     return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -152,7 +160,7 @@ def _claim_sort_key(record):
     return (str(record.get("template_id", "")), str(record.get("pool", "")), str(record.get("host", "")))
 
 
-def normalize(doc):
+def normalize(doc: dict) -> dict:
     """Fill missing tables and template defaults, sort the lists. Returns ``doc`` (modified in place)."""
     for table, kind in TABLES.items():
         if doc.get(table) is None:
@@ -166,7 +174,7 @@ def normalize(doc):
     return doc
 
 
-def load_document(text, path="<registry>"):
+def load_document(text: str, path: str = "<registry>") -> dict:
     """Parse, check and migrate a registry document. Raises RegistryError with the reason and the path."""
     if not text.strip():
         raise RegistryError(
@@ -250,7 +258,7 @@ class Registry:
         self.lock_path = self.path + ".lock"
         self.directory = os.path.dirname(self.path)
 
-    def exists(self):
+    def exists(self) -> bool:
         return os.path.exists(self.path)
 
     def _read_text(self):
@@ -266,7 +274,7 @@ class Registry:
             raise RegistryError("cannot read the registry %s: %s" % (self.path, exc.strerror or exc),
                                 path=self.path) from exc
 
-    def read(self):
+    def read(self) -> dict:
         """The current document (migrated in memory); an empty document when the file does not exist yet."""
         text = self._read_text()
         if text is None:
@@ -310,6 +318,14 @@ class Registry:
             raise RegistryError("cannot write the registry %s: %s" % (self.path, exc.strerror or exc),
                                 path=self.path, errno=exc.errno) from exc
 
+    def apply(self, change: Callable[[dict], Any], check_mode: bool = False) -> Any:
+        """``change(doc)`` in one transaction, or on a read copy that is never written (``check_mode``: what would
+        happen). Returns what ``change`` returns. The one place where check mode meets the registry."""
+        if check_mode:
+            return change(self.read())
+        with self.transaction() as doc:
+            return change(doc)
+
     @contextlib.contextmanager
     def transaction(self):
         """Exclusive read-modify-write. Yields the document; writes it back atomically when the block ends without
@@ -336,7 +352,7 @@ def _fingerprint(doc):
 # Secrets in output
 # --------------------------------------------------------------------------------------------------------------
 
-def mask_headers(headers, previous=None):
+def mask_headers(headers: dict | None, previous: dict | None = None) -> dict | None:
     """Header names with masked values. With ``previous`` (the other side of a diff), a value that differs is
     shown as ``******** (changed)`` so that a diff still tells that a secret changed, without showing it."""
     masked = {}
@@ -348,7 +364,7 @@ def mask_headers(headers, previous=None):
     return masked
 
 
-def public_template(record, previous=None):
+def public_template(record: dict | None, previous: dict | None = None) -> dict | None:
     """A template record fit for module output and diffs: header values masked, URL credentials and query values
     redacted. ``previous`` is the other side of a diff (see :func:`mask_headers`)."""
     if record is None:
@@ -365,7 +381,7 @@ def public_template(record, previous=None):
 # Templates
 # --------------------------------------------------------------------------------------------------------------
 
-def get_template(doc, name=None, template_id=None):
+def get_template(doc: dict, name: str | None = None, template_id: str | None = None) -> dict | None:
     """A template by name, or by id. Returns the stored record (a live reference into ``doc``) or None."""
     templates = doc["templates"]
     if name is not None:
@@ -381,7 +397,7 @@ def get_template(doc, name=None, template_id=None):
     return None
 
 
-def upsert_template(doc, record, now=None):
+def upsert_template(doc: dict, record: dict, now: datetime | None = None) -> tuple:
     """Insert or replace the template named ``record['name']``.
 
     The id and ``created_at`` of an existing record are kept; a new record gets a UUID4 unless ``record`` has an
@@ -407,7 +423,7 @@ def upsert_template(doc, record, now=None):
     return before, copy.deepcopy(new)
 
 
-def remove_template(doc, name=None, template_id=None):
+def remove_template(doc: dict, name: str | None = None, template_id: str | None = None) -> dict | None:
     """Remove a template (its copies and claims are left alone: see :func:`remove_copies_of`). Returns it or None."""
     record = get_template(doc, name=name, template_id=template_id)
     if record is None:
@@ -416,7 +432,7 @@ def remove_template(doc, name=None, template_id=None):
     return record
 
 
-def list_templates(doc, name=None):
+def list_templates(doc: dict, name: str | None = None) -> list:
     return [copy.deepcopy(doc["templates"][key]) for key in sorted(doc["templates"]) if name in (None, key)]
 
 
@@ -430,7 +446,7 @@ def _copy_matches(record, template_id, host, pool):
     return bool(record.get("shared")) or host is None or record.get("host") == host
 
 
-def find_copy(doc, template_id, host, pool):
+def find_copy(doc: dict, template_id: str, host: str, pool: str) -> dict | None:
     """The copy of ``template_id`` on ``pool`` as seen from ``host``: the host's own copy on a host-local pool, or
     the copy on a shared pool whoever downloaded it. ``host=None`` matches any host. Live reference or None."""
     for record in doc["copies"]:
@@ -439,13 +455,13 @@ def find_copy(doc, template_id, host, pool):
     return None
 
 
-def record_copy(doc, record, now=None):
+def record_copy(doc: dict, record: dict, now: datetime | None = None) -> tuple:
     """Insert or replace a copy; ``record`` needs template_id, host, pool (and usually install_path, size,
     virtual_size, checksum, format, shared). ``downloaded_at`` defaults to now for a new or changed copy; state is
     ``Ready`` and download_state ``DOWNLOADED`` unless given. Returns ``(before, after)``."""
     for key in ("template_id", "host", "pool"):
         if not record.get(key):
-            raise ValueError("a copy needs %s" % key)
+            raise InvalidInput("a copy needs %s" % key)
     new = copy.deepcopy(record)
     new["shared"] = bool(new.get("shared"))
     new.setdefault("state", "Ready")
@@ -468,7 +484,7 @@ def record_copy(doc, record, now=None):
     return before, copy.deepcopy(new)
 
 
-def remove_copy(doc, template_id, host, pool):
+def remove_copy(doc: dict, template_id: str, host: str, pool: str) -> dict | None:
     """Remove the copy :func:`find_copy` returns. Returns the removed record or None."""
     record = find_copy(doc, template_id, host, pool)
     if record is not None:
@@ -476,7 +492,7 @@ def remove_copy(doc, template_id, host, pool):
     return record
 
 
-def remove_copies_of(doc, template_id):
+def remove_copies_of(doc: dict, template_id: str) -> list:
     """Remove every copy and claim of a template (unregister with purge). Returns the removed copies."""
     removed = [r for r in doc["copies"] if r.get("template_id") == template_id]
     doc["copies"] = [r for r in doc["copies"] if r.get("template_id") != template_id]
@@ -484,7 +500,7 @@ def remove_copies_of(doc, template_id):
     return removed
 
 
-def list_copies(doc, template_id=None, host=None, pool=None):
+def list_copies(doc: dict, template_id: str | None = None, host: str | None = None, pool: str | None = None) -> list:
     """Copies filtered by template id, host (the ``host`` field as recorded) and pool; sorted."""
     return [copy.deepcopy(r) for r in doc["copies"]
             if template_id in (None, r.get("template_id")) and host in (None, r.get("host"))
@@ -543,7 +559,7 @@ def claim_copy(doc, template_id, host, pool, shared=False, holder=None, ttl=DEFA
     return "granted", copy.deepcopy(claim)
 
 
-def release_claim(doc, token):
+def release_claim(doc: dict, token: str) -> dict | None:
     """Drop the claim with ``token``. Returns it, or None when there was none (already released or expired)."""
     for record in doc["claims"]:
         if record.get("token") == token:
@@ -556,7 +572,7 @@ def release_claim(doc, token):
 # Certificates and their per-host status
 # --------------------------------------------------------------------------------------------------------------
 
-def get_certificate(doc, alias):
+def get_certificate(doc: dict, alias: str) -> dict | None:
     return doc["certificates"].get(alias)
 
 
@@ -584,15 +600,16 @@ def upsert_certificate(doc, alias, pem, now=None, **metadata):
     return before, copy.deepcopy(new)
 
 
-def set_certificate_host_status(doc, alias, host, status, details=None, now=None):
+def set_certificate_host_status(doc: dict, alias: str, host: str, status: str, details: str | None = None,
+                                now: datetime | None = None) -> tuple:
     """Record the outcome for ``host``: UPLOADED, FAILED, REVOKED or SKIPPED, with details and a timestamp.
     The timestamp is refreshed only when the status or details change. Returns ``(before, after)``."""
     if status not in CERTIFICATE_HOST_STATUSES:
-        raise ValueError("certificate host status must be one of %s, got %r" % (", ".join(CERTIFICATE_HOST_STATUSES),
-                                                                                status))
+        raise InvalidInput("certificate host status must be one of %s, got %r"
+                           % (", ".join(CERTIFICATE_HOST_STATUSES), status))
     record = doc["certificates"].get(alias)
     if record is None:
-        raise KeyError("no certificate with alias %r in the registry" % alias)
+        raise InvalidInput("no certificate with alias %r in the registry" % alias, alias=alias)
     hosts = record.setdefault("hosts", {})
     current = hosts.get(host)
     before = copy.deepcopy(current) if current is not None else None
@@ -602,11 +619,11 @@ def set_certificate_host_status(doc, alias, host, status, details=None, now=None
     return before, copy.deepcopy(hosts[host])
 
 
-def remove_certificate(doc, alias):
+def remove_certificate(doc: dict, alias: str) -> dict | None:
     return doc["certificates"].pop(alias, None)
 
 
-def list_certificates(doc, alias=None, host=None):
+def list_certificates(doc: dict, alias: str | None = None, host: str | None = None) -> list:
     """Certificates sorted by alias; with ``host``, only those with a status for that host, and only that host's
     status in ``hosts``."""
     found = []

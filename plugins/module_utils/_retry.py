@@ -8,8 +8,9 @@ how long to wait before it, and whether the wait fits the overall ``timeout`` bu
 
 Two questions, two answers:
 
-* ``error.retryable`` (``_errors.py``): could another host or mirror succeed? The deployment asks that.
-* :func:`classify` here: is another attempt on this host, a little later, worth making? The engine asks that.
+* ``error.retry_elsewhere`` (``_errors.py``): could another host or mirror succeed? The deployment asks that.
+* :func:`classify` here: is another attempt on this host, a little later, worth making? The engine asks that; the
+  error's own ``retry_here`` is its answer where the status and reason below do not decide.
 
 A 404 is permanent here (asking again is asking for the same missing file) whatever another host may think;
 a 503 is temporary. Classes:
@@ -50,7 +51,7 @@ TEMPORARY = "temporary"
 # Named in the issue; every other 4xx but 408/429 is permanent too.
 PERMANENT_STATUSES = (400, 401, 403, 404, 410)
 TEMPORARY_STATUSES = (408, 429)
-# SourceError reasons that are permanent here whatever ``retryable`` says about other hosts: the overall timeout
+# SourceError reasons that are permanent here whatever the error's retry scope says: the overall timeout
 # is spent, or the server refused to resume a second time in this run (one restart from byte 0 is the limit).
 PERMANENT_REASONS = ("timeout", "resume_refused", "resume")
 # The longest backoff between two attempts (a Retry-After may ask for more).
@@ -74,8 +75,8 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, SourceError):
         if exc.details.get("reason") in PERMANENT_REASONS:
             return PERMANENT
-        # The source's own judgement: refused redirects, TLS verification and missing range support say False.
-        return TEMPORARY if exc.retryable else PERMANENT
+        # The source's own judgement: refused redirects, TLS verification and missing range support say no.
+        return TEMPORARY if exc.retry_here else PERMANENT
     return PERMANENT
 
 

@@ -3,7 +3,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 #
 # Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
-"""Host-side defaults. The ``agent`` role writes ``/etc/directdownload/agent.json``; modules read it so that an
+"""Host-side defaults, and the one home of the default paths (trust directory, keystore, agent properties,
+registry) that argument specs, doc fragments and engines share. The ``agent`` role writes ``/etc/directdownload/agent.json``; modules read it so that an
 operator sets timeouts and the trust directory once per host instead of on every task.
 
 Precedence: a module option the user set > the agent settings file > the built-in default below.
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
+
 SETTINGS_PATH_ENV = "DIRECTDOWNLOAD_SETTINGS"
 DEFAULT_SETTINGS_PATH = "/etc/directdownload/agent.json"
 
@@ -22,6 +25,8 @@ DEFAULT_TRUST_DIR = "/etc/directdownload/trust.d"
 # CloudStack's agent keystore and its properties file (keystore.passphrase).
 DEFAULT_KEYSTORE = "/etc/cloudstack/agent/cloud.jks"
 DEFAULT_AGENT_PROPERTIES = "/etc/cloudstack/agent/agent.properties"
+# The registry state file, on the host that runs the registry modules (expanded for the user running them).
+DEFAULT_REGISTRY_PATH = "~/.local/state/directdownload/registry.json"
 
 BUILTIN_DEFAULTS = {
     "connect_timeout": 10,
@@ -32,10 +37,10 @@ BUILTIN_DEFAULTS = {
 }
 
 
-def load_settings(path=None):
+def load_settings(path: str | None = None) -> dict:
     """Return the built-in defaults updated with the agent settings file, if there is one.
 
-    A settings file that exists but cannot be read is an error (a silently ignored typo would be worse).
+    A settings file that exists but cannot be read is an error (a silently ignored typo would be worse): InvalidInput.
     """
     path = path or os.environ.get(SETTINGS_PATH_ENV) or DEFAULT_SETTINGS_PATH
     settings = dict(BUILTIN_DEFAULTS)
@@ -45,14 +50,14 @@ def load_settings(path=None):
     except FileNotFoundError:
         return settings
     except (OSError, ValueError) as exc:
-        raise ValueError("cannot read the agent settings file %s: %s" % (path, exc)) from exc
+        raise InvalidInput("cannot read the agent settings file %s: %s" % (path, exc), path=path) from exc
     if not isinstance(loaded, dict):
-        raise ValueError("the agent settings file %s must hold a JSON object" % path)
+        raise InvalidInput("the agent settings file %s must hold a JSON object" % path, path=path)
     settings.update({key: value for key, value in loaded.items() if value is not None})
     return settings
 
 
-def option_or_setting(params, name, settings):
+def option_or_setting(params: dict, name: str, settings: dict):
     """The module option ``name`` when the user gave one, else the host setting."""
     value = params.get(name)
     return settings.get(name) if value is None else value

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import FORMATS, canonical_format
 # The HTTP source's header rules, so that registration refuses exactly what a download would refuse.
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import check_headers
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
@@ -37,7 +38,6 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     redact_url,
 )
 
-FORMATS = ("qcow2", "raw", "iso")
 TYPES = ("template", "iso")
 HYPERVISORS = ("kvm",)
 
@@ -87,8 +87,8 @@ def validate_hypervisor(hypervisor: Optional[str], direct_download: bool = True)
 def validate_format_and_type(image_format: Optional[str], template_type: Optional[str] = None) -> tuple[str, str]:
     """Returns ``(format, type)``. An ISO is registered with type ``iso`` and format ``iso`` (registerIso); a disk
     image with type ``template``. ``type`` defaults from the format."""
-    fmt = (image_format or "").strip().lower()
-    if fmt not in FORMATS:
+    fmt = canonical_format(image_format)
+    if fmt is None:
         raise InvalidInput("format must be one of %s, got %r" % (", ".join(FORMATS), image_format))
     kind = (template_type or ("iso" if fmt == "iso" else "template")).strip().lower()
     if kind not in TYPES:

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import posixpath
 import re
+from typing import Iterable
 from urllib.parse import unquote, urlsplit, urlunsplit
+
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import COMPRESSION_SUFFIXES
 
 SUPPORTED_SCHEMES = ("http", "https", "nfs")
 METALINK_SUFFIXES = (".metalink", ".meta4")
 METALINK_CONTENT_TYPES = ("application/metalink4+xml", "application/metalink+xml")
-COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 
 
-def redact_url(url):
+def redact_url(url: str) -> str:
     """Return ``url`` with any user:password part and query string values hidden.
 
     Query strings often carry signatures or tokens (pre-signed object store URLs), so their values go too.
@@ -55,12 +58,12 @@ SECRET_QUERY_KEY_SUFFIXES = ("sig", "signature", "token", "secret", "password", 
 MIN_SECRET_QUERY_VALUE = 6
 
 
-def is_secret_query_key(name):
+def is_secret_query_key(name: str) -> bool:
     """True when the query parameter ``name`` carries a secret (see SECRET_QUERY_KEY_SUFFIXES)."""
     return unquote(name or "").strip().lower().endswith(SECRET_QUERY_KEY_SUFFIXES)
 
 
-def url_secret_values(url):
+def url_secret_values(url: str) -> set:
     """The parts of ``url`` that are secrets: the password of its user info, and the values of secret query
     parameters (:func:`is_secret_query_key`), except short ones and plain numbers. Modules add them to
     ``no_log_values`` so that Ansible masks them in results, including the echoed module arguments."""
@@ -86,7 +89,7 @@ def url_secret_values(url):
     return secrets
 
 
-def url_without_secrets(url):
+def url_without_secrets(url: str) -> str:
     """``url`` without its secrets: the password of the user info and the values of secret query parameters are
     removed, everything else is kept byte for byte (so two URLs naming different files stay different). The
     identity of a download (``url_id``) is taken from this: a rotated password or a fresh signature names the
@@ -107,7 +110,7 @@ def url_without_secrets(url):
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def protect_url_options(module, names):
+def protect_url_options(module, names: Iterable[str]) -> None:
     """For URL options declared ``no_log=True`` (so that Ansible never logs them to syslog/journal when it logs
     the module invocation): Ansible would also mask the whole URL in every result, a result ``url`` equal to it
     included. Swap the whole URL in ``module.no_log_values`` for its secret parts only (password, signatures)."""
@@ -119,16 +122,16 @@ def protect_url_options(module, names):
         module.no_log_values.update(url_secret_values(value))
 
 
-def url_scheme(url):
+def url_scheme(url: str) -> str:
     return urlsplit(url).scheme.lower()
 
 
-def url_path_lower(url):
+def url_path_lower(url: str) -> str:
     """The lower-cased path of ``url``, without query string or fragment (what suffix rules look at)."""
     return urlsplit(url).path.lower()
 
 
-def is_metalink_url(url, content_type=None):
+def is_metalink_url(url: str, content_type: str | None = None) -> bool:
     """A metalink is recognised by the path suffix or by the Content-Type the server sent."""
     if url_path_lower(url).endswith(METALINK_SUFFIXES):
         return True
@@ -137,30 +140,30 @@ def is_metalink_url(url, content_type=None):
     return False
 
 
-def is_metalink_answer(final_url, content_type):
+def is_metalink_answer(final_url: str, content_type: str | None) -> bool:
     """Is this answer a metalink document? The one decision ``download`` and ``url_check`` share, made on the
     answer: the FINAL URL (after redirects: ``/latest`` -> ``image.meta4`` served as application/octet-stream, as
     nginx does by default, is a metalink) and the Content-Type it came with."""
     return is_metalink_url(final_url, content_type)
 
 
-def safe_file_name(name):
-    """Return ``name`` if it is a plain file name that cannot escape a directory, else raise ValueError.
+def safe_file_name(name: str) -> str:
+    """Return ``name`` if it is a plain file name that cannot escape a directory, else raise InvalidInput.
 
     Names from URLs and metalink documents are never used as paths: no separators, no ``..``, no drive letters,
     no leading dot (hidden names are ours: ``.name.part``).
     """
     if not name or not _SAFE_NAME.match(name) or ".." in name:
-        raise ValueError("unsafe file name %r: use letters, digits, '.', '_', '+', '-' and no leading dot" % (name,))
+        raise InvalidInput("unsafe file name %r: use letters, digits, '.', '_', '+', '-' and no leading dot" % (name,))
     return name
 
 
-def file_name_from_url(url):
+def file_name_from_url(url: str) -> str:
     """The last path segment of the URL (query string ignored), checked with :func:`safe_file_name`."""
     return safe_file_name(posixpath.basename(unquote(urlsplit(url).path)))
 
 
-def strip_compression_suffix(name):
+def strip_compression_suffix(name: str) -> str:
     """``disk.qcow2.gz`` -> ``disk.qcow2``: the name an extracted image is installed under."""
     lower = name.lower()
     for suffix in COMPRESSION_SUFFIXES:

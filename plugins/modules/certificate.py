@@ -41,6 +41,7 @@ author:
 extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_certificates
+  - directdownload.kvm._keystore
 attributes:
   check_mode:
     support: full
@@ -88,22 +89,6 @@ options:
         of its CA, breaks at the next renewal of that certificate.
     type: bool
     default: false
-  keystore:
-    description:
-      - The Java keystore (JKS or PKCS12) to manage.
-    type: path
-    default: /etc/cloudstack/agent/cloud.jks
-  keystore_password:
-    description:
-      - The keystore password.
-      - Default is C(keystore.passphrase) from O(agent_properties), as the CloudStack agent reads it.
-    type: str
-  agent_properties:
-    description:
-      - The CloudStack agent properties file that holds C(keystore.passphrase), used when O(keystore_password) is
-        not given.
-    type: path
-    default: /etc/cloudstack/agent/agent.properties
   keystore_type:
     description:
       - The keystore type. V(auto) detects the type of an existing keystore from its first bytes. For a new one,
@@ -138,11 +123,6 @@ options:
         validate once on the controller.
     type: bool
     default: true
-  keytool:
-    description:
-      - The C(keytool) executable. Default is C(keytool) on the C(PATH), else C($JAVA_HOME/bin/keytool), else
-        C(/usr/lib/jvm/*/bin/keytool).
-    type: path
 notes:
   - Restart the CloudStack agent (if one runs) for its Java code to see a changed C(cloud.jks). The
     M(directdownload.kvm.download) module reads the trust directory on every run.
@@ -259,78 +239,15 @@ is_ca:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _certs
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
+from ansible_collections.directdownload.kvm.plugins.module_utils._module import failures
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
 
 DESCRIPTION_KEYS = ("subject", "issuer", "serial", "not_before", "not_after", "fingerprint", "days_until_expiry", "is_ca")
 
 
-def read_certificate(params):
-    """The certificate given by ``content`` or ``src``, parsed; None when neither is given."""
-    if params["content"] is not None:
-        return _certs.load_certificate(params["content"])
-    if params["src"] is not None:
-        try:
-            with open(params["src"], "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            raise DirectDownloadError("cannot read the certificate file %s: %s" % (params["src"], exc.strerror or exc),
-                                      path=params["src"]) from exc
-        return _certs.load_certificate(data)
-    return None
-
-
-def keystore_target(module):
-    """The keystore to manage, with its password (never shown: added to the values Ansible masks)."""
-    params = module.params
-    password = params["keystore_password"]
-    if password is None:
-        password = _certs.password_from_agent_properties(params["agent_properties"])
-    if password:
-        module.no_log_values.add(password)
-    return _certs.KeystoreTarget(params["keystore"], password, params["keystore_type"], params["create_keystore"],
-                                 params["keytool"])
-
-
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            alias=dict(type="str", required=True),
-            content=dict(type="str"),
-            src=dict(type="path"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            keystore=dict(type="path", default="/etc/cloudstack/agent/cloud.jks"),
-            keystore_password=dict(type="str", no_log=True),
-            agent_properties=dict(type="path", default="/etc/cloudstack/agent/agent.properties"),
-            keystore_type=dict(type="str", default="auto", choices=["auto", "JKS", "PKCS12"]),
-            create_keystore=dict(type="bool", default=False),
-            manage_keystore=dict(type="bool", default=True),
-            trust_dir=dict(type="path"),
-            manage_trust_dir=dict(type="bool", default=True),
-            keytool=dict(type="path"),
-            allow_non_ca=dict(type="bool", default=False),
-        ),
-        mutually_exclusive=[("content", "src")],
-        required_if=[("state", "present", ("content", "src"), True)],
-        supports_check_mode=True,
-    )
-    if not _certs.HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib("cryptography"), exception=_certs.CRYPTOGRAPHY_IMP_ERR)
-    params = module.params
-    try:
-        cert = read_certificate(params)
-        keystore = keystore_target(module) if params["manage_keystore"] else None
-        trust_dir = option_or_setting(params, "trust_dir", load_settings()) if params["manage_trust_dir"] else None
-        result = _certs.ensure_certificate(params["alias"], cert, params["state"], keystore=keystore,
-                                           trust_dir=trust_dir, check_mode=module.check_mode,
-                                           allow_non_ca=params["allow_non_ca"])
-    except DirectDownloadError as exc:
-        module.fail_json(msg=exc.msg, alias=params["alias"], **{k: v for k, v in exc.details.items() if k != "exception"})
-    except ValueError as exc:  # the agent settings file
-        module.fail_json(msg=str(exc), alias=params["alias"])
-    except OSError as exc:
-        module.fail_json(msg="I/O error: %s" % exc, alias=params["alias"])
-
+def certificate_output(result, keystore, trust_dir, cert, diff):
+    """The module result for what _certs.ensure_certificate did: the outcome in each store, their paths, the
+    certificate's description and, with ``diff``, the fingerprints before and after."""
     output = {"changed": result["changed"], "alias": result["alias"], "keystore": result["keystore"],
               "trust_dir": result["trust_dir"]}
     if keystore is not None:
@@ -340,9 +257,42 @@ def main():
     if cert is not None:
         description = _certs.describe(cert)
         output.update({key: description[key] for key in DESCRIPTION_KEYS})
-    if module._diff:
+    if diff:
         output["diff"] = result["diff"]
-    module.exit_json(**output)
+    return output
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            **_certs.certificate_source_argument_spec(),
+            keystore_type=dict(type="str", default="auto", choices=["auto", "JKS", "PKCS12"]),
+            create_keystore=dict(type="bool", default=False),
+            manage_keystore=dict(type="bool", default=True),
+            trust_dir=dict(type="path"),
+            manage_trust_dir=dict(type="bool", default=True),
+            allow_non_ca=dict(type="bool", default=False),
+            **_certs.keystore_argument_spec()
+        ),
+        mutually_exclusive=[("content", "src")],
+        required_if=[("state", "present", ("content", "src"), True)],
+        supports_check_mode=True,
+    )
+    if not _certs.HAS_CRYPTOGRAPHY:
+        module.fail_json(msg=missing_required_lib("cryptography"), exception=_certs.CRYPTOGRAPHY_IMP_ERR)
+    params = module.params
+    with failures(module, alias=params["alias"]):
+        data = _certs.read_certificate_option(params)
+        cert = _certs.load_certificate(data) if data is not None else None
+        keystore = None
+        if params["manage_keystore"]:
+            keystore = _certs.keystore_target(params, module.no_log_values, params["keystore_type"],
+                                              params["create_keystore"])
+        trust_dir = option_or_setting(params, "trust_dir", load_settings()) if params["manage_trust_dir"] else None
+        result = _certs.ensure_certificate(params["alias"], cert, params["state"], keystore=keystore,
+                                           trust_dir=trust_dir, check_mode=module.check_mode,
+                                           allow_non_ca=params["allow_non_ca"])
+        module.exit_json(**certificate_output(result, keystore, trust_dir, cert, module._diff))
 
 
 if __name__ == "__main__":

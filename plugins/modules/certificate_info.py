@@ -24,29 +24,16 @@ author:
 extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_certificates
+  - directdownload.kvm._keystore
   - directdownload.kvm._attributes.info_module
   - directdownload.kvm._attributes.idempotent_not_modify_state
 requirements:
   - Python C(cryptography) on the KVM host.
   - C(keytool) from a Java runtime when O(include_keystore=true) and the keystore exists.
 options:
-  keystore:
-    description:
-      - The Java keystore (JKS or PKCS12) to list. A missing keystore is reported with RV(keystore.exists=false).
-    type: path
-    default: /etc/cloudstack/agent/cloud.jks
-  keystore_password:
-    description:
-      - The keystore password. Default is C(keystore.passphrase) from O(agent_properties).
-    type: str
-  agent_properties:
-    description:
-      - The CloudStack agent properties file that holds C(keystore.passphrase).
-    type: path
-    default: /etc/cloudstack/agent/agent.properties
   include_keystore:
     description:
-      - List the keystore.
+      - List the keystore O(keystore). A missing keystore is reported with RV(keystore.exists=false).
     type: bool
     default: true
   trust_dir:
@@ -69,11 +56,6 @@ options:
       - A certificate with fewer days than this left is flagged RV(certificates[].expiring_soon).
     type: int
     default: 30
-  keytool:
-    description:
-      - The C(keytool) executable. Default is C(keytool) on the C(PATH), else C($JAVA_HOME/bin/keytool), else
-        C(/usr/lib/jvm/*/bin/keytool).
-    type: path
 seealso:
   - module: directdownload.kvm.certificate
   - module: directdownload.kvm.template_info
@@ -219,50 +201,33 @@ expiring_soon:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _certs
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
+from ansible_collections.directdownload.kvm.plugins.module_utils._module import failures
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            keystore=dict(type="path", default="/etc/cloudstack/agent/cloud.jks"),
-            keystore_password=dict(type="str", no_log=True),
-            agent_properties=dict(type="path", default="/etc/cloudstack/agent/agent.properties"),
             include_keystore=dict(type="bool", default=True),
             trust_dir=dict(type="path"),
             include_trust_dir=dict(type="bool", default=True),
             aliases=dict(type="list", elements="str"),
             expiry_warning_days=dict(type="int", default=30),
-            keytool=dict(type="path"),
+            **_certs.keystore_argument_spec()
         ),
         supports_check_mode=True,
     )
     if not _certs.HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib("cryptography"), exception=_certs.CRYPTOGRAPHY_IMP_ERR)
     params = module.params
-    try:
-        keystore = None
-        if params["include_keystore"]:
-            password = params["keystore_password"]
-            if password is None:
-                password = _certs.password_from_agent_properties(params["agent_properties"])
-            if password:
-                module.no_log_values.add(password)
-            keystore = _certs.KeystoreTarget(params["keystore"], password, keytool=params["keytool"])
+    with failures(module):
+        keystore = _certs.keystore_target(params, module.no_log_values) if params["include_keystore"] else None
         trust_dir = option_or_setting(params, "trust_dir", load_settings()) if params["include_trust_dir"] else None
         found = _certs.inventory(keystore, trust_dir, warning_days=params["expiry_warning_days"],
                                  aliases=params["aliases"])
-    except DirectDownloadError as exc:
-        module.fail_json(msg=exc.msg, **{k: v for k, v in exc.details.items() if k != "exception"})
-    except ValueError as exc:  # the agent settings file
-        module.fail_json(msg=str(exc))
-    except OSError as exc:
-        module.fail_json(msg="I/O error: %s" % exc)
-
-    found["expired"] = [line["alias"] for line in found["certificates"] if line["expired"]]
-    found["expiring_soon"] = [line["alias"] for line in found["certificates"] if line["expiring_soon"]]
-    module.exit_json(changed=False, **found)
+        found["expired"] = [line["alias"] for line in found["certificates"] if line["expired"]]
+        found["expiring_soon"] = [line["alias"] for line in found["certificates"] if line["expiring_soon"]]
+        module.exit_json(changed=False, **found)
 
 
 if __name__ == "__main__":

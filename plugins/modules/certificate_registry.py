@@ -29,6 +29,7 @@ author:
 extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_registry
+  - directdownload.kvm._registry
 attributes:
   check_mode:
     support: full
@@ -43,11 +44,6 @@ attributes:
 requirements:
   - Python C(cryptography) on the registry host when O(content) or O(src) is given.
 options:
-  registry:
-    description:
-      - The registry state file. Default C(~/.local/state/directdownload/registry.json) of the user running the
-        module on the registry host.
-    type: path
   alias:
     description:
       - The certificate alias, as given to M(directdownload.kvm.certificate). Stored in lower case.
@@ -187,93 +183,37 @@ registry:
   sample: /root/.local/state/directdownload/registry.json
 """
 
-import copy
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _certs
+from ansible_collections.directdownload.kvm.plugins.module_utils import _records
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
+from ansible_collections.directdownload.kvm.plugins.module_utils._module import failures
 
 
-def certificate_record(params):
-    """(pem, metadata) of the certificate given by content/src, validated; None when none is given."""
-    data = params["content"]
-    if data is None and params["src"] is not None:
-        try:
-            with open(params["src"], "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            raise DirectDownloadError("cannot read the certificate file %s: %s" % (params["src"], exc.strerror or exc),
-                                      path=params["src"]) from exc
-    if data is None:
-        return None
-    cert = _certs.load_certificate(data)
-    _certs.check_validity(cert)
-    _certs.check_can_sign(cert, params["allow_non_ca"])
-    info = _certs.describe(cert)
-    metadata = {key: info[key] for key in ("subject", "issuer", "serial", "not_before", "not_after", "is_ca")}
-    metadata["fingerprint_sha256"] = info["fingerprint"]
-    metadata["validity"] = "From: [%s] - To: [%s]" % (info["not_before"], info["not_after"])
-    metadata["hypervisor"] = hypervisor(params["hypervisor"])
-    return _certs.to_pem(cert).decode("ascii"), metadata
-
-
-def hypervisor(value):
-    """``kvm``, ``KVM``, `` Kvm `` -> ``KVM``; anything else is refused (direct download is KVM only)."""
-    if (value or "").strip().upper() != "KVM":
-        raise InvalidInput("only the KVM hypervisor supports direct download, got hypervisor %r" % value)
-    return "KVM"
-
-
-def apply(doc, params, alias, record):
-    """Change ``doc`` in place as the parameters say; returns (before, after) views for the diff."""
-    before = public(doc["certificates"].get(alias))
-    if params["state"] == "absent":
-        _registry.remove_certificate(doc, alias)
-        return before, None
-    if record is not None:
-        _registry.upsert_certificate(doc, alias, record[0], **record[1])
-    if params["host"] is not None:
-        current = doc["certificates"].get(alias)
-        if current is None:
-            raise InvalidInput("no certificate %r in the registry: record it (content or src) before a host status" % alias)
-        confirmed = params["fingerprint"]
-        if confirmed is not None and confirmed.upper() != (current.get("fingerprint_sha256") or "").upper():
-            raise InvalidInput(
-                "host %s confirmed the certificate %s under %r, but the registry holds %s: status not recorded"
-                % (params["host"], confirmed, alias, current.get("fingerprint_sha256")), host=params["host"])
-        details = params["details"]
-        if details is None and params["status"] != "FAILED":
-            details = "OK"
-        _registry.set_certificate_host_status(doc, alias, params["host"], params["status"], details)
-    return before, public(doc["certificates"].get(alias))
-
-
-def public(record):
-    """A certificate record for results and diffs: everything but the PEM (public, but long)."""
-    if record is None:
-        return None
-    shown = copy.deepcopy(record)
-    shown.pop("pem", None)
-    shown["fingerprint"] = shown.pop("fingerprint_sha256", None)  # the name certificate and certificate_info use
-    return shown
+def certificate_result(params, registry_path, before, after, diff):
+    """The module result for the (before, after) views of _records.certificate_state."""
+    result = {"changed": before != after, "registry": registry_path, "exists": after is not None}
+    if after is not None:
+        result["certificate"] = after
+        if params["host"] is not None:
+            result["host_status"] = after.get("hosts", {}).get(params["host"])
+    if diff:
+        result["diff"] = {"before": before or {}, "after": after or {}}
+    return result
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            registry=dict(type="path"),
-            alias=dict(type="str", required=True),
-            content=dict(type="str"),
-            src=dict(type="path"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
+            **_certs.certificate_source_argument_spec(),
             host=dict(type="str"),
-            status=dict(type="str", choices=["UPLOADED", "FAILED", "REVOKED", "SKIPPED"]),
+            status=dict(type="str", choices=list(_registry.CERTIFICATE_HOST_STATUSES)),
             details=dict(type="str"),
             fingerprint=dict(type="str"),
             hypervisor=dict(type="str", default="KVM"),
             allow_non_ca=dict(type="bool", default=False),
+            **_registry.registry_argument_spec()
         ),
         mutually_exclusive=[("content", "src")],
         required_together=[("host", "status")],
@@ -283,29 +223,15 @@ def main():
     if (params["content"] is not None or params["src"] is not None) and not _certs.HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib("cryptography"), exception=_certs.CRYPTOGRAPHY_IMP_ERR)
     registry = _registry.Registry(params["registry"])
-    try:
+    with failures(module, alias=params["alias"], registry=registry.path):
         alias = _certs.canonical_alias(params["alias"])
-        record = certificate_record(params) if params["state"] == "present" else None
-        read_only = params["state"] == "present" and record is None and params["host"] is None
-        if module.check_mode or read_only:
-            before, after = apply(registry.read(), params, alias, record)
-        else:
-            with registry.transaction() as doc:
-                before, after = apply(doc, params, alias, record)
-    except DirectDownloadError as exc:
-        module.fail_json(msg=exc.msg, alias=params["alias"], registry=registry.path,
-                         **{k: v for k, v in exc.details.items() if k not in ("exception", "path")})
-    except (KeyError, ValueError) as exc:
-        module.fail_json(msg=str(exc), alias=params["alias"], registry=registry.path)
-
-    result = {"changed": before != after, "registry": registry.path, "exists": after is not None}
-    if after is not None:
-        result["certificate"] = after
-        if params["host"] is not None:
-            result["host_status"] = after.get("hosts", {}).get(params["host"])
-    if module._diff:
-        result["diff"] = {"before": before or {}, "after": after or {}}
-    module.exit_json(**result)
+        record = None
+        if params["state"] == "present":
+            record = _records.certificate_record(_certs.read_certificate_option(params), params["allow_non_ca"],
+                                                 params["hypervisor"])
+        dry_run = module.check_mode or not _records.certificate_writes(params, record)
+        before, after = registry.apply(lambda doc: _records.certificate_state(doc, params, alias, record), dry_run)
+        module.exit_json(**certificate_result(params, registry.path, before, after, module._diff))
 
 
 if __name__ == "__main__":

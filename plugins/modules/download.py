@@ -123,13 +123,13 @@ options:
     type: str
   format:
     description:
-      - The expected image format. When given and the image is something else, the task fails.
+      - The expected image format, V(qcow2), V(raw) or V(iso), in any case (V(QCOW2) as CloudStack writes it is
+        V(qcow2)). When given and the image is something else, the task fails.
       - The format is always established from the bytes (the qcow2 magic, the signatures of the formats C(qemu-img)
         probes, the ISO 9660 signature; none of them is V(raw)), never from this option or the name. V(raw) hides
         nothing - a "raw" image whose bytes are a qcow2, a VMDK descriptor or a LUKS header is refused, because
         the next C(qemu-img convert) without C(-f) would read it as that.
     type: str
-    choices: [qcow2, raw, iso]
   extract:
     description:
       - Extract a compressed image (detected by content, not by suffix). ISOs are never extracted.
@@ -449,12 +449,6 @@ pool:
   returned: when O(pool) is given
   type: str
   sample: primary
-retryable:
-  description: On failure, whether another host or mirror could succeed (false for a checksum mismatch or an image
-    refused by policy). Deployment playbooks use it to decide whether to try another host.
-  returned: failure
-  type: bool
-  sample: true
 rule:
   description:
     - When the safety gate refused the image, the rule that refused it (each is listed in the C(Safety gate)
@@ -501,20 +495,40 @@ bytes_done:
   returned: failure (interrupted, after bytes were kept)
   type: int
   sample: 880803840
+retry_here:
+  description:
+    - On failure, whether running the task again on this host, later, may succeed (V(true) for a timeout or an HTTP
+      503; V(false) for a bad option, an HTTP 404, an untrusted certificate, a checksum mismatch, a refused image).
+    - Every module of the collection fails with the same keys, C(msg), RV(retry_here), RV(retry_elsewhere) and the
+      details of the error.
+  returned: failure
+  type: bool
+  sample: false
+retry_elsewhere:
+  description:
+    - On failure, whether another host or mirror may succeed (V(true) for a transport failure or an untrusted
+      certificate, which another host may trust; V(false) for a bad option, a checksum mismatch or an image refused
+      by policy, which every host would meet). The C(deploy) role stops trying hosts when it is V(false).
+    - Replaces C(retryable) (removed).
+  returned: failure
+  type: bool
+  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _download, _progress, _signals
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import (
+    ALGORITHMS,
     MAX_CHECKSUM_FILE_SIZE,
     as_given,
     checksum_from_file,
     parse_checksum,
     split_checksum_url,
 )
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import canonical_format
+from ansible_collections.directdownload.kvm.plugins.module_utils._module import failures
 from ansible_collections.directdownload.kvm.plugins.module_utils._probe import PlainSourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._rate import LIMITS_ARGUMENT_SPEC
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings, option_or_setting
@@ -632,24 +646,17 @@ def diff_for(decision, request):
     return {"before": before, "after": after}
 
 
-def retryable_elsewhere(exc):
-    """Could another host succeed? Transport errors yes; a TLS verification failure too (that host may lack the
-    uploaded CA), though it is not retried on this host. Checksum mismatches and refused images no."""
-    return exc.retryable or exc.details.get("reason") == "tls"
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             url=dict(type="str", required=True, no_log=True),  # never logged; secrets masked, see below
             checksum=dict(type="str", default=""),
-            checksum_algorithm=dict(type="str", default="md5",
-                                    choices=["md5", "sha1", "sha224", "sha256", "sha384", "sha512"]),
+            checksum_algorithm=dict(type="str", default="md5", choices=list(ALGORITHMS)),
             pool_path=dict(type="path"),
             pool=dict(type="str"),
             libvirt_uri=dict(type="str", default="qemu:///system"),
             name=dict(type="str"),
-            format=dict(type="str", choices=["qcow2", "raw", "iso"]),
+            format=dict(type="str"),  # any case: _formats.canonical_format
             extract=dict(type="bool", default=True),
             retries=dict(type="int"),
             retry_delay=dict(type="float", default=1.0),
@@ -682,7 +689,8 @@ def main():
     if not params["validate_certs"]:
         module.warn("validate_certs is false: the server certificate and host name are not verified, anyone on the "
                     "path can serve these bytes; the image record says so")
-    try:
+    with failures(module, before_fail=lambda failure: warn_metalink_notes(module, failure), url=redact_url(params["url"])):
+        params["format"] = canonical_format(params["format"])
         checksum_url = split_checksum_url(params["checksum"])
         if checksum_url:
             module.no_log_values.update(url_secret_values(checksum_url[1]))
@@ -715,15 +723,6 @@ def main():
             result["diff"] = diff
         warn_metalink_notes(module, result)
         module.exit_json(**result)
-    except DirectDownloadError as exc:
-        failure = {key: value for key, value in exc.details.items() if key not in ("msg", "changed", "retryable")}
-        failure.setdefault("url", redact_url(params["url"]))
-        warn_metalink_notes(module, failure)
-        module.fail_json(msg=exc.msg, retryable=retryable_elsewhere(exc), **failure)
-    except ValueError as exc:  # settings file, or a name/path rule
-        module.fail_json(msg=str(exc), retryable=False, url=redact_url(params["url"]))
-    except OSError as exc:
-        module.fail_json(msg="I/O error: %s" % exc, retryable=True, url=redact_url(params["url"]))
 
 
 def warn_metalink_notes(module, result):

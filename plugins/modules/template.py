@@ -31,6 +31,7 @@ author:
 extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_registry
+  - directdownload.kvm._registry
 attributes:
   check_mode:
     support: full
@@ -43,12 +44,6 @@ attributes:
   idempotent:
     support: full
 options:
-  registry:
-    description:
-      - Path of the registry file on the host that runs the module. C(~) is expanded for the user running it.
-      - Its directory is created with mode 0700 and the file is written with mode 0600.
-    type: path
-    default: ~/.local/state/directdownload/registry.json
   name:
     description:
       - The template name; the key of the template in the registry.
@@ -75,9 +70,9 @@ options:
     type: str
   format:
     description:
-      - The image format. Required with O(state=present).
+      - The image format, V(qcow2), V(raw) or V(iso), in any case (V(QCOW2) as CloudStack writes it is V(qcow2)).
+        Stored in lower case. Required with O(state=present).
     type: str
-    choices: [qcow2, raw, iso]
   type:
     description:
       - V(template) for a disk image, V(iso) for an ISO (format V(iso)). Defaults from O(format).
@@ -240,7 +235,8 @@ registry:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
+from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import ALGORITHMS
+from ansible_collections.directdownload.kvm.plugins.module_utils._module import failures
 from ansible_collections.directdownload.kvm.plugins.module_utils._template import build_template, changed_fields
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import protect_url_options
 
@@ -264,19 +260,37 @@ def absent(doc, params):
     return before, copies
 
 
+def present_result(before, after, diff):
+    """The result of state=present: changed fields, the template (masked) and, with ``diff``, its diff."""
+    fields = changed_fields(before, after)
+    result = {"changed": bool(fields), "changed_fields": fields, "template": reg.public_template(after)}
+    if diff:
+        result["diff"] = {"before": reg.public_template(before) or {},
+                          "after": reg.public_template(after, before) if fields else reg.public_template(before)}
+    return result
+
+
+def absent_result(before, copies, diff):
+    """The result of state=absent: the removed template (masked) and its copies."""
+    result = {"changed": before is not None, "copies": copies, "changed_fields": [] if before is None else ["state"]}
+    if before is not None:
+        result["template"] = reg.public_template(before)
+    if diff:
+        result["diff"] = {"before": reg.public_template(before) or {}, "after": {}}
+    return result
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            registry=dict(type="path", default=reg.DEFAULT_REGISTRY_PATH),
             name=dict(type="str", required=True),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             display_text=dict(type="str"),
             url=dict(type="str", no_log=True),  # never logged; secrets masked, see below
-            format=dict(type="str", choices=["qcow2", "raw", "iso"]),
+            format=dict(type="str"),  # any case: _template reads it through _formats.canonical_format
             type=dict(type="str", choices=["template", "iso"]),
             checksum=dict(type="str"),
-            checksum_algorithm=dict(type="str", default="md5",
-                                    choices=["md5", "sha1", "sha224", "sha256", "sha384", "sha512"]),
+            checksum_algorithm=dict(type="str", default="md5", choices=list(ALGORITHMS)),
             direct_download=dict(type="bool", default=True),
             hypervisor=dict(type="str", default="kvm"),
             zone=dict(type="str"),
@@ -287,6 +301,7 @@ def main():
             checked_on=dict(type="str"),
             allow_unknown_size=dict(type="bool", default=False),
             remove_copies=dict(type="bool", default=False),
+            **reg.registry_argument_spec()
         ),
         required_if=[("state", "present", ("url", "format"))],
         supports_check_mode=True,
@@ -296,35 +311,15 @@ def main():
     # The registry field keeps its name: _template reads http_headers.
     params = dict(module.params, http_headers=module.params["headers"])
     registry = reg.Registry(params["registry"])
-    result = {"changed": False, "registry": registry.path}
     stamp = reg.timestamp()
-    try:
+    with failures(module, registry=registry.path):
         if params["state"] == "present":
-            if module.check_mode:
-                before, after = present(registry.read(), params, stamp)
-            else:
-                with registry.transaction() as doc:
-                    before, after = present(doc, params, stamp)
-            fields = changed_fields(before, after)
-            result.update(changed=bool(fields), changed_fields=fields, template=reg.public_template(after))
-            if module._diff:
-                result["diff"] = {"before": reg.public_template(before) or {},
-                                  "after": reg.public_template(after, before) if fields else reg.public_template(before)}
+            before, after = registry.apply(lambda doc: present(doc, params, stamp), module.check_mode)
+            result = present_result(before, after, module._diff)
         else:
-            if module.check_mode:
-                before, copies = absent(registry.read(), params)
-            else:
-                with registry.transaction() as doc:
-                    before, copies = absent(doc, params)
-            result.update(changed=before is not None, copies=copies, changed_fields=[] if before is None else ["state"])
-            if before is not None:
-                result["template"] = reg.public_template(before)
-            if module._diff:
-                result["diff"] = {"before": reg.public_template(before) or {}, "after": {}}
-    except DirectDownloadError as exc:
-        module.fail_json(msg=exc.msg, registry=registry.path,
-                         **{k: v for k, v in exc.details.items() if k not in ("msg", "changed", "registry")})
-    module.exit_json(**result)
+            before, copies = registry.apply(lambda doc: absent(doc, params), module.check_mode)
+            result = absent_result(before, copies, module._diff)
+        module.exit_json(registry=registry.path, **result)
 
 
 if __name__ == "__main__":

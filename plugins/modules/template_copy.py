@@ -34,6 +34,7 @@ author:
 extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_registry
+  - directdownload.kvm._registry
 attributes:
   check_mode:
     support: full
@@ -50,11 +51,6 @@ attributes:
       - V(present) and V(absent) are idempotent. V(claimed) takes a new claim each time there is none (use
         O(claim_token) to retry the same claim), and V(released) releases it once. V(finished) records a copy once.
 options:
-  registry:
-    description:
-      - Path of the registry file on the host that runs the module.
-    type: path
-    default: ~/.local/state/directdownload/registry.json
   template:
     description:
       - The name of the template. One of O(template) and O(template_id) is required.
@@ -106,9 +102,9 @@ options:
     type: str
   format:
     description:
-      - The format of the installed image.
+      - The format of the installed image, V(qcow2), V(raw) or V(iso), in any case (V(QCOW2) as CloudStack writes
+        it is V(qcow2)). Default is the format of the template.
     type: str
-    choices: [qcow2, raw, iso]
   claim_token:
     description:
       - With O(state=claimed), retry the claim held with this token (it is granted again). With O(state=present),
@@ -192,7 +188,7 @@ EXAMPLES = r"""
   loop_control:
     loop_var: candidate
     break_when:
-      - dl is not failed and not (dl.unreachable | default(false)) or not (dl.retryable | default(true))
+      - dl is not failed and not (dl.unreachable | default(false)) or not (dl.retry_elsewhere | default(true))
   ignore_errors: true
   ignore_unreachable: true
   when: acquired.action in ['download', 'present']
@@ -296,175 +292,55 @@ registry:
   type: str
 """
 
-import time
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _fleet
+from ansible_collections.directdownload.kvm.plugins.module_utils import _records
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
-
-CLAIM_STATUS = {_fleet.PRESENT: "exists", _fleet.DOWNLOAD: "granted", _fleet.BUSY: "busy", _fleet.SAME_RUN: "busy"}
-
-
-def find_template(doc, params, required=True):
-    record = reg.get_template(doc, name=params["template"], template_id=params["template_id"])
-    if record is None and required:
-        wanted = params["template"] if params["template"] is not None else params["template_id"]
-        raise InvalidInput("no template %s in the registry: register it first with directdownload.kvm.template" % wanted)
-    return record
-
-
-def copy_record(params, template):
-    record = {
-        "template_id": template["id"],
-        "template_name": template["name"],
-        "host": params["host"],
-        "pool": params["pool"],
-        "shared": params["shared"],
-        "install_path": params["install_path"],
-        "size": params["size"],
-        "virtual_size": params["virtual_size"],
-        "checksum": params["checksum"],
-        "format": params["format"] or template.get("format"),
-    }
-    return record
-
-
-def claim(doc, params):
-    """One look at the registry for O(state=claimed): the decision of _fleet.acquire, as a result dict."""
-    template = find_template(doc, params)
-    decision = _fleet.acquire(doc, template["id"], params["host"], params["pool"], shared=params["shared"],
-                              run_id=params["run_id"], holder=params["holder"], ttl=params["claim_ttl"],
-                              token=params["claim_token"])
-    action = decision["action"]
-    result = {"template": reg.public_template(template), "action": action, "claim_status": CLAIM_STATUS[action],
-              "changed": action == _fleet.DOWNLOAD and decision["claim"]["token"] != params["claim_token"]}
-    if decision["copy"] is not None:
-        result["template_copy"] = decision["copy"]
-    if decision["claim"] is not None:
-        result["claim"] = decision["claim"]
-    return result
-
-
-def finish(doc, params, check_mode):
-    template = find_template(doc, params)
-    acquired = params["acquired"] or {}
-    decision = {"action": acquired.get("action"), "claim": acquired.get("claim"),
-                "copy": acquired.get("template_copy")}
-    if decision["action"] not in _fleet.ACTIONS:
-        raise InvalidInput("state=finished needs acquired: the registered result of the state=claimed task")
-    outcome = _fleet.finish(doc, template, params["host"], params["pool"], params["shared"], decision,
-                            params["attempts"], check_mode=check_mode,
-                            wait_timed_out=bool(acquired.get("timed_out")))
-    result = {"template": reg.public_template(template), "changed": outcome["changed"], "report": outcome["row"]}
-    if outcome["copy"]:
-        result["template_copy"] = outcome["copy"]
-    if outcome["released"] is not None:
-        result["claim"] = outcome["released"]
-    return result
-
-
-def apply(doc, params, check_mode=False):
-    """Apply the requested state to ``doc``. Returns a result dict (without ``registry``)."""
-    state = params["state"]
-    if state == "claimed":
-        return claim(doc, params)
-    if state == "finished":
-        return finish(doc, params, check_mode)
-    template = find_template(doc, params, required=state != "absent" and state != "released")
-    result = {"changed": False}
-    if template is not None:
-        result["template"] = reg.public_template(template)
-    template_id = template["id"] if template is not None else params["template_id"]
-    if state == "present":
-        if not params["install_path"]:
-            raise InvalidInput("state=present needs install_path: the path of the image on the host")
-        before, after = reg.record_copy(doc, copy_record(params, template))
-        if params["claim_token"]:
-            reg.release_claim(doc, params["claim_token"])
-        result.update(changed=before != after, template_copy=after, before=before)
-    elif state == "absent":
-        before = reg.remove_copy(doc, template_id, params["host"], params["pool"]) if template_id else None
-        result.update(changed=before is not None, before=before)
-        if before is not None:
-            result["template_copy"] = before
-    else:  # released
-        if not params["claim_token"]:
-            raise InvalidInput("state=released needs claim_token")
-        released = reg.release_claim(doc, params["claim_token"])
-        result.update(changed=released is not None, claim=released or {})
-    return result
-
-
-def run_once(registry, params, check_mode):
-    if check_mode:
-        return apply(registry.read(), params, check_mode=True)
-    with registry.transaction() as doc:
-        return apply(doc, params)
-
-
-def claim_waiting(registry, params, check_mode, sleep=time.sleep, clock=time.monotonic):
-    """O(state=claimed), polling while another run holds the claim (never in check mode). Each look is one
-    transaction: a look that finds the claim busy changes nothing and writes nothing."""
-    started = clock()
-    timeout = 0 if check_mode else max(params["wait_timeout"], 0)
-    while True:
-        result = run_once(registry, params, check_mode)
-        waited = clock() - started
-        if result["action"] != _fleet.BUSY or waited >= timeout:
-            result.update(waited=round(waited, 1), timed_out=result["action"] == _fleet.BUSY and timeout > 0)
-            return result
-        sleep(max(min(params["wait_delay"], timeout - waited), 0.05))
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import canonical_format
+from ansible_collections.directdownload.kvm.plugins.module_utils._module import failures
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            registry=dict(type="path", default=reg.DEFAULT_REGISTRY_PATH),
             template=dict(type="str"),
             template_id=dict(type="str"),
             host=dict(type="str", required=True),
             pool=dict(type="str", required=True),
             shared=dict(type="bool", default=False),
-            state=dict(type="str", default="present",
-                       choices=["present", "absent", "claimed", "released", "finished"]),
+            state=dict(type="str", default="present", choices=list(_records.COPY_STATES)),
             install_path=dict(type="str"),
             size=dict(type="int"),
             virtual_size=dict(type="int"),
             checksum=dict(type="str"),
-            format=dict(type="str", choices=["qcow2", "raw", "iso"]),
+            format=dict(type="str"),
             claim_token=dict(type="str", no_log=False),
-            claim_ttl=dict(type="int", default=10800),
+            claim_ttl=dict(type="int", default=reg.DEFAULT_CLAIM_TTL),
             holder=dict(type="str"),
             run_id=dict(type="str"),
             wait_timeout=dict(type="int", default=0),
             wait_delay=dict(type="float", default=5),
             acquired=dict(type="dict"),
             attempts=dict(type="list", elements="dict", default=[]),
+            **reg.registry_argument_spec()
         ),
         required_one_of=[("template", "template_id")],
         required_if=[("state", "present", ("install_path",)), ("state", "released", ("claim_token",)),
                      ("state", "finished", ("acquired",))],
         supports_check_mode=True,
     )
-    params = module.params
-    registry = reg.Registry(params["registry"])
-    try:
+    registry = reg.Registry(module.params["registry"])
+    with failures(module, registry=registry.path):
+        params = dict(module.params, format=canonical_format(module.params["format"]))
         if params["state"] == "claimed":
-            result = claim_waiting(registry, params, module.check_mode)
+            result = _records.claim_waiting(registry, params, module.check_mode)
         else:
-            result = run_once(registry, params, module.check_mode)
-    except DirectDownloadError as exc:
-        module.fail_json(msg=exc.msg, registry=registry.path)
-    except ValueError as exc:
-        module.fail_json(msg=str(exc), registry=registry.path)
-    before = result.pop("before", None)
-    result["registry"] = registry.path
-    if module._diff and params["state"] in ("present", "absent"):
-        after = result.get("template_copy") if params["state"] == "present" else None
-        result["diff"] = {"before": before or {}, "after": after or {}}
-    module.exit_json(**result)
+            check_mode = module.check_mode
+            result = registry.apply(lambda doc: _records.copy_state(doc, params, check_mode), check_mode)
+        if module._diff and params["state"] in ("present", "absent"):
+            result["diff"] = _records.copy_diff(params["state"], result)
+        result.pop("before", None)
+        module.exit_json(registry=registry.path, **result)
 
 
 if __name__ == "__main__":

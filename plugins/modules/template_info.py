@@ -21,14 +21,10 @@ author:
 extends_documentation_fragment:
   - directdownload.kvm._attributes
   - directdownload.kvm._attributes.action_group_registry
+  - directdownload.kvm._registry
   - directdownload.kvm._attributes.info_module
   - directdownload.kvm._attributes.idempotent_not_modify_state
 options:
-  registry:
-    description:
-      - Path of the registry file on the host that runs the module.
-    type: path
-    default: ~/.local/state/directdownload/registry.json
   name:
     description:
       - Only this template (and its copies).
@@ -125,50 +121,15 @@ schema_version:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.directdownload.kvm.plugins.module_utils import _records
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
-
-
-def _public_certificate(record):
-    """One fingerprint name across the certificate modules: the registry's ``fingerprint_sha256`` is shown as
-    ``fingerprint``."""
-    shown = dict(record)
-    shown["fingerprint"] = shown.pop("fingerprint_sha256", None)
-    return shown
-
-
-def collect(doc, params):
-    """The filtered view of ``doc`` that the module returns."""
-    show = (lambda record: record) if params["reveal_secrets"] else reg.public_template
-    templates = [t for t in reg.list_templates(doc, name=params["name"])
-                 if params["template_id"] in (None, t.get("id"))]
-    template_ids = None
-    if params["name"] is not None or params["template_id"] is not None:
-        template_ids = {t["id"] for t in templates}
-        if params["template_id"] is not None:
-            template_ids.add(params["template_id"])
-    copies = [c for c in reg.list_copies(doc, host=params["host"], pool=params["pool"])
-              if template_ids is None or c.get("template_id") in template_ids]
-    claims = [dict(c) for c in doc["claims"]
-              if (template_ids is None or c.get("template_id") in template_ids)
-              and params["pool"] in (None, c.get("pool")) and params["host"] in (None, c.get("host"))]
-    result = {
-        "templates": [show(t) for t in templates],
-        "copies": copies,
-        "claims": claims,
-        "certificates": [_public_certificate(c)
-                         for c in reg.list_certificates(doc, alias=params["alias"], host=params["host"])],
-        "schema_version": doc["schema_version"],
-    }
-    if (params["name"] is not None or params["template_id"] is not None) and len(templates) == 1:
-        result["template"] = show(templates[0])
-    return result
+from ansible_collections.directdownload.kvm.plugins.module_utils._module import failures
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            registry=dict(type="path", default=reg.DEFAULT_REGISTRY_PATH),
+            **reg.registry_argument_spec(),
             name=dict(type="str"),
             template_id=dict(type="str"),
             host=dict(type="str"),
@@ -178,12 +139,13 @@ def main():
         ),
         supports_check_mode=True,
     )
-    registry = reg.Registry(module.params["registry"])
-    try:
-        result = collect(registry.read(), module.params)
-    except DirectDownloadError as exc:
-        module.fail_json(msg=exc.msg, registry=registry.path)
-    module.exit_json(changed=False, registry=registry.path, exists=registry.exists(), **result)
+    params = module.params
+    registry = reg.Registry(params["registry"])
+    with failures(module, registry=registry.path):
+        result = _records.select(registry.read(), name=params["name"], template_id=params["template_id"],
+                                 host=params["host"], pool=params["pool"], alias=params["alias"],
+                                 reveal_secrets=params["reveal_secrets"])
+        module.exit_json(changed=False, registry=registry.path, exists=registry.exists(), **result)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,9 @@ options:
     required: true
   format:
     description:
-      - The format the template is registered with. When given, RV(format_matches) tells whether the image is one.
+      - The format the template is registered with, V(qcow2), V(raw) or V(iso), in any case (V(QCOW2) as CloudStack
+        writes it is V(qcow2)). When given, RV(format_matches) tells whether the image is one.
     type: str
-    choices: [qcow2, raw, iso]
   read_header:
     description:
       - Read the first KiBs of the image to detect its format and virtual size. When false only C(HEAD) is sent.
@@ -174,7 +174,8 @@ notes:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _probe
-from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
+from ansible_collections.directdownload.kvm.plugins.module_utils._formats import canonical_format
+from ansible_collections.directdownload.kvm.plugins.module_utils._module import failures
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import load_settings
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import (
     TRANSPORT_ARGUMENT_SPEC,
@@ -188,7 +189,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             url=dict(type="str", required=True, no_log=True),  # never logged; secrets masked, see below
-            format=dict(type="str", choices=["qcow2", "raw", "iso"]),
+            format=dict(type="str"),  # any case: _formats.canonical_format
             read_header=dict(type="bool", default=True),
             fail_on_unreachable=dict(type="bool", default=False),
             **TRANSPORT_ARGUMENT_SPEC
@@ -198,7 +199,7 @@ def main():
     params = module.params
     # url and proxy are no_log (never in the host's log); in results only their passwords and signatures are masked.
     protect_url_options(module, ("url", "proxy"))
-    try:
+    with failures(module, url=redact_url(params["url"]), reachable=False):
         settings = load_settings()
         options = source_options_from_params(params, settings)
         request = _probe.PlainSourceOptions(options, params["nfs_transport"])
@@ -206,17 +207,13 @@ def main():
         def open_plain(url):
             return open_plain_source(url, request)
 
-        result = _probe.probe_url(params["url"], open_plain, image_format=params["format"],
+        result = _probe.probe_url(params["url"], open_plain, image_format=canonical_format(params["format"]),
                                   read_header=params["read_header"], metalink_name=params["metalink_name"],
                                   locations=params["metalink_locations"])
-    except DirectDownloadError as exc:
-        module.fail_json(msg=exc.msg, url=redact_url(params["url"]), reachable=False)
-    except ValueError as exc:  # the agent settings file
-        module.fail_json(msg=str(exc), url=redact_url(params["url"]), reachable=False)
-    result.pop("retryable", None)
-    if params["fail_on_unreachable"] and not result["reachable"]:
-        module.fail_json(msg="cannot reach %s: %s" % (redact_url(params["url"]), result["error"]), **result)
-    module.exit_json(changed=False, **result)
+        result.pop("retry_elsewhere", None)  # a probe that could not reach the URL is a result, not a failure
+        if params["fail_on_unreachable"] and not result["reachable"]:
+            module.fail_json(msg="cannot reach %s: %s" % (redact_url(params["url"]), result["error"]), **result)
+        module.exit_json(changed=False, **result)
 
 
 if __name__ == "__main__":

@@ -225,7 +225,8 @@ def test_https_private_ca_trust_and_host_name(run_module, www, pool, qcow2_image
         untrusted = download(run_module, args)
         assert untrusted["status"] == "failed"
         assert "certificate" in untrusted["result"]["msg"].lower()
-        assert untrusted["result"]["retryable"] is True, "another host may hold the uploaded CA"
+        assert untrusted["result"]["retry_elsewhere"] is True, "another host may hold the uploaded CA"
+        assert untrusted["result"]["retry_here"] is False, "asking this host again gives the same answer"
         trusted = download(run_module, dict(args, ca_path=ca_file))
         assert trusted["status"] == "changed", trusted["result"]
     with ImageServer(www, ssl_context=ca.server_context(hostnames=("wrong.example.com",))) as wrong_host:
@@ -240,7 +241,7 @@ def test_truncated_transfer_resumes_with_range(run_module, server, pool, qcow2_i
     server.set_fault("/disk.qcow2", truncate_at=size // 2, times=1)
     args = args_for(server, "disk.qcow2", pool, retries=0, checksum="sha256:" + sha256(qcow2_image))
     failed = download(run_module, args)
-    assert failed["status"] == "failed" and failed["result"]["retryable"] is True
+    assert failed["status"] == "failed" and failed["result"]["retry_elsewhere"] is True
     assert visible(pool) == [] and os.path.exists(pool / ".disk.qcow2.part")
     done = download(run_module, args)
     assert done["status"] == "changed", done["result"]
@@ -279,7 +280,7 @@ def test_corrupt_body_redownloads_then_fails_with_both_digests(run_module, serve
     failed = download(run_module, args_for(server, "disk.qcow2", pool, checksum="sha256:" + good))
     result = failed["result"]
     assert failed["status"] == "failed"
-    assert result["retryable"] is False and result["expected"] == "{SHA-256}" + good
+    assert result["retry_elsewhere"] is False and result["expected"] == "{SHA-256}" + good
     assert result["actual"].startswith("{SHA-256}") and result["actual"] != result["expected"]
     assert good in result["msg"]
     full_gets = [r for r in server.requests_for("/disk.qcow2", "GET") if not r.headers.get("range")]
@@ -297,14 +298,14 @@ def test_corrupt_body_redownloads_then_fails_with_both_digests(run_module, serve
 def test_non_2xx_and_backing_file_are_refused(run_module, server, pool, www, qcow2_image):
     missing = download(run_module, args_for(server, "missing.qcow2", pool, retries=3))
     assert missing["status"] == "failed" and "404" in missing["result"]["msg"]
-    assert missing["result"]["retryable"] is False
+    assert missing["result"]["retry_elsewhere"] is False
     assert len(server.requests_for("/missing.qcow2")) == 1, "a 404 is permanent: exactly one request"
     assert "permanent" in missing["result"]["retry_stopped"]
 
     images.qcow2_with_backing(str(www / "child.qcow2"), str(qcow2_image))
     refused = download(run_module, args_for(server, "child.qcow2", pool))
     assert refused["status"] == "failed" and "backing" in refused["result"]["msg"]
-    assert refused["result"]["retryable"] is False
+    assert refused["result"]["retry_elsewhere"] is False
     assert os.listdir(pool) == []
 
     wrong = download(run_module, args_for(server, "disk.qcow2", pool, format="iso"))
@@ -318,7 +319,7 @@ def test_safety_gate_options_and_rule_through_the_module(run_module, server, poo
     images.sparse_raw(str(www / "four.raw"), 4 * MiB)
     capped = download(run_module, args_for(server, "four.raw", pool, max_size="1M"))
     assert capped["status"] == "failed" and capped["result"]["rule"] == "max_size"
-    assert capped["result"]["retryable"] is False and "max_size" in capped["result"]["msg"]
+    assert capped["result"]["retry_elsewhere"] is False and "max_size" in capped["result"]["msg"]
     assert os.listdir(pool) == []
     too_big = download(run_module, args_for(server, "disk.qcow2", pool, max_virtual_size="1M"))
     assert too_big["status"] == "failed" and too_big["result"]["rule"] == "max_virtual_size"
@@ -475,7 +476,7 @@ def test_sigint_and_sigterm_keep_the_part_and_the_next_run_resumes(tmp_path, www
         result = interrupted["result"]
         assert interrupted["status"] == "failed", result
         assert "interrupted by %s at " % signum.name in result["msg"] and "run again to resume" in result["msg"]
-        assert result["signal"] == signum.name and result["bytes_done"] >= 4 * MiB and result["retryable"] is True
+        assert result["signal"] == signum.name and result["bytes_done"] >= 4 * MiB and result["retry_elsewhere"] is True
         assert "%d%%" % int(100 * result["bytes_done"] / (24 * MiB)) in result["msg"]
         assert visible(pool) == [], "an interrupted download must not leave an image in the pool"
         assert os.path.exists(pool / ".slow.raw.part") and _pool_state(pool)["bytes_done"] == result["bytes_done"]
@@ -582,5 +583,5 @@ def test_fifo_at_the_destination_and_long_names_are_refused_in_check_mode_too(ru
     for check in (True, False):
         record = download(run_module, args_for(server, "disk.qcow2", pool, name=name), check=check)
         assert record["status"] == "failed" and "at most 222 fit" in record["result"]["msg"], record["result"]
-        assert record["result"].get("retryable") is False
+        assert record["result"].get("retry_elsewhere") is False
     assert os.listdir(pool) == []

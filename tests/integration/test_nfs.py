@@ -94,12 +94,12 @@ def test_missing_file_and_wrong_export_fail_clearly(run_module, nfs_export, pool
     missing = run_module(MODULE, args_for(nfs_export.url("nope.qcow2", 4), pool, retries=0))[0]
     assert missing["status"] == "failed"
     assert "file not found" in missing["result"]["msg"]
-    assert missing["result"]["retryable"] is False  # every host would see the same
+    assert missing["result"]["retry_elsewhere"] is False  # every host would see the same
 
     wrong = run_module(MODULE, args_for("nfs://127.0.0.1/no/such/export/disk.qcow2?version=3", pool, retries=0))[0]
     assert wrong["status"] == "failed"
     assert "export not found" in wrong["result"]["msg"] and "MNT3ERR_ACCES" in wrong["result"]["msg"]
-    assert wrong["result"]["retryable"] is True  # export rules may leave out only this host
+    assert wrong["result"]["retry_elsewhere"] is True  # export rules may leave out only this host
     assert os.listdir(pool) == []
 
 

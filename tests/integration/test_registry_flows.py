@@ -601,6 +601,18 @@ def test_deploy_two_hosts_local_pools_then_nothing_to_do(run_playbook, tmp_path,
     assert all(r["bytes"] == 0 for r in again.report)
 
 
+def test_register_and_deploy_take_the_format_as_cloudstack_writes_it(run_playbook, tmp_path, mirror):
+    """Issue 10: QCOW2 (CloudStack's spelling) works like qcow2 in the playbook, the roles and the modules."""
+    inv, registry, template = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1"]),
+                                         format="QCOW2")
+    assert template["format"] == "qcow2" and template["type"] == "template"
+    deploy(run_playbook, inv, registry)
+    [copy] = read_registry(registry)["copies"]
+    assert copy["format"] == "qcow2" and Path(copy["install_path"]).is_file()
+    again = register(run_playbook, inv, registry, mirror.url("disk.qcow2.gz"), format="qcow2")
+    assert again.changed_tasks() == [] and probes(again) == [], "QCOW2 and qcow2 are the same registration"
+
+
 def test_deploy_origin_rate_is_shared_among_the_hosts_downloading_at_once(run_playbook, tmp_path, mirror):
     inv, registry, _template = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1", "kvm2"]))
     run = deploy(run_playbook, inv, registry, deploy_origin_rate="2M")
@@ -685,7 +697,7 @@ def test_deploy_checksum_mismatch_stops_without_rotation(run_playbook, tmp_path,
     run = deploy(run_playbook, inv, registry, extra_args=["--limit", "kvm1"], expect_rc=2)
     attempts = download_attempts(run)
     assert [a["tried_on"] for a in attempts] == ["kvm1"], "a checksum mismatch is not retried on other hosts"
-    assert attempts[0]["retryable"] is False
+    assert attempts[0]["retry_elsewhere"] is False and attempts[0]["retry_here"] is False
     [row] = run.report
     assert row["status"] == "failed"
     assert "after trying kvm1 (stopped: the error is not retryable on another host)" in row["error"]

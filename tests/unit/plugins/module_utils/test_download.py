@@ -73,7 +73,7 @@ def test_default_names(url, name):
 def test_request_validation(pool):
     with pytest.raises(InvalidInput, match="unsupported URL scheme"):
         _download.DownloadRequest("ftp://h/x.qcow2", str(pool))
-    with pytest.raises(ValueError, match="unsafe file name"):
+    with pytest.raises(InvalidInput, match="unsafe file name"):
         _download.DownloadRequest("http://h/x.qcow2", str(pool), name="../x")
     with pytest.raises(InvalidInput, match="format must be one of"):
         _download.DownloadRequest("http://h/x.qcow2", str(pool), image_format="vmdk")

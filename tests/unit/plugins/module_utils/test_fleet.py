@@ -41,7 +41,7 @@ def ok(host, changed=True, moved=1000, **extra):
 
 def failed(host, msg="connection refused", retryable=True):
     return {"ansible_loop_var": "__deploy_candidate", "__deploy_candidate": host, "failed": True, "msg": msg,
-            "retryable": retryable}
+            "retry_elsewhere": retryable}
 
 
 def unreachable(host):
@@ -127,7 +127,7 @@ def test_summarize_attempts_keeps_the_order_skips_skipped_and_finds_the_success(
     tried, success = fleet.summarize_attempts(results)
     assert [(t["host"], t["outcome"]) for t in tried] == [("kvm1", "failed"), ("kvm3", "unreachable"), ("kvm2", "ok")]
     assert tried[0]["error"] == "connection refused"
-    assert tried[1]["error"].startswith("host unreachable: ssh: connect") and tried[1]["retryable"] is True
+    assert tried[1]["error"].startswith("host unreachable: ssh: connect") and tried[1]["retry_elsewhere"] is True
     assert success["__deploy_candidate"] == "kvm2"
 
 

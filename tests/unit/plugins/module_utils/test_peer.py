@@ -258,7 +258,7 @@ def test_pin_refuses_another_certificate_before_sending_the_token(served, tmp_pa
     with pytest.raises(SourceError) as caught:
         HttpSource(served.url(), peer_options(other)).open()
     assert caught.value.details["reason"] == "tls"
-    assert not caught.value.retryable
+    assert not caught.value.retry_here  # the same peer will not change its certificate; another source may serve
     assert "pinned" in caught.value.msg
     assert TOKEN not in caught.value.msg
     assert served.server.statuses == before  # no request reached the server: the token was never sent

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
 from ansible_collections.directdownload.kvm.plugins.module_utils._registry import Registry, RegistryError
 
@@ -336,7 +337,7 @@ def test_copies_local_and_shared():
     assert reg.remove_copy(doc, "t1", "kvm1", "local")["host"] == "kvm1"
     assert reg.remove_copy(doc, "t1", "kvm1", "local") is None
     assert len(reg.remove_copies_of(doc, "t1")) == 2 and doc["copies"] == []
-    with pytest.raises(ValueError, match="needs pool"):
+    with pytest.raises(InvalidInput, match="needs pool"):
         reg.record_copy(doc, {"template_id": "t1", "host": "h"})
 
 
@@ -379,9 +380,9 @@ def test_certificates_and_host_status():
     assert set(after["hosts"]) == {"kvm1", "kvm2"}
     _before, after = reg.upsert_certificate(doc, "mirror-ca", "PEM2", subject="CN=ca2")
     assert after["hosts"] == {}
-    with pytest.raises(ValueError, match="must be one of"):
+    with pytest.raises(InvalidInput, match="must be one of"):
         reg.set_certificate_host_status(doc, "mirror-ca", "kvm1", "DONE")
-    with pytest.raises(KeyError):
+    with pytest.raises(InvalidInput, match="no certificate"):
         reg.set_certificate_host_status(doc, "other", "kvm1", "UPLOADED")
     assert reg.remove_certificate(doc, "mirror-ca")["pem"] == "PEM2"
     assert reg.list_certificates(doc) == []

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import (
     BUILTIN_DEFAULTS,
     load_settings,
@@ -31,5 +32,5 @@ def test_file_overrides_defaults_and_options_override_file(tmp_path):
 def test_unreadable_file_is_an_error(tmp_path):
     path = tmp_path / "agent.json"
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="cannot read the agent settings file"):
+    with pytest.raises(InvalidInput, match="cannot read the agent settings file"):
         load_settings(str(path))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     file_name_from_url,
     is_metalink_answer,
@@ -47,7 +48,7 @@ def test_an_answer_is_a_metalink_by_its_final_url_or_content_type():
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b", "C:\\x", ".hidden", "", "a..b", "x\x00"])
 def test_unsafe_names_are_refused(name):
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInput):
         safe_file_name(name)
 
 
@@ -55,7 +56,7 @@ def test_names_from_urls():
     assert file_name_from_url("http://h/images/debian-12.qcow2.gz?sig=1") == "debian-12.qcow2.gz"
     assert strip_compression_suffix("debian-12.qcow2.gz") == "debian-12.qcow2"
     assert strip_compression_suffix("plain.raw") == "plain.raw"
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInput):
         file_name_from_url("http://h/")
 
 

@@ -152,7 +152,7 @@ def test_download_refuses_unbounded_options_before_any_connection(tmp_path, logg
     """Also here, though not about secrets: the bounds reach the user as one clear message of the module."""
     result, _out = run_module(download, {"url": "http://127.0.0.1:9/disk.raw", "pool_path": str(tmp_path),
                                          option: value}, capsys, monkeypatch)
-    assert result["failed"] is True and result["msg"] == words and result["retryable"] is False
+    assert result["failed"] is True and result["msg"] == words and result["retry_elsewhere"] is False
     assert os.listdir(str(tmp_path)) == []
 
 
