@@ -116,8 +116,8 @@ options:
   name:
     description:
       - The file name of the image in the pool. A plain name, no directories.
-      - At most the pool file system's name limit minus 33 characters (222 on ext4 and XFS), the room its hidden
-        helper files (C(.NAME.part.segments.json) and its temporary file) need; a longer name is refused up front.
+      - At most the pool file system's name limit minus 26 characters (229 on ext4 and XFS), the room its hidden
+        helper files (C(.NAME.ddinfo.json) and its temporary file) need; a longer name is refused up front.
       - Default is the last segment of the URL path without a compression suffix (C(.gz), C(.bz2), C(.xz), C(.zip),
         C(.zst)) or a Metalink suffix.
     type: str
