@@ -570,9 +570,12 @@ def _fetch_once(request, part, source, expected, log, now, totals):
 
 def _fetch_segmented(request, part, source, expected, log, totals):
     """Several mirrors at once (metalink with connections > 1 or piece hashes); verifies by itself."""
-    if source.size is not None:
-        _gate.check_announced_size(source.size, redact_url(request.url), request.limits)
-        _install.ensure_free_space(request.pool_path, source.size, "the download")
+    size = source.discover_size()
+    if size is None:
+        raise SourceError("no source of %s announces its size, which a download in ranges needs"
+                          % redact_url(request.url), ranges_unsupported=True)
+    _gate.check_announced_size(size, redact_url(request.url), request.limits)
+    _install.ensure_free_space(request.pool_path, size, "the download")
     result = source.download_segmented(part.path, checksums=expected, block_size=request.block_size, log=log,
                                        resume=request.resume, algorithms=[DEFAULT_COMPUTED_ALGORITHM],
                                        state_writer=_segmented_progress(request, part, source, log),

@@ -42,6 +42,10 @@ class Source:
     def set_aside_slow_mirror(self, served_url=None):
         """The ``lowest_speed`` watchdog closed the connection: another source first, when there is one."""
 
+    def discover_size(self):
+        """The size of the file, when it is known before the transfer (a description's); None for one URL."""
+        return self.size
+
     def source_report(self, bytes_served):  # pylint: disable=unused-argument
         """The ``sources`` result: one entry per source; None lets the engine describe its one URL itself."""
         return None

@@ -36,9 +36,6 @@ TRANSPORT_ARGUMENT_SPEC = dict(
     metalink_locations=dict(type="list", elements="str", default=[]),
 )
 
-# download only: further URLs of the same file (no_log-safe: modules redact them like url).
-MIRRORS_ARGUMENT_SPEC = dict(mirrors=dict(type="list", elements="raw", default=[]))
-
 # HTTP credentials, named as ansible.builtin.get_url and uri name them (the url doc fragment).
 TRANSPORT_ARGUMENT_SPEC.update(
     url_username=dict(type="str", aliases=["username"]),

@@ -205,6 +205,21 @@ class MultiSource(Source):
             return info
         raise self.failure("no mirror answered the probe", since=errors_before)
 
+    def discover_size(self):
+        """The size of the file when the description has none (a URL with mirrors): the first source that announces
+        one. It becomes the description's size: every source must then serve that many bytes."""
+        if self.file.size is None:
+            for mirror in self.mirrors():
+                try:
+                    size = self._source(mirror).probe().get("size")
+                except (SourceError, InvalidInput, OSError) as exc:
+                    self.record_error(mirror, exc)
+                    continue
+                if size:
+                    self.file.size = size
+                    break
+        return self.file.size
+
     def read_head(self, count):
         """The first ``count`` bytes of the file, from the first source that serves them."""
         errors_before = len(self.mirror_errors)
