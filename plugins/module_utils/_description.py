@@ -15,7 +15,7 @@ import math
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import strongest
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_scheme
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_scheme, url_secret_values
 
 SOURCE_SCHEMES = ("http", "https", "nfs")
 
@@ -160,6 +160,20 @@ def parse_mirrors(mirrors):
                                % (index, redact_url(url), scheme))
         parsed.append((url, priority, location))
     return parsed
+
+
+def protect_mirrors(module):
+    """For the modules with a ``mirrors`` option (download, template): ``mirrors`` is no_log like ``url``: Ansible would mask every string in it (locations and priorities too) in
+    every result. Keep only the secret parts of each mirror URL masked (``_urls.url_secret_values``)."""
+    for entry in module.params.get("mirrors") or ():
+        if isinstance(entry, dict):
+            leaves, url = [str(value) for value in entry.values()], entry.get("url")
+        else:
+            leaves, url = [str(entry)], entry
+        for leaf in leaves:
+            module.no_log_values.discard(leaf)
+        if isinstance(url, str) and url:
+            module.no_log_values.update(url_secret_values(url))
 
 
 def from_urls(url, name, mirrors=(), location_preference=()):

@@ -519,6 +519,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._checksum impor
     parse_checksum,
     split_checksum_url,
 )
+from ansible_collections.directdownload.kvm.plugins.module_utils._description import protect_mirrors
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
 from ansible_collections.directdownload.kvm.plugins.module_utils._probe import PlainSourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._rate import LIMITS_ARGUMENT_SPEC
@@ -577,20 +578,6 @@ def build_request(module, settings):
         mismatch_retries=params["mismatch_retries"],
         timeout=params["timeout"],
     )
-
-
-def protect_mirrors(module):
-    """``mirrors`` is no_log like ``url``: Ansible would mask every string in it (locations and priorities too) in
-    every result. Keep only the secret parts of each mirror URL masked (``_urls.url_secret_values``)."""
-    for entry in module.params.get("mirrors") or ():
-        if isinstance(entry, dict):
-            leaves, url = [str(value) for value in entry.values()], entry.get("url")
-        else:
-            leaves, url = [str(entry)], entry
-        for leaf in leaves:
-            module.no_log_values.discard(leaf)
-        if isinstance(url, str) and url:
-            module.no_log_values.update(url_secret_values(url))
 
 
 def resolve_checksum(params, source_options):
