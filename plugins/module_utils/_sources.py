@@ -8,7 +8,7 @@ description, or a URL with ``mirrors``), resolved before any transfer starts."""
 
 from __future__ import annotations
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _description, _metalink, _transfer
+from ansible_collections.directdownload.kvm.plugins.module_utils import _description, _transfer
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import read_bounded
@@ -92,6 +92,8 @@ def open_metalink_source(url, request, document=None):
     """Fetch and parse the Metalink document at ``url`` (or parse ``document``, bytes already read) with the
     request's ``metalink_name`` and ``metalink_locations``, convert it into a description and return the
     :class:`_transfer.MultiSource` over its mirrors (``connections`` of the request)."""
+    # lxml costs ~30 ms to import: only a Metalink pays for it, never a plain download.
+    from ansible_collections.directdownload.kvm.plugins.module_utils import _metalink  # pylint: disable=import-outside-toplevel
     open_plain = plain_source_factory(request)
     name = getattr(request, "metalink_name", None)
     locations = getattr(request, "metalink_locations", ()) or ()
@@ -104,9 +106,13 @@ def open_metalink_source(url, request, document=None):
                                  document_url=url)
 
 
-def open_metalink_answer(body, url, request, max_size=_metalink.DEFAULT_MAX_DOCUMENT_SIZE):
+def open_metalink_answer(body, url, request, max_size=None):
     """A plain URL answered with a Metalink (``_urls.is_metalink_answer``): read the document from ``body``
-    (bounded by ``max_size``), close it, and return the :class:`_transfer.MultiSource` over its mirrors."""
+    (bounded by ``max_size``, default the parser's 1 MiB), close it, and return the :class:`_transfer.MultiSource`
+    over its mirrors."""
+    from ansible_collections.directdownload.kvm.plugins.module_utils import _metalink  # pylint: disable=import-outside-toplevel
+    if max_size is None:
+        max_size = _metalink.DEFAULT_MAX_DOCUMENT_SIZE
     try:
         document = _metalink.read_document(body, max_size)
     finally:
