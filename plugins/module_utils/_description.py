@@ -163,8 +163,9 @@ def parse_mirrors(mirrors):
 
 
 def protect_mirrors(module):
-    """For the modules with a ``mirrors`` option (download, template): ``mirrors`` is no_log like ``url``: Ansible would mask every string in it (locations and priorities too) in
-    every result. Keep only the secret parts of each mirror URL masked (``_urls.url_secret_values``)."""
+    """For the modules with a ``mirrors`` option (download, template): ``mirrors`` is no_log like ``url``: Ansible
+    would mask every string in it (locations and priorities too) in every result. Keep only the secret parts of
+    each mirror URL masked (``_urls.url_secret_values``)."""
     for entry in module.params.get("mirrors") or ():
         if isinstance(entry, dict):
             leaves, url = [str(value) for value in entry.values()], entry.get("url")

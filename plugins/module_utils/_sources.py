@@ -73,7 +73,7 @@ def open_source(url, request):
     mirrors = getattr(request, "mirrors", ())
     if mirrors:
         description = _description.from_urls(url, getattr(request, "name", None) or url, mirrors,
-                                              getattr(request, "metalink_locations", ()))
+                                             getattr(request, "metalink_locations", ()))
         return _transfer.MultiSource(description, plain_source_factory(request),
                                      connections=getattr(request, "connections", 1))
     return open_plain_source(url, request)

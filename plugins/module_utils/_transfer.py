@@ -311,6 +311,8 @@ class MultiSource(Source):
         key = mirror.redacted
         self.bytes_per_mirror[key] = self.bytes_per_mirror.get(key, 0) + count
         self.selector.count_bytes(mirror.url, count)
+
+
 class _FailoverBody:
     """A body that moves to the next mirror when the current one fails mid-stream (see MultiSource)."""
 
@@ -978,4 +980,3 @@ class _SegmentedDownload:
             for hasher in hashers:
                 hasher.update(view[:count])
             offset += count
-
