@@ -69,7 +69,10 @@ def open_source(url, request):
     """Return a Source (see docs/architecture.md) for ``url`` with the request's transport options: a
     :class:`_transfer.MultiSource` for a Metalink URL or a URL with ``mirrors``, else the plain source."""
     if is_metalink_url(url):
-        return open_metalink_source(url, request)
+        source = open_metalink_source(url, request)
+        if getattr(request, "mirrors", ()):
+            source.file.notes.append("ignored the mirrors option: the Metalink document lists the sources of the file")
+        return source
     mirrors = getattr(request, "mirrors", ())
     if mirrors:
         description = _description.from_urls(url, getattr(request, "name", None) or url, mirrors,
