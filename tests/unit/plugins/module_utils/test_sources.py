@@ -63,7 +63,6 @@ def test_credential_options_in_the_transport_group():
     assert options.basic_auth == "Basic dTpw" and options.force_basic_auth
 
 
-
 def test_a_url_with_mirrors_is_one_multi_source_and_a_metalink_ignores_them_with_a_note(server, tmp_path):
     request = types.SimpleNamespace(source_options=SourceOptions(), nfs_transport="auto", name="x.qcow2",
                                     connections=2, mirrors=["http://b.example/x.qcow2"], metalink_locations=(),
