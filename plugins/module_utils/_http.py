@@ -46,6 +46,7 @@ from typing import Any, Iterable, Mapping, Optional
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     HTTPStatusError, InvalidInput, SourceError, TLSVerificationError)
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import BUILTIN_DEFAULTS, DEFAULT_TRUST_DIR
+from ansible_collections.directdownload.kvm.plugins.module_utils._source import Source
 from ansible_collections.directdownload.kvm.plugins.module_utils._trust import (
     build_pinned_context, build_ssl_context, check_pin, describe_tls_error, is_verification_error,
     normalize_fingerprint)
@@ -465,8 +466,10 @@ class HttpBody:
             redact_url(self.url), self.status, self.offset, self.size, self.received)
 
 
-class HttpSource:
+class HttpSource(Source):
     """An http:// or https:// URL as a Source (see docs/architecture.md)."""
+
+    may_answer_metalink = True  # a plain URL may answer with a Metalink Content-Type
 
     def __init__(self, url, options=None):
         self.options = options or SourceOptions()

@@ -374,6 +374,8 @@ def public_template(record: dict | None, previous: dict | None = None) -> dict |
                                          None if previous is None else previous.get("http_headers") or {})
     if shown.get("url"):
         shown["url"] = redact_url(shown["url"])
+    for mirror in shown.get("mirrors") or ():
+        mirror["url"] = redact_url(mirror["url"])
     return shown
 
 

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from typing import Any, Mapping, Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
+from ansible_collections.directdownload.kvm.plugins.module_utils._description import parse_mirrors
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._formats import FORMATS, canonical_format
 # The HTTP source's header rules, so that registration refuses exactly what a download would refuse.
@@ -55,7 +56,7 @@ IMAGE_SUFFIXES = {
 # The fields that make a registration; changing one of them is a change of the template. Probe facts (size,
 # virtual_size, checked_on, checked_at) are kept apart so that probing again from another host changes nothing.
 CONTENT_FIELDS = ("name", "display_text", "url", "format", "type", "checksum", "hypervisor", "zone", "os_type",
-                  "http_headers", "direct_download")
+                  "http_headers", "direct_download", "mirrors")
 PROBE_FIELDS = ("size", "virtual_size", "checked_on", "checked_at")
 # A change of these invalidates an earlier probe: the bytes (or the way to get them) may differ.
 PROBED_BY = ("url", "format", "http_headers")
@@ -209,6 +210,16 @@ def validate_size(size: Optional[int], virtual_size: Optional[int],
     return size, virtual_size
 
 
+def validate_mirrors(mirrors: Any, image_format: Optional[str]) -> list[dict[str, Any]]:
+    """The ``mirrors`` of a template (further URLs of the same file, passed on to ``download``): each a URL or a dict
+    with ``url``, optional ``priority`` and ``location``; stored as ``{url, priority, location}`` dicts, every URL
+    checked as the template URL is."""
+    stored = []
+    for url, priority, location in parse_mirrors(mirrors):
+        stored.append({"url": validate_url(url, image_format), "priority": priority, "location": location})
+    return stored
+
+
 def build_template(params: Mapping[str, Any], existing: Optional[Mapping[str, Any]] = None,
                    now_stamp: Optional[str] = None) -> dict[str, Any]:
     """The record to store for the ``template`` module options ``params`` (validated here).
@@ -253,10 +264,15 @@ def build_template(params: Mapping[str, Any], existing: Optional[Mapping[str, An
         size, virtual_size = validate_size(given_size, given_virtual, params.get("allow_unknown_size", False))
         record.update(size=size, virtual_size=virtual_size, checked_on=params.get("checked_on") or None,
                       checked_at=now_stamp if params.get("checked_on") else None)
+    mirrors = validate_mirrors(params.get("mirrors"), fmt)
+    if mirrors:  # only when given: records written before the field existed stay unchanged
+        record["mirrors"] = mirrors
     if existing is not None:
         # Keep the stored id, creation time and any field written by a newer version of this collection.
         for key, value in existing.items():
             record.setdefault(key, value)
+        if not mirrors:
+            record.pop("mirrors", None)
     return record
 
 
