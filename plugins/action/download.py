@@ -16,6 +16,7 @@ when the job cannot be started.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -24,6 +25,7 @@ from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
+from ansible.vars.clean import remove_internal_keys
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._download import default_name
 from ansible_collections.directdownload.kvm.plugins.module_utils._progress import (
@@ -35,12 +37,14 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._sink import Pa
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import safe_file_name
 
 # Seconds between progress lines (0: no job, no lines): variable, else controller environment, else default.
-INTERVAL_VAR, INTERVAL_ENV, DEFAULT_INTERVAL = "directdownload_progress_interval", "DIRECTDOWNLOAD_PROGRESS_INTERVAL", 0
+INTERVAL_VAR, INTERVAL_ENV, DEFAULT_INTERVAL = "directdownload_progress_interval", "DIRECTDOWNLOAD_PROGRESS_INTERVAL", 5
 # The job's lease: without a renewal for this long the download stops (the controller is gone).
 LEASE_VAR, LEASE_ENV_CONTROLLER, DEFAULT_LEASE = "directdownload_progress_lease", "DIRECTDOWNLOAD_PROGRESS_LEASE", 60
 # The async wrapper's own limit; the lease is what stops an abandoned download.
 JOB_TIME_LIMIT = 7 * 24 * 3600
 _SEPARATOR = "--directdownload-job--"
+# Seconds between two looks at the host: the first, doubling up to the longest (at most the interval).
+FIRST_POLL, LONGEST_POLL = 0.1, 1.0
 # Keys the async machinery adds to a module result; the task returns the module's result as it is.
 _ASYNC_KEYS = ("ansible_job_id", "started", "finished", "results_file")
 
@@ -161,7 +165,7 @@ class ActionModule(ActionBase):
         return started
 
     def _read(self, job, sidecar):
-        """One cheap look at the host (no Python): renew the lease, read the sidecar and the job file."""
+        """One cheap look at the host (no Python): renew the lease, read the sidecar and the job file (its text)."""
         commands = []
         if job.get("lease"):
             commands.append("touch %s 2>/dev/null" % self._shell_quote(job["lease"]))
@@ -170,7 +174,7 @@ class ActionModule(ActionBase):
         commands.append("cat %s 2>/dev/null" % self._shell_quote(job.get("results_file") or "/nonexistent"))
         out = self._low_level_execute_command("; ".join(commands) + "; true").get("stdout", "")
         state_text, _sep, job_text = to_text(out).partition(_SEPARATOR)
-        return _json_object(state_text), _json_object(job_text)
+        return _json_object(state_text), job_text
 
     def _watch(self, job, sidecar, interval, task_vars):
         host = task_vars.get("inventory_hostname", "?")
@@ -178,12 +182,16 @@ class ActionModule(ActionBase):
             host = "%s -> %s" % (host, self._task.delegate_to)
         name = os.path.basename(sidecar)[1:-len(".part.json")]
         baseline = shown = None
-        started = last_shown = last_seen = time.monotonic()
-        last_check = started
+        last_shown = last_seen = time.monotonic()
+        missing = 0
+        # Adaptive polling: a short download ends within the first few looks, a long one costs one shell command a
+        # second (never slower than the interval, nor than the lease needs).
+        delay, longest = FIRST_POLL, min(LONGEST_POLL, max(interval, FIRST_POLL), self._lease_seconds / 5.0)
         while True:
-            time.sleep(0.5 if time.monotonic() - started < 5 else 1.0)
+            time.sleep(delay)
+            delay = min(delay * 2, longest)
             try:
-                state, job_file = self._read(job, sidecar)
+                state, job_text = self._read(job, sidecar)
             except AnsibleError as exc:
                 self._display.vvvv("directdownload.kvm.download: reading the progress failed: %s" % to_text(exc))
                 if time.monotonic() - last_seen > self._lease_seconds + 30:
@@ -203,13 +211,42 @@ class ActionModule(ActionBase):
                 if self._task.no_log:  # no_log: the figures, not where they come from
                     state = dict(state, source=None)
                 self._display.display(progress_line(host, name, state))
-            finished = job_file is not None and (job_file.get("finished") or "started" not in job_file)
-            if finished or now - last_check >= 60:  # the job file is a hint; async_status decides
-                last_check = now
-                status = self._async_status(job["ansible_job_id"], "status", task_vars)
-                if status.get("finished") or (status.get("failed") and "finished" not in status):
-                    self._remove_job_file(job)
-                    return _module_result(status, job)
+            status = self._job_status(job, job_text)
+            if status is None:
+                # The job file the wrapper named is gone or unreadable (the wrapper writes it before it reports
+                # the start, and replaces it atomically): ask async_status, in the directory the wrapper used.
+                missing += 1
+                if missing < 3:
+                    continue
+                status = self._async_status(job, task_vars)
+            missing = 0
+            if status.get("finished") or (status.get("failed") and "finished" not in status):
+                self._remove_job_file(job)
+                return _module_result(status, job)
+
+    def _job_status(self, job, text):
+        """The job file as async_status reads it (None: no file). The async wrapper writes it as plain JSON:
+        ``{"started": true, "finished": false, ...}`` while the module runs, then the module's own result; decoded
+        here as async_status's result is (``_parse_returned_data``), without starting Python on the host."""
+        text = (text or "").strip()
+        if not text:
+            return None
+        if _json_object(text) is None:
+            return {"started": True, "finished": False}  # not JSON yet: being replaced, read it again
+        data = self._parse_job_text(text)
+        if "started" not in data:
+            data["finished"] = True
+            data["ansible_job_id"] = job["ansible_job_id"]
+        elif "finished" not in data:
+            data["finished"] = False
+        remove_internal_keys(data)
+        return data
+
+    def _parse_job_text(self, text):
+        res = {"stdout": text, "stderr": "", "rc": 0}
+        if len(inspect.signature(self._parse_returned_data).parameters) > 1:
+            return self._parse_returned_data(res, "legacy")  # ansible-core >= 2.19: async_status's profile
+        return self._parse_returned_data(res)  # pylint: disable=no-value-for-parameter
 
     def _remove_job_file(self, job):
         """What ``async_status mode=cleanup`` does (remove the job's results file), without starting Python; and the
@@ -222,14 +259,21 @@ class ActionModule(ActionBase):
         if self._should_remove_tmp_path(job_tmp):
             self._low_level_execute_command(self._connection._shell.remove(job_tmp, recurse=True), sudoable=False)
 
-    def _async_status(self, jid, mode, task_vars):
-        task = self._task.copy()
-        task.args = {"jid": jid, "mode": mode}
-        task.async_val = 0
-        handler = self._shared_loader_obj.action_loader.get(
-            "ansible.legacy.async_status", task=task, connection=self._connection, play_context=self._play_context,
-            loader=self._loader, templar=self._templar, shared_loader_obj=self._shared_loader_obj)
-        return handler.run(task_vars=task_vars)
+    def _async_status(self, job, task_vars):
+        """The async_status module, asked about the job file the wrapper reported (``results_file``): not about
+        ``~/.ansible_async`` expanded again on this side, which is another directory whenever the job's ``~`` is not
+        the one ``_remote_expand_user`` finds (delegation, become, a HOME that is not the passwd entry's)."""
+        jid = job["ansible_job_id"]
+        results_file = job.get("results_file")
+        async_dir = os.path.dirname(results_file) if results_file else self._remote_expand_user(
+            self.get_shell_option("async_dir", default="~/.ansible_async"))
+        status = self._execute_module(module_name="ansible.legacy.async_status", task_vars=task_vars,
+                                      module_args={"jid": jid, "mode": "status", "_async_dir": async_dir})
+        self._remove_tmp_path(self._connection._shell.tmpdir)
+        for key in ("started", "finished"):
+            if key in status:
+                status[key] = bool(status[key])
+        return status
 
 
 def _version(state):
