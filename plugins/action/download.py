@@ -4,8 +4,9 @@
 """Action plugin of ``directdownload.kvm.download``: progress lines in the play output while the image downloads.
 
 The module runs on the host as an async job (as ``async:`` would run it); meanwhile this plugin reads the download's
-progress sidecar ``<pool>/.<name>.part.json`` on the host about every second and prints a line every
-``directdownload_progress_interval`` seconds (default 0, off: set it, e.g. to 5, to get the lines), then returns the module's own result.
+progress sidecar ``<pool>/.<name>.part.json`` and the job file on the host (one shell command, first after 0.1 s,
+the wait doubling up to once a second) and prints a line every ``directdownload_progress_interval`` seconds (default 5),
+then returns the module's own result, read from the job file the async wrapper named (``results_file``).
 Every read also renews the job's lease (``_progress.Lease``): a download whose controller went away stops by itself
 within a minute, keeping its ``.part``, as a synchronous one does when its SSH session ends.
 
