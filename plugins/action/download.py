@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import time
 
 from ansible.errors import AnsibleError
@@ -44,7 +45,7 @@ LEASE_VAR, LEASE_ENV_CONTROLLER, DEFAULT_LEASE = "directdownload_progress_lease"
 # The async wrapper's own limit; the lease is what stops an abandoned download.
 JOB_TIME_LIMIT = 7 * 24 * 3600
 _SEPARATOR = "--directdownload-job--"
-# Seconds between two looks at the host: the first, doubling up to the longest (at most the interval).
+# Seconds between two looks at the host: the first (and the step by which the wait grows), the longest.
 FIRST_POLL, LONGEST_POLL = 0.1, 1.0
 # Keys the async machinery adds to a module result; the task returns the module's result as it is.
 _ASYNC_KEYS = ("ansible_job_id", "started", "finished", "results_file")
@@ -55,6 +56,7 @@ class ActionModule(ActionBase):
     _supports_check_mode = True
     _supports_async = True
     _lease_seconds = DEFAULT_LEASE
+    _forwarded = None
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -70,7 +72,17 @@ class ActionModule(ActionBase):
         job = self._start_job(task_vars)
         if job is None:
             return self._run_module(result, task_vars)
-        return merge_hash(result, self._watch(job, sidecar, interval, task_vars))
+        forwarded = self._forwarded = _Forwarded()
+        try:
+            with forwarded:
+                return merge_hash(result, self._watch(job, sidecar, interval, task_vars))
+        except BaseException:
+            # Interrupted while watching (Ctrl-C, SIGTERM, an error): stop the download now, not a lease later. In
+            # a plain run the worker's SIGINT/SIGTERM reach the module through its process group; the job's module
+            # is outside it, so it gets the signal from here (it keeps its .part and ends as "interrupted").
+            self._stop_job(job, forwarded.signum)
+            forwarded.resume()  # then what Ansible's worker does with that signal
+            raise
 
     # -- the plain run (today's behaviour, the user's own async included)
 
@@ -128,6 +140,12 @@ class ActionModule(ActionBase):
 
     # -- the job
 
+    def _sudoable(self):
+        """Our commands on the host run as the job does: with become when the task has it. Without become, not
+        ``sudoable`` either: the local connection then opens a pty for each command, and after a Ctrl-C the worker
+        (a session leader) was seen to die silently while its stop command ran in such a pty."""
+        return getattr(self._connection, "become", None) is not None
+
     def _shell_quote(self, text):
         return self._connection._shell.quote(text)
 
@@ -135,15 +153,13 @@ class ActionModule(ActionBase):
         """Start the module as an async job holding a lease in its temporary directory. None: not started."""
         if self._connection._shell.tmpdir is None:
             self._make_tmp_path()
+        # The lease file is made by the first look (touch), or by the module's first check: no command of its own.
         lease = self._connection._shell.join_path(self._connection._shell.tmpdir, "directdownload-lease")
-        touched = self._low_level_execute_command("touch %s" % self._shell_quote(lease))
         environment = self._task.environment
         if environment is None:
             environment = self._task.environment = []
-        added = None
-        if touched.get("rc") == 0:
-            added = {LEASE_ENV: lease, LEASE_SECONDS_ENV: str(self._lease_seconds)}
-            environment.append(added)
+        added = {LEASE_ENV: lease, LEASE_SECONDS_ENV: str(self._lease_seconds)}
+        environment.append(added)
         self._task.async_val = JOB_TIME_LIMIT
         cleanup = self._cleanup_remote_tmp
         try:
@@ -156,13 +172,12 @@ class ActionModule(ActionBase):
             return None
         finally:
             self._task.async_val = 0
-            if added is not None:
-                environment.remove(added)
+            environment.remove(added)
         if started.get("failed") or not started.get("ansible_job_id"):
             self._display.vvv("directdownload.kvm.download: the async job did not start (%s): running it directly"
                               % started.get("msg", ""))
             return None
-        started["lease"] = lease if added is not None else None
+        started["lease"] = lease
         return started
 
     def _read(self, job, sidecar):
@@ -173,7 +188,8 @@ class ActionModule(ActionBase):
         commands.append("cat %s 2>/dev/null" % self._shell_quote(sidecar))
         commands.append("echo; echo %s" % _SEPARATOR)
         commands.append("cat %s 2>/dev/null" % self._shell_quote(job.get("results_file") or "/nonexistent"))
-        out = self._low_level_execute_command("; ".join(commands) + "; true").get("stdout", "")
+        out = self._low_level_execute_command("; ".join(commands) + "; true", sudoable=self._sudoable()).get(
+            "stdout", "")
         state_text, _sep, job_text = to_text(out).partition(_SEPARATOR)
         return _json_object(state_text), job_text
 
@@ -183,14 +199,17 @@ class ActionModule(ActionBase):
             host = "%s -> %s" % (host, self._task.delegate_to)
         name = os.path.basename(sidecar)[1:-len(".part.json")]
         baseline = shown = None
-        last_shown = last_seen = time.monotonic()
+        started = last_shown = last_seen = time.monotonic()
         missing = 0
-        # Adaptive polling: a short download ends within the first few looks, a long one costs one shell command a
-        # second (never slower than the interval, nor than the lease needs).
-        delay, longest = FIRST_POLL, min(LONGEST_POLL, max(interval, FIRST_POLL), self._lease_seconds / 5.0)
+        # Adaptive polling: a short download is seen ending within a fraction of a second (a look every 0.1 s more
+        # up to 0.5 s), a long one costs one shell command a second after the first 10 s (never slower than the
+        # interval, nor than the lease needs).
+        longest = min(LONGEST_POLL, max(interval, FIRST_POLL), self._lease_seconds / 5.0)
+        delay = FIRST_POLL
         while True:
             time.sleep(delay)
-            delay = min(delay * 2, longest)
+            self._forwarded.check()
+            delay = min(delay + FIRST_POLL, 0.5, longest) if time.monotonic() - started < 10 else longest
             try:
                 state, job_text = self._read(job, sidecar)
             except AnsibleError as exc:
@@ -200,11 +219,14 @@ class ActionModule(ActionBase):
                         "lost the host while watching the download (%s); the download stopped there within %d s, "
                         "keeping its .part: run again to resume" % (to_text(exc), self._lease_seconds)))
                 continue
+            self._forwarded.check()
             now = time.monotonic()
             last_seen = now
             seen = _version(state)
             if baseline is None:
                 baseline = shown = seen  # what a run before this one left: not this download's progress
+            elif seen != baseline and isinstance((state or {}).get("pid"), int):
+                job["pid"] = state["pid"]  # this run's module
             # A line for each new figure (the module rewrites the sidecar every progress_interval seconds), not for
             # the first save, which has moved no byte yet.
             if state and seen not in (baseline, shown) and state.get("rate") and now - last_shown >= interval:
@@ -214,26 +236,28 @@ class ActionModule(ActionBase):
                 self._display.display(progress_line(host, name, state))
             status = self._job_status(job, job_text)
             if status is None:
-                # The job file the wrapper named is gone or unreadable (the wrapper writes it before it reports
-                # the start, and replaces it atomically): ask async_status, in the directory the wrapper used.
+                # The job file the wrapper named is gone, unreadable or not JSON (the wrapper writes it before it
+                # reports the start, and replaces it atomically): ask async_status, in the directory the wrapper used.
                 missing += 1
                 if missing < 3:
                     continue
                 status = self._async_status(job, task_vars)
+                if status.get("failed"):  # no job file, no result: stop the download, which nobody can watch
+                    self._expire_lease(job)
+                    return _module_result(status, job)
             missing = 0
             if status.get("finished") or (status.get("failed") and "finished" not in status):
                 self._remove_job_file(job)
                 return _module_result(status, job)
 
     def _job_status(self, job, text):
-        """The job file as async_status reads it (None: no file). The async wrapper writes it as plain JSON:
-        ``{"started": true, "finished": false, ...}`` while the module runs, then the module's own result; decoded
-        here as async_status's result is (``_parse_returned_data``), without starting Python on the host."""
+        """The job file as async_status reads it (None: no file, or no JSON object). The async wrapper writes it
+        (atomically) as plain JSON: ``{"started": true, "finished": false, ...}`` while the module runs, then the
+        module's own result; decoded here as async_status's result is (``_parse_returned_data``), without starting
+        Python on the host."""
         text = (text or "").strip()
-        if not text:
-            return None
         if _json_object(text) is None:
-            return {"started": True, "finished": False}  # not JSON yet: being replaced, read it again
+            return None
         data = self._parse_job_text(text)
         if "started" not in data:
             data["finished"] = True
@@ -249,16 +273,37 @@ class ActionModule(ActionBase):
             return self._parse_returned_data(res, "legacy")  # ansible-core >= 2.19: async_status's profile
         return self._parse_returned_data(res)  # pylint: disable=no-value-for-parameter
 
+    def _expire_lease(self, job):
+        self._stop_job(job, None)
+
+    def _stop_job(self, job, signum):
+        """Date the lease back to 1970 (POSIX ``touch -t``): the download stops at its next progress update,
+        keeping its ``.part``; the async wrapper then removes its temporary directory. With ``signum``, also send
+        it to the module process (its pid as this run's sidecar gave it). Best effort."""
+        command = "touch -t 197001010000 %s" % self._shell_quote(job["lease"])
+        if signum is not None and job.get("pid"):
+            command += "; kill -%s %d" % (signal.Signals(signum).name[3:], job["pid"])
+        try:
+            self._low_level_execute_command(command + " 2>/dev/null; true", sudoable=self._sudoable())
+        except BaseException:  # pylint: disable=broad-except
+            pass  # the lease runs out by itself
+
     def _remove_job_file(self, job):
         """What ``async_status mode=cleanup`` does (remove the job's results file), without starting Python; and the
-        job's temporary directory."""
+        job's temporary directory. One command, or two with become (the job file is the become user's, the
+        temporary directory the login user's)."""
+        commands = []
         if job.get("results_file"):
-            self._low_level_execute_command("rm -f -- %s" % self._shell_quote(job["results_file"]))
+            commands.append(("rm -f -- %s" % self._shell_quote(job["results_file"]), self._sudoable()))
         # The async wrapper removes its temporary directory only after writing the result: do not leave it behind
         # when the task ends first (both removals ignore the other).
         job_tmp = os.path.dirname(job["lease"]) if job.get("lease") else None
         if self._should_remove_tmp_path(job_tmp):
-            self._low_level_execute_command(self._connection._shell.remove(job_tmp, recurse=True), sudoable=False)
+            commands.append((self._connection._shell.remove(job_tmp, recurse=True), False))
+        if commands and getattr(self._connection, "become", None) is None:
+            commands = [("; ".join(command for command, _sudoable in commands), False)]
+        for command, sudoable in commands:
+            self._low_level_execute_command(command, sudoable=sudoable)
 
     def _async_status(self, job, task_vars):
         """The async_status module, asked about the job file the wrapper reported (``results_file``): not about
@@ -275,6 +320,60 @@ class ActionModule(ActionBase):
             if key in status:
                 status[key] = bool(status[key])
         return status
+
+
+class _Forwarded:
+    """While watching, SIGINT and SIGTERM (which Ansible's worker gets from ``ansible-playbook``) are noted here, and
+    :meth:`check` (between two looks at the host, never inside a command) raises, so that the job can be stopped
+    first; :meth:`resume` then hands the signal to the worker's own handler. (Raising from the handler itself, in
+    the middle of a command of the connection, left the worker unable to run the stop command.) Outside the main
+    thread (no signal handlers there) it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self.frame = None
+        self.previous = {}
+
+    def __enter__(self):
+        try:
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # an ignored signal stays ignored
+                    self.previous[signum] = signal.signal(signum, self._handler)
+        except ValueError:  # not the main thread
+            self._restore()
+        return self
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+    def _handler(self, signum, frame):
+        if self.signum is None:
+            self.signum, self.frame = signum, frame
+
+    def check(self):
+        if self.signum is not None:
+            raise _Interrupted(self.signum)
+
+    def _restore(self):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def resume(self):
+        if self.signum is None:
+            return
+        handler = signal.getsignal(self.signum)
+        if callable(handler):
+            handler(self.signum, self.frame)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(self.signum)
+
+
+class _Interrupted(BaseException):
+    """A signal arrived while the plugin watched the job."""
 
 
 def _version(state):
