@@ -8,7 +8,8 @@ progress sidecar ``<pool>/.<name>.part.json`` and the job file on the host (one 
 the wait doubling up to once a second) and prints a line every ``directdownload_progress_interval`` seconds (default 5),
 then returns the module's own result, read from the job file the async wrapper named (``results_file``).
 Every read also renews the job's lease (``_progress.Lease``): a download whose controller went away stops by itself
-within a minute, keeping its ``.part``, as a synchronous one does when its SSH session ends.
+within a minute, keeping its ``.part``, as a synchronous one does when its SSH session ends. A SIGINT or SIGTERM the
+worker gets while watching (Ctrl-C) is sent on to the module, which a plain run's process group would have reached.
 
 The module runs as before, without a job, in check mode, when the task has its own ``async:``, when the interval is
 0, on connections that cannot run async jobs (Windows shells, always-pipelining or natively async connections), and

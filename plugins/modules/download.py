@@ -227,8 +227,9 @@ notes:
     E(DIRECTDOWNLOAD_PROGRESS_INTERVAL)), default V(5); V(0) runs the module without a job and prints nothing. The
     module runs as an async job for that; in check mode, with the task's own C(async), or on a connection without
     async jobs it runs as usual."
-  - A download whose controller stops watching (Ctrl-C, a killed C(ansible-playbook), a lost connection) stops by
-    itself after C(directdownload_progress_lease) seconds (default 60), keeping its C(.part) for the next run.
+  - Ctrl-C of C(ansible-playbook) stops the download at once (the plugin sends the signal on to the module). One
+    whose controller stops watching otherwise (a killed C(ansible-playbook), a lost connection) stops by itself
+    after C(directdownload_progress_lease) seconds (default 60). Both keep the C(.part) for the next run.
   - On the host, the sidecar C(.NAME.part.json) shows the same figures (and a C(progress) line); it is mode 0640,
     readable by the group C(progress_group) of the agent settings (the agent role's C(agent_progress_group)), for
     example C(watch cat /var/lib/libvirt/images/.NAME.part.json).
