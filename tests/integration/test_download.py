@@ -26,7 +26,6 @@ from ansible_collections.directdownload.kvm.tests.integration.conftest import (
     _venv_tool,
     _write_inventory,
     _write_playbook,
-    descendants,
     kill_tree,
     playbook_env,
     run_playbook_in,
