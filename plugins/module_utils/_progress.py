@@ -97,7 +97,9 @@ class Lease:
     The action plugin creates the file ``path`` and touches it every second or so while it watches the job; the
     engine calls :meth:`check` with each progress update (every few seconds, never per block). A lease not renewed
     for ``seconds`` means nobody is watching any more: the download stops like a synchronous one whose SSH session
-    ended. A lease file that does not exist (yet, or any more) stops nothing.
+    ended. A lease file that does not exist yet stops nothing: the first check makes it (so that a controller gone
+    before its first look still lets the lease run out); one that cannot be made (its directory is gone) stops
+    nothing either.
     """
 
     def __init__(self, path, seconds, clock=time.time):
@@ -121,6 +123,11 @@ class Lease:
         try:
             renewed = os.stat(self.path).st_mtime
         except OSError:
+            try:
+                with open(self.path, "a"):
+                    pass
+            except OSError:
+                pass
             return
         idle = self.clock() - renewed
         if idle > self.seconds:

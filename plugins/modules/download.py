@@ -41,8 +41,8 @@ attributes:
     support: full
     details:
       - The action plugin runs the module on the host as an async job, prints a progress line (host, percent, bytes
-        done of total, rate, ETA, source) every C(directdownload_progress_interval) seconds (default V(0), off; set
-        it, for example to V(5), to turn it on), and returns the module's own result. See the notes.
+        done of total, rate, ETA, source) every C(directdownload_progress_interval) seconds (default V(5); V(0)
+        turns it off), and returns the module's own result. See the notes.
   async:
     support: full
     details:
@@ -257,12 +257,12 @@ notes:
   - "Progress in the play output: while the image downloads, a line such as
     C([kvm1] debian-12.qcow2: 45.2%, 1.1 GiB of 2.4 GiB, 112.0 MB/s, ETA 12 s, from https://mirror/debian-12.qcow2)
     appears every C(directdownload_progress_interval) seconds (a variable, or the controller's environment variable
-    E(DIRECTDOWNLOAD_PROGRESS_INTERVAL)). The default V(0) runs the module without a job and prints nothing (opt-in
-    until the async path works with every inventory); V(5) prints a line every 5 s. The module runs as an async
-    job for that; in check mode, with the task's own C(async), or on a connection without async jobs it runs as
-    usual."
-  - A download whose controller stops watching (Ctrl-C, a killed C(ansible-playbook), a lost connection) stops by
-    itself after C(directdownload_progress_lease) seconds (default 60), keeping its C(.part) for the next run.
+    E(DIRECTDOWNLOAD_PROGRESS_INTERVAL)), default V(5); V(0) runs the module without a job and prints nothing. The
+    module runs as an async job for that; in check mode, with the task's own C(async), or on a connection without
+    async jobs it runs as usual."
+  - Ctrl-C of C(ansible-playbook) stops the download at once (the plugin sends the signal on to the module). One
+    whose controller stops watching otherwise (a killed C(ansible-playbook), a lost connection) stops by itself
+    after C(directdownload_progress_lease) seconds (default 60). Both keep the C(.part) for the next run.
   - On the host, the sidecar C(.NAME.part.json) shows the same figures (and a C(progress) line); it is mode 0640,
     readable by the group C(progress_group) of the agent settings (the agent role's C(agent_progress_group)), for
     example C(watch cat /var/lib/libvirt/images/.NAME.part.json).

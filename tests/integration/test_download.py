@@ -26,7 +26,6 @@ from ansible_collections.directdownload.kvm.tests.integration.conftest import (
     _venv_tool,
     _write_inventory,
     _write_playbook,
-    descendants,
     kill_tree,
     playbook_env,
     run_playbook_in,
@@ -425,18 +424,50 @@ def test_kill_9_mid_download_leaves_no_image_and_resumes(tmp_path, www, pool):
         assert sorted(os.listdir(pool)) == [".slow.raw.ddinfo.json", "slow.raw"]
 
 
-def module_processes(proc, module="download"):
-    """The module processes (AnsiballZ_<module>.py) below ``proc``: the process to signal, not the CLI's group."""
+def run_processes(workdir):
+    """Every process of the ansible-playbook run in ``workdir``, found by the environment the run passes on
+    (``ANSIBLE_CONFIG=<workdir>/ansible.cfg``): its workers, and the module of the download action plugin's async
+    job, which the job's wrapper daemonised (no longer below ansible-playbook)."""
+    marker = b"ANSIBLE_CONFIG=" + os.fsencode(str(workdir / "ansible.cfg"))
     found = []
-    for pid in descendants(proc.pid):
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open("/proc/%s/environ" % entry, "rb") as handle:
+                    environ = handle.read().split(b"\0")
+            except OSError:
+                continue
+            if marker in environ:
+                found.append(int(entry))
+    return found
+
+
+def module_processes(workdir, module="download"):
+    """The module processes (AnsiballZ_<module>.py) of the run in ``workdir``: the process to signal, not the CLI's
+    group."""
+    found = []
+    for pid in run_processes(workdir):
         try:
             with open("/proc/%d/cmdline" % pid, "rb") as handle:
                 argv = handle.read().split(b"\0")
         except OSError:
             continue
-        if any(arg.endswith(b"AnsiballZ_%s.py" % module.encode()) for arg in argv) and not argv[0].endswith(b"sh"):
+        # The interpreter running the module file; not the shell that starts it, nor the async wrapper (whose
+        # arguments name the module file too).
+        if len(argv) > 1 and argv[1].endswith(b"AnsiballZ_%s.py" % module.encode()) and not argv[0].endswith(b"sh"):
             found.append(pid)
     return found
+
+
+def kill_run(proc, workdir):
+    """SIGKILL ansible-playbook with its workers (kill_tree) and every other process of its run: the async job's
+    module with what it started."""
+    for pid in run_processes(workdir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    kill_tree(proc)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -463,13 +494,13 @@ def test_sigint_and_sigterm_keep_the_part_and_the_next_run_resumes(tmp_path, www
                     assert time.monotonic() < deadline, "the download never started"
                     assert proc.poll() is None, "ansible-playbook ended before it could be interrupted"
                     time.sleep(0.05)
-                targets = module_processes(proc)
+                targets = module_processes(workdir)
                 assert len(targets) == 1, targets
                 os.kill(targets[0], signum)
                 output, _err = proc.communicate(timeout=60)
             finally:
                 if proc.poll() is None:
-                    kill_tree(proc)
+                    kill_run(proc, workdir)
         assert proc.returncode == 2, output
         results = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
         interrupted = [r for r in results if r.get("task") == "Slow download"][-1]
@@ -480,7 +511,7 @@ def test_sigint_and_sigterm_keep_the_part_and_the_next_run_resumes(tmp_path, www
         assert "%d%%" % int(100 * result["bytes_done"] / (24 * MiB)) in result["msg"]
         assert visible(pool) == [], "an interrupted download must not leave an image in the pool"
         assert os.path.exists(pool / ".slow.raw.part") and _pool_state(pool)["bytes_done"] == result["bytes_done"]
-        assert not module_processes(proc), "the module process ended"
+        assert not module_processes(workdir), "the module process ended"
 
         srv.clear_faults()
         srv.clear_requests()
@@ -556,7 +587,7 @@ def test_killed_during_inspection_then_the_next_run_installs(tmp_path, server, p
             assert time.monotonic() < deadline, "the module never reached the inspection"
             time.sleep(0.1)
     finally:
-        kill_tree(proc)  # the module process and the hanging qemu-img, each by its PID
+        kill_run(proc, workdir)  # the module process and the hanging qemu-img, each by its PID
     sidecar = json.loads((pool / ".disk.qcow2.part.json").read_text())
     assert sidecar["bytes_done"] == sidecar["total"] == size and visible(pool) == []
     assert (pool / ".disk.qcow2.extracting").exists() == bool(kind)

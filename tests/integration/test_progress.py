@@ -24,6 +24,7 @@ from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 from ansible_collections.directdownload.kvm.tests.integration.conftest import (
+    VENV_PYTHON,
     _venv_tool,
     _write_inventory,
     _write_playbook,
@@ -68,10 +69,15 @@ def leftovers(dirs):
 
 
 def test_progress_lines_for_a_slow_download(run_playbook, slow, pool, tmp_path):
+    """On by default: no directdownload_progress_interval anywhere, a line every 5 s of a 12 s download."""
+    assert "DIRECTDOWNLOAD_PROGRESS_INTERVAL" not in os.environ
+    slow.set_fault("/slow.raw", rate=2 * MiB)
     dirs = isolated(tmp_path)
-    run = run_playbook(download_play(args_for(slow, pool), vars={"directdownload_progress_interval": 1}), env=dirs)
+    started = time.monotonic()
+    run = run_playbook(download_play(args_for(slow, pool)), env=dirs)
+    elapsed = time.monotonic() - started
     lines = LINE.findall(run.stdout)
-    assert len(lines) >= 2, run.output_tail()
+    assert 2 <= len(lines) <= elapsed / 5 + 1, run.output_tail()
     percents = [float(percent) for percent, _url in lines]
     assert percents == sorted(percents) and 0 < percents[0] < 100
     assert {url for _percent, url in lines} == {slow.url("slow.raw")}
@@ -114,6 +120,64 @@ def test_progress_for_a_pool_path_the_host_expands(run_playbook, slow, pool, tmp
     run = run_playbook(play, env=isolated(tmp_path))
     assert len(LINE.findall(run.stdout)) >= 2, run.output_tail()
     assert run.task("Download")["result"]["path"] == str(pool / "slow.raw")
+
+
+def test_a_delegated_download_whose_home_is_not_the_passwd_entrys(run_playbook, slow, pool, tmp_path):
+    """The AWX inventory's case (docs/awx.md): delegated, and the job's ``~`` (HOME) is not ``~<user>`` as the
+    controller side expands it. The job writes ``$HOME/.ansible_async/<jid>``; the plugin reads the file the job
+    named (before: async_status looked in the passwd entry's home, ``could not find job``)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    inventory = ("kvm1 ansible_connection=local ansible_python_interpreter={0}\n"
+                 "kvm2 ansible_connection=local ansible_python_interpreter={0}\n").format(VENV_PYTHON)
+    play = [{"hosts": "kvm1", "gather_facts": False, "tasks": [{
+        "name": "Download", "directdownload.kvm.download": args_for(slow, pool), "delegate_to": "kvm2"}]}]
+    run = run_playbook(play, inventory=inventory, env={"HOME": str(home)})
+    record = run.task("Download")
+    assert record["status"] == "changed", record["result"]
+    assert record["result"]["bytes_downloaded"] == 24 * MiB and "ansible_job_id" not in record["result"]
+    assert re.search(r"^\[kvm1 -> kvm2\] slow\.raw: [\d.]+%", run.stdout, re.M), run.output_tail()
+    assert (home / ".ansible_async").is_dir() and list((home / ".ansible_async").iterdir()) == [], "job file removed"
+
+
+def test_a_vanished_job_file_is_asked_of_async_status(tmp_path, www, pool, run_playbook):
+    """The job file gone while the download runs: async_status (in the job's directory) says so, the task fails,
+    and the download, which nobody can watch any more, is stopped (its lease dated back), keeping its .part."""
+    images.random_raw(str(www / "slow.raw"), size=24 * MiB)
+    dirs = isolated(tmp_path)
+    with ImageServer(www) as srv:
+        srv.set_fault("/slow.raw", rate=MiB)
+        play = download_play(args_for(srv, pool), vars={"directdownload_progress_lease": 60})
+        workdir = tmp_path / "vanished"
+        workdir.mkdir()
+        (workdir / "ansible.cfg").touch()
+        argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
+                str(_write_playbook(play, workdir))]
+        with subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir, env=dirs), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            try:
+                deadline = time.monotonic() + 60
+                while _sidecar(pool).get("bytes_done", 0) < MiB:
+                    assert time.monotonic() < deadline and proc.poll() is None, "the download never started"
+                    time.sleep(0.1)
+                jobs = list(dirs["ANSIBLE_ASYNC_DIR"].iterdir())
+                assert len(jobs) == 1, jobs
+                jobs[0].unlink()
+                output, _err = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    kill_tree(proc)
+        assert proc.returncode == 2 and "could not find job" in output, output
+        pid = _sidecar(pool)["pid"]
+        try:
+            deadline = time.monotonic() + 15  # its next progress update (2 s), not the lease's 60 s
+            while _alive(pid):
+                assert time.monotonic() < deadline, "the unwatched download did not stop"
+                time.sleep(0.2)
+        finally:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        assert os.path.exists(pool / ".slow.raw.part") and not os.path.exists(pool / "slow.raw")
 
 
 def test_segmented_metalink_download_shows_progress(run_playbook, www, pool, tmp_path):
@@ -185,6 +249,48 @@ def test_a_killed_controller_stops_the_download_by_its_lease(tmp_path, www, pool
         assert os.path.exists(pool / ".slow.raw.part") and not os.path.exists(pool / "slow.raw")
         stopped_at = _sidecar(pool)["bytes_done"]
         assert 2 * MiB <= stopped_at < 24 * MiB
+        srv.clear_faults()
+        again = run_playbook(download_play(args_for(srv, pool)))
+        assert again.task("Download")["result"]["resumed_from"] >= 2 * MiB
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_of_ansible_playbook_stops_the_job_at_once(tmp_path, www, pool, run_playbook, signum):
+    """Ctrl-C (SIGINT to the CLI's process group, as a terminal sends it) or SIGTERM: Ansible's worker gets it, and
+    so does the job's module, daemonised outside that group: it stops within seconds (not after its lease of 60 s),
+    keeping its .part for the next run."""
+    images.random_raw(str(www / "slow.raw"), size=24 * MiB)
+    with ImageServer(www) as srv:
+        srv.set_fault("/slow.raw", rate=MiB)
+        workdir = tmp_path / "interrupted"
+        workdir.mkdir()
+        (workdir / "ansible.cfg").touch()
+        argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
+                str(_write_playbook(download_play(args_for(srv, pool)), workdir))]
+        proc = subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir), stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while _sidecar(pool).get("bytes_done", 0) < 2 * MiB:
+                assert time.monotonic() < deadline and proc.poll() is None, "the download never started"
+                time.sleep(0.1)
+            time.sleep(1)  # the plugin has seen this run's sidecar (the module's pid)
+            os.killpg(proc.pid, signum)
+            assert proc.wait(30) != 0
+        finally:
+            if proc.poll() is None:
+                kill_tree(proc)
+        pid = _sidecar(pool)["pid"]
+        try:
+            deadline = time.monotonic() + 10
+            while _alive(pid):
+                assert time.monotonic() < deadline, "the download went on after the controller was interrupted"
+                time.sleep(0.1)
+        finally:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        assert os.path.exists(pool / ".slow.raw.part") and not os.path.exists(pool / "slow.raw")
+        assert 2 * MiB <= _sidecar(pool)["bytes_done"] < 24 * MiB
         srv.clear_faults()
         again = run_playbook(download_play(args_for(srv, pool)))
         assert again.task("Download")["result"]["resumed_from"] >= 2 * MiB

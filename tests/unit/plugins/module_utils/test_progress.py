@@ -170,3 +170,14 @@ def test_segmented_download_writes_the_progress_sidecar(pool, www, tmp_path):
     state = json.loads(seen[-1][0])
     assert state["connections"] == 2 and "2 connections" in state["progress"] and "identity" not in state
     assert 0 < state["bytes_done"] <= state["total"] == len(data)
+
+
+def test_the_first_check_makes_the_lease_file(tmp_path):
+    """A controller gone before its first look: the module's first check starts the lease, which then runs out."""
+    lease = _progress.Lease(str(tmp_path / "lease"), 60, clock=lambda: time.time() + 61)
+    lease.check()  # made now, stops nothing
+    assert (tmp_path / "lease").exists()
+    with pytest.raises(_progress.ControllerGone):
+        lease.check()  # 61 s later by this clock, never renewed
+    _progress.Lease(str(tmp_path / "gone" / "lease"), 60).check()  # its directory is gone: stops nothing
+    assert not (tmp_path / "gone").exists()
