@@ -529,8 +529,8 @@ def _own_source():
     if loader is not None and hasattr(loader, "get_source"):
         try:
             text = loader.get_source(__name__)
-            if text:
-                return text
+            if text:  # ansible's collection loader returns bytes, zipimport (AnsiballZ) a str
+                return text.decode("utf-8") if isinstance(text, bytes) else text
         except (ImportError, OSError):
             pass
     with open(__file__, encoding="utf-8") as handle:
