@@ -64,7 +64,7 @@ def test_unusable_hashes_refused_unless_a_checksum_is_given(run_module, server, 
     result = record["result"]
     assert record["status"] == "failed", result
     assert "no usable hash" in result["msg"] and "sha3-256" in result["msg"] and "without a type" in result["msg"]
-    assert result["retryable"] is False
+    assert result["retry_here"] is False and result["retry_elsewhere"] is False
     assert any("sha3-256" in warning for warning in record["result"].get("warnings", [])), result
     assert server.requests_for("/disk.qcow2") == []
     assert os.listdir(pool) == []
