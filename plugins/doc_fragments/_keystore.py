@@ -38,4 +38,13 @@ options:
       - The C(keytool) executable. Default is C(keytool) on the C(PATH), else C($JAVA_HOME/bin/keytool), else
         C(/usr/lib/jvm/*/bin/keytool).
     type: path
+attributes:
+  action_group:
+    description:
+      - Use C(group/directdownload.kvm.certificates) in C(module_defaults) to set defaults for this module and the
+        other module that reads the KVM host's keystore and trust directory (for example O(keystore) or
+        O(trust_dir)).
+    support: full
+    membership:
+      - directdownload.kvm.certificates
 """

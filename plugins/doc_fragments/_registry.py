@@ -24,4 +24,12 @@ options:
       - Its directory is created with mode 0700 and the file is written with mode 0600, under a lock, atomically.
     type: path
     default: ~/.local/state/directdownload/registry.json
+attributes:
+  action_group:
+    description:
+      - Use C(group/directdownload.kvm.registry) in C(module_defaults) to set defaults for this module and the other
+        modules that read or write the registry (for example O(registry)).
+    support: full
+    membership:
+      - directdownload.kvm.registry
 """

@@ -129,4 +129,12 @@ options:
       - An C(Authorization) header in O(headers) is sent as given and wins over these options.
     type: bool
     default: false
+attributes:
+  action_group:
+    description:
+      - Use C(group/directdownload.kvm.transfer) in C(module_defaults) to set defaults for this module and the other
+        module that reaches image URLs (the transport options, for example O(headers), O(ca_path) or O(proxy)).
+    support: full
+    membership:
+      - directdownload.kvm.transfer
 """
