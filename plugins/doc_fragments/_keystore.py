@@ -6,7 +6,8 @@
 # Do not use this from other collections or standalone plugins/modules!
 """The keystore options of ``certificate`` and ``certificate_info``: which Java keystore, its password, keytool.
 
-Their argument spec is ``_certs.keystore_argument_spec()``; the default paths are ``_settings.DEFAULT_KEYSTORE`` and
+With the ``action_group`` attribute of the ``certificates`` group. Their argument spec is
+``_certs.keystore_argument_spec()``; the default paths are ``_settings.DEFAULT_KEYSTORE`` and
 ``_settings.DEFAULT_AGENT_PROPERTIES``. Keep them in step.
 """
 

@@ -6,7 +6,8 @@
 # Do not use this from other collections or standalone plugins/modules!
 """The registry option of every registry module (template, template_copy, template_info, certificate_registry).
 
-Its argument spec is ``_registry.registry_argument_spec()``; the default path is ``_settings.DEFAULT_REGISTRY_PATH``.
+With the ``action_group`` attribute of the ``registry`` group. Its argument spec is
+``_registry.registry_argument_spec()``; the default path is ``_settings.DEFAULT_REGISTRY_PATH``.
 Keep the three in step.
 """
 

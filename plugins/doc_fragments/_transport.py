@@ -6,7 +6,8 @@
 # Do not use this from other collections or standalone plugins/modules!
 """How a module on the KVM host reaches an image URL: the options that ``download`` and ``url_check`` share.
 
-Their argument spec is ``_sources.TRANSPORT_ARGUMENT_SPEC``; keep both in step.
+With the ``action_group`` attribute of the ``transfer`` group. Their argument spec is
+``_sources.TRANSPORT_ARGUMENT_SPEC``; keep both in step.
 """
 
 from __future__ import annotations
