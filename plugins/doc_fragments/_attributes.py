@@ -7,9 +7,12 @@
 """Attribute descriptions shared by every module of the collection, and the note on the shape of every module's
 failure (``_module.failures``; RETURN cannot come from a fragment, so ``download`` lists the keys in its RETURN).
 
-A module extends ``directdownload.kvm._attributes`` and then states, in its own ``attributes:`` block, the
-``support`` (full, partial, none, N/A) and ``details`` of each attribute. The variants below fill in the
-common answers so that read-only modules do not repeat them.
+A module extends ``directdownload.kvm._attributes`` (the author, the attribute descriptions, and ``support: full``
+for check mode, diff mode and idempotency) and the fragment of its family (``_registry``, ``_keystore``,
+``_transport``), which carries the family's options and its ``action_group``. The module's own ``attributes:``
+block then holds only what differs: the ``details`` of each attribute, and a ``support`` other than full.
+Ansible merges a fragment's attributes key by key; the module's own keys win, then the earlier fragment's, so
+``INFO_MODULE`` (the answers of the read-only modules) is listed before the standard fragment.
 """
 
 from __future__ import annotations
@@ -17,20 +20,26 @@ from __future__ import annotations
 
 class ModuleDocFragment:
 
-    # Standard fragment: descriptions only. Every module uses it.
+    # Standard fragment: the maintainers, the descriptions, and the support every module has unless it says
+    # otherwise (in its own attributes, or with a variant listed before this fragment). Every module uses it.
     DOCUMENTATION = r"""
+author:
+  - directdownload.kvm maintainers (@directdownload)
 options: {}
 attributes:
   check_mode:
     description:
       - Can run in C(check_mode) and reports whether it would change something, without changing the target.
+    support: full
   diff_mode:
     description:
       - Returns details on what has changed (or would change in C(check_mode)) when run in diff mode.
+    support: full
   idempotent:
     description:
       - When run twice in a row outside check mode with the same arguments, the second run reports no change.
       - This assumes that what the module manages or queries has not changed in a relevant way in between.
+    support: full
 notes:
   - "On failure the module returns C(msg), the details of the error (for example C(rule), C(status), C(reason),
     C(expected)/C(actual), C(path)) and its retry scope: C(retry_here), whether running the task again on this host,
@@ -40,7 +49,8 @@ notes:
     replace C(retryable)."
 """
 
-    # For modules that only read state. Use together with the standard fragment.
+    # For modules that only read state. List it first, before the standard fragment: the first fragment that sets
+    # a key of an attribute wins.
     INFO_MODULE = r"""
 options: {}
 attributes:
@@ -52,56 +62,10 @@ attributes:
     support: N/A
     details:
       - This action does not modify state.
-"""
-
-    # For modules that only read state. Use together with the standard fragment.
-    IDEMPOTENT_NOT_MODIFY_STATE = r"""
-options: {}
-attributes:
   idempotent:
     support: full
     details:
       - This action does not modify state.
-"""
-
-    # For modules listed in the C(directdownload) action group of meta/runtime.yml.
-    # module_defaults groups (meta/runtime.yml action_groups): the members of a group share the options a user
-    # would set once for all of them.
-    ACTION_GROUP_REGISTRY = r"""
-options: {}
-attributes:
-  action_group:
-    description:
-      - Use C(group/directdownload.kvm.registry) in C(module_defaults) to set defaults for this module and the other
-        modules that read or write the registry (for example O(registry)).
-    support: full
-    membership:
-      - directdownload.kvm.registry
-"""
-
-    ACTION_GROUP_TRANSFER = r"""
-options: {}
-attributes:
-  action_group:
-    description:
-      - Use C(group/directdownload.kvm.transfer) in C(module_defaults) to set defaults for this module and the other
-        module that reaches image URLs (the transport options, for example O(headers), O(ca_path) or O(proxy)).
-    support: full
-    membership:
-      - directdownload.kvm.transfer
-"""
-
-    ACTION_GROUP_CERTIFICATES = r"""
-options: {}
-attributes:
-  action_group:
-    description:
-      - Use C(group/directdownload.kvm.certificates) in C(module_defaults) to set defaults for this module and the
-        other module that reads the KVM host's keystore and trust directory (for example O(keystore) or
-        O(trust_dir)).
-    support: full
-    membership:
-      - directdownload.kvm.certificates
 """
 
     # For modules that have an action plugin of the same name (controller-side part).

@@ -6,7 +6,8 @@
 # Do not use this from other collections or standalone plugins/modules!
 """The keystore options of ``certificate`` and ``certificate_info``: which Java keystore, its password, keytool.
 
-Their argument spec is ``_certs.keystore_argument_spec()``; the default paths are ``_settings.DEFAULT_KEYSTORE`` and
+With the ``action_group`` attribute of the ``certificates`` group. Their argument spec is
+``_certs.keystore_argument_spec()``; the default paths are ``_settings.DEFAULT_KEYSTORE`` and
 ``_settings.DEFAULT_AGENT_PROPERTIES``. Keep them in step.
 """
 
@@ -38,4 +39,13 @@ options:
       - The C(keytool) executable. Default is C(keytool) on the C(PATH), else C($JAVA_HOME/bin/keytool), else
         C(/usr/lib/jvm/*/bin/keytool).
     type: path
+attributes:
+  action_group:
+    description:
+      - Use C(group/directdownload.kvm.certificates) in C(module_defaults) to set defaults for this module and the
+        other module that reads the KVM host's keystore and trust directory (for example O(keystore) or
+        O(trust_dir)).
+    support: full
+    membership:
+      - directdownload.kvm.certificates
 """

@@ -6,7 +6,8 @@
 # Do not use this from other collections or standalone plugins/modules!
 """The registry option of every registry module (template, template_copy, template_info, certificate_registry).
 
-Its argument spec is ``_registry.registry_argument_spec()``; the default path is ``_settings.DEFAULT_REGISTRY_PATH``.
+With the ``action_group`` attribute of the ``registry`` group. Its argument spec is
+``_registry.registry_argument_spec()``; the default path is ``_settings.DEFAULT_REGISTRY_PATH``.
 Keep the three in step.
 """
 
@@ -24,4 +25,12 @@ options:
       - Its directory is created with mode 0700 and the file is written with mode 0600, under a lock, atomically.
     type: path
     default: ~/.local/state/directdownload/registry.json
+attributes:
+  action_group:
+    description:
+      - Use C(group/directdownload.kvm.registry) in C(module_defaults) to set defaults for this module and the other
+        modules that read or write the registry (for example O(registry)).
+    support: full
+    membership:
+      - directdownload.kvm.registry
 """

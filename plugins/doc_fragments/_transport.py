@@ -6,7 +6,8 @@
 # Do not use this from other collections or standalone plugins/modules!
 """How a module on the KVM host reaches an image URL: the options that ``download`` and ``url_check`` share.
 
-Their argument spec is ``_sources.TRANSPORT_ARGUMENT_SPEC``; keep both in step.
+With the ``action_group`` attribute of the ``transfer`` group. Their argument spec is
+``_sources.TRANSPORT_ARGUMENT_SPEC``; keep both in step.
 """
 
 from __future__ import annotations
@@ -129,4 +130,12 @@ options:
       - An C(Authorization) header in O(headers) is sent as given and wins over these options.
     type: bool
     default: false
+attributes:
+  action_group:
+    description:
+      - Use C(group/directdownload.kvm.transfer) in C(module_defaults) to set defaults for this module and the other
+        module that reaches image URLs (the transport options, for example O(headers), O(ca_path) or O(proxy)).
+    support: full
+    membership:
+      - directdownload.kvm.transfer
 """

@@ -6,7 +6,9 @@
 """A generic description of one file to fetch: its size, checksums, piece hashes, the ordered sources that serve
 it and a file-level connection cap. The transfer (_transfer) works from a description and nothing else; a Metalink
 (_metalink, the pure parser) is converted into one by :func:`from_metalink`, a URL and its ``mirrors`` option by
-:func:`from_urls`.
+:func:`from_urls`. The parser's ``MetalinkFile`` and ``Mirror`` are a :class:`FileDescription` and a
+:class:`SourceRef` themselves, so the checksum rules (``checksum``, ``verifiable``, ``expected_checksums``) and the
+result summary have this one home; the Metalink adds only its own refusal.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class FileDescription:
 
     @property
     def checksum(self):
-        """The strongest file-level hash, or None."""
+        """The strongest file-level hash (SHA-512 > SHA-384 > SHA-256 > SHA-224 > SHA-1 > MD5), or None."""
         return strongest(self.hashes)
 
     @property

@@ -50,7 +50,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._source import 
 from ansible_collections.directdownload.kvm.plugins.module_utils._trust import (
     build_pinned_context, build_ssl_context, check_pin, describe_tls_error, is_verification_error,
     normalize_fingerprint)
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, split_url
 
 COLLECTION_VERSION = "0.1.0"  # galaxy.yml is the truth; tests/unit/test_collection_version.py checks they agree
 DEFAULT_USER_AGENT = "directdownload.kvm/" + COLLECTION_VERSION
@@ -240,11 +240,8 @@ class _Target:
     def __init__(self, url):
         if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
             raise InvalidInput("the URL %s contains spaces or control characters: percent-encode them" % redact_url(url))
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise InvalidInput("cannot parse the URL %s: %s" % (redact_url(url), exc)) from exc
+        parts = split_url(url, "cannot parse the URL %s: %s", check_port=True)
+        port = parts.port
         self.scheme = parts.scheme.lower()
         if self.scheme not in _DEFAULT_PORTS:
             raise InvalidInput("%s is not an http or https URL" % redact_url(url))

@@ -30,6 +30,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._checksum impor
     canonical_algorithm,
     strongest,
 )
+from ansible_collections.directdownload.kvm.plugins.module_utils._description import FileDescription, SourceRef
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import read_bounded
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
@@ -90,34 +91,20 @@ class Pieces:
         return "Pieces(%d x %d B, %s)" % (len(self.hashes), self.length, self.algorithm)
 
 
-class Mirror:
-    """One ``<url>`` of the file. ``rank`` is its position in the order to try (0 first)."""
+class Mirror(SourceRef):
+    """One ``<url>`` of the file: a :class:`_description.SourceRef`. ``rank`` is its position in the order to try
+    (0 first)."""
 
-    __slots__ = ("url", "rank", "priority", "preference", "location", "type", "max_connections")
-
-    def __init__(self, url, rank=0, priority=None, preference=None, location=None, type=None, max_connections=None):
-        self.url = url
-        self.rank = rank
-        self.priority = priority
-        self.preference = preference
-        self.location = location
-        self.type = type
-        self.max_connections = max_connections
-
-    @property
-    def redacted(self):
-        return redact_url(self.url)
-
-    def as_dict(self):
-        return dict(url=self.redacted, rank=self.rank, priority=self.priority, preference=self.preference,
-                    location=self.location, type=self.type, max_connections=self.max_connections)
+    __slots__ = ()
 
     def __repr__(self):
         return "Mirror(%s, rank=%d)" % (self.redacted, self.rank)
 
 
-class MetalinkFile:
-    """One ``<file>`` of a metalink: what to fetch, from where (``mirrors`` in try order), and how to verify it.
+class MetalinkFile(FileDescription):
+    """One ``<file>`` of a metalink: what to fetch, from where (``mirrors`` in try order), and how to verify it; a
+    :class:`_description.FileDescription` (which holds the checksum rules common to every description) with the
+    Metalink's own refusal.
 
     ``hashes`` holds file-level hashes only (piece hashes are in ``pieces``); ``notes`` are operator warnings
     about what was skipped (unknown hash types, other schemes, torrents, unusable piece lists).
@@ -129,24 +116,8 @@ class MetalinkFile:
     unusable_hashes = ()
 
     def __init__(self, name, size, hashes, pieces, mirrors, notes, version, max_connections=None):
-        self.max_connections = max_connections
-        self.name = name
-        self.size = size
-        self.hashes = hashes
-        self.pieces = pieces
-        self.mirrors = mirrors
-        self.notes = notes
-        self.version = version
-
-    @property
-    def checksum(self):
-        """The strongest file-level hash (SHA-512 > SHA-384 > SHA-256 > SHA-224 > SHA-1 > MD5), or None."""
-        return strongest(self.hashes)
-
-    @property
-    def verifiable(self):
-        """True when the bytes can be checked against the document (a file hash or a full piece list)."""
-        return bool(self.hashes or self.pieces)
+        super().__init__(name, size, hashes, pieces, mirrors, max_connections=max_connections, notes=notes,
+                         version=version)
 
     def expected_checksums(self, user_checksum=None):
         """The digests the downloaded file must match: the strongest file-level hash, and the user's checksum
@@ -160,32 +131,7 @@ class MetalinkFile:
                 "verified; give the checksum option to download it anyway"
                 % (self.name, "; ".join(found[:10]) + ("; ..." if len(found) > 10 else "")),
                 unusable_hashes=found[:100], metalink_notes=list(self.notes))
-        expected = []
-        if user_checksum is not None:
-            for declared in self.hashes:
-                if declared.algorithm == user_checksum.algorithm and declared != user_checksum:
-                    raise InvalidInput(
-                        "the checksum %s contradicts the metalink, which says %s for %s"
-                        % (user_checksum.cloudstack, declared.cloudstack, self.name),
-                        expected=user_checksum.cloudstack, metalink=declared.cloudstack,
-                    )
-            expected.append(user_checksum)
-        best = self.checksum
-        if best is not None and best not in expected:
-            expected.append(best)
-        return expected
-
-    def as_dict(self):
-        """A summary for module results (URLs redacted)."""
-        return dict(
-            name=self.name, size=self.size, version=self.version,
-            hashes=[c.cloudstack for c in self.hashes],
-            checksum=self.checksum.cloudstack if self.checksum else None,
-            pieces=dict(length=self.pieces.length, algorithm=self.pieces.algorithm, count=len(self.pieces.hashes))
-            if self.pieces else None,
-            mirrors=[m.as_dict() for m in self.mirrors], notes=list(self.notes),
-            max_connections=self.max_connections,
-        )
+        return super().expected_checksums(user_checksum)
 
     def __repr__(self):
         return "MetalinkFile(%r, size=%r, %d mirrors)" % (self.name, self.size, len(self.mirrors))

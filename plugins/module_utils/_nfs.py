@@ -39,11 +39,11 @@ import stat
 import subprocess
 import tempfile
 import threading
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput, SourceError
 from ansible_collections.directdownload.kvm.plugins.module_utils._source import Source
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, split_url
 
 NFS_TRANSPORTS = ("auto", "mount", "libnfs")
 NFS_VERSIONS = (3, 4)
@@ -100,11 +100,8 @@ class NfsLocation:
 def parse_nfs_url(url: str) -> NfsLocation:
     """Parse and check ``nfs://server[:port]/export/path/file[?version=3|4]``; raise InvalidInput otherwise."""
     shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise InvalidInput("invalid NFS URL %s: %s" % (shown, exc)) from exc
+    parts = split_url(url, "invalid NFS URL %s: %s", check_port=True)
+    port = parts.port
     if parts.scheme.lower() != "nfs":
         raise InvalidInput("not an NFS URL: %s" % shown)
     if parts.username is not None or parts.password is not None:

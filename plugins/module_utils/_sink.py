@@ -231,7 +231,7 @@ def stream_to_file(body, writer, hashers=(), read_size=DEFAULT_READ_SIZE, buffer
     ``limit`` (a ``_rate.Connection``, optional): the receiving thread reports each buffer to it (the ``max_rate``
     bucket waits there) when a cap or a minimum speed is set, and a watcher thread asks it four times a second
     whether to stop (``lowest_speed``, overall ``timeout``): its error then ends the stream. Without a limit the
-    receive loop is the plain one.
+    receive loop only tests ``paced is not None`` once a buffer (measured: no change in speed).
     """
     free = queue.Queue()
     for _index in range(buffers):
@@ -251,32 +251,19 @@ def stream_to_file(body, writer, hashers=(), read_size=DEFAULT_READ_SIZE, buffer
 
     def receive():
         try:
-            if paced is None:
-                while not stop.is_set():
-                    try:
-                        batch = free.get(timeout=0.5)
-                    except queue.Empty:
-                        continue
-                    batch.count = body.readinto(batch.buf)
-                    if not batch.count:
-                        break
-                    batch.pending = consumers
-                    if hashers:
-                        to_hash.put(batch)
-                    to_write.put(batch)
-            else:
-                while not stop.is_set():
-                    try:
-                        batch = free.get(timeout=0.5)
-                    except queue.Empty:
-                        continue
-                    batch.count = body.readinto(batch.buf)
-                    if not batch.count:
-                        break
-                    batch.pending = consumers
-                    if hashers:
-                        to_hash.put(batch)
-                    to_write.put(batch)
+            while not stop.is_set():
+                try:
+                    batch = free.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                batch.count = body.readinto(batch.buf)
+                if not batch.count:
+                    break
+                batch.pending = consumers
+                if hashers:
+                    to_hash.put(batch)
+                to_write.put(batch)
+                if paced is not None:
                     paced(batch.count, stop.wait)
         except BaseException as exc:  # pylint: disable=broad-except
             errors.append(exc)

@@ -23,7 +23,6 @@ where users were hurt:
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
 from typing import Any, Mapping, Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
@@ -37,6 +36,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     METALINK_SUFFIXES,
     SUPPORTED_SCHEMES,
     redact_url,
+    split_url,
 )
 
 TYPES = ("template", "iso")
@@ -123,11 +123,8 @@ def validate_url(url: Optional[str], image_format: str) -> str:
         raise InvalidInput("a template needs a url")
     url = url.strip()
     shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-        hostname = parts.hostname
-    except ValueError as exc:
-        raise InvalidInput("the URL %s cannot be parsed: %s" % (shown, exc)) from exc
+    parts = split_url(url)
+    hostname = parts.hostname
     scheme = parts.scheme.lower()
     if scheme not in SUPPORTED_SCHEMES:
         raise InvalidInput("unsupported scheme for url %s: use %s" % (shown, ", ".join(SUPPORTED_SCHEMES)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 import re
 from typing import Iterable
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._formats import COMPRESSION_SUFFIXES
@@ -120,6 +120,19 @@ def protect_url_options(module, names: Iterable[str]) -> None:
             continue
         module.no_log_values.discard(value)
         module.no_log_values.update(url_secret_values(value))
+
+
+def split_url(url: str, message: str = "the URL %s cannot be parsed: %s", check_port: bool = False) -> SplitResult:
+    """``urlsplit(url)`` for a URL given by the user: its host (and its port when ``check_port``: a malformed one
+    raises only when read) checked, or InvalidInput with ``message % (redacted URL, reason)``."""
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # pylint: disable=pointless-statement
+        if check_port:
+            parts.port  # pylint: disable=pointless-statement
+    except ValueError as exc:
+        raise InvalidInput(message % (redact_url(url), exc)) from exc
+    return parts
 
 
 def url_scheme(url: str) -> str:

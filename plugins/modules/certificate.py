@@ -36,23 +36,16 @@ description:
     own C(cloud) key pair included. A failure, a crash or a kill at any moment leaves the keystore as it was, byte
     for byte. Owner, mode and extended attributes (SELinux label) are kept. A symbolic link at O(keystore) is
     written through.
-author:
-  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
-  - directdownload.kvm._attributes.action_group_certificates
   - directdownload.kvm._keystore
 attributes:
   check_mode:
-    support: full
     details:
       - Check mode lists the keystore (one C(keytool -list)) and reads the trust directory, and writes nothing.
   diff_mode:
-    support: full
     details:
       - Shows the SHA-256 fingerprint under the alias in each store before and after (V(null) when absent).
-  idempotent:
-    support: full
 requirements:
   - Python C(cryptography) on the KVM host.
   - C(keytool) from a Java runtime (for example C(openjdk-17-jre-headless)) when O(manage_keystore=true).

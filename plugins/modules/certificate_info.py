@@ -19,14 +19,10 @@ description:
     directory, and whether both hold the same certificate. Compare it with the registry
     (M(directdownload.kvm.template_info)) to find hosts that lost a certificate (drift).
   - The keystore is read with one C(keytool -list) call.
-author:
-  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
-  - directdownload.kvm._attributes
-  - directdownload.kvm._attributes.action_group_certificates
-  - directdownload.kvm._keystore
   - directdownload.kvm._attributes.info_module
-  - directdownload.kvm._attributes.idempotent_not_modify_state
+  - directdownload.kvm._attributes
+  - directdownload.kvm._keystore
 requirements:
   - Python C(cryptography) on the KVM host.
   - C(keytool) from a Java runtime when O(include_keystore=true) and the keystore exists.

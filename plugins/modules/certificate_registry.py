@@ -24,23 +24,16 @@ description:
     only after a confirmed import (CloudStack wrote it even when the host failed).
   - V(absent) removes the certificate and all its host statuses from the registry.
   - With only O(alias), reads the record (RV(exists), RV(certificate)) and changes nothing.
-author:
-  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
-  - directdownload.kvm._attributes.action_group_registry
   - directdownload.kvm._registry
 attributes:
   check_mode:
-    support: full
     details:
       - Reads the registry and reports what would change, without writing.
   diff_mode:
-    support: full
     details:
       - Shows the certificate record (without its PEM) and the host status before and after.
-  idempotent:
-    support: full
 requirements:
   - Python C(cryptography) on the registry host when O(content) or O(src) is given.
 options:

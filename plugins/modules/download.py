@@ -28,11 +28,8 @@ description:
     a second run transfers nothing and hashes nothing.
   - Concurrent runs for the same image in the same pool download it once; the others wait and then report it
     installed.
-author:
-  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
-  - directdownload.kvm._attributes.action_group_transfer
   - directdownload.kvm._attributes.FLOW
   - directdownload.kvm._transport
   - directdownload.kvm._limits
@@ -48,16 +45,12 @@ attributes:
     details:
       - With the task's own C(async), the module runs as that job, as any module does (no progress lines).
   check_mode:
-    support: full
     details:
       - Check mode decides from the pool and the image record alone, without network access. When an image exists
         without a valid record and a checksum is given, the file is hashed once to decide.
   diff_mode:
-    support: full
     details:
       - Shows the facts of the destination file before, and what it will be after.
-  idempotent:
-    support: full
 requirements:
   - Python C(lxml) for Metalink sources.
   - C(qemu-img) (package C(qemu-utils) on Debian and Ubuntu, C(qemu-img) on RHEL).

@@ -39,8 +39,6 @@ description:
     server for this state directory before it signals anything. It then removes the deployment's token, key,
     certificate and configuration; the access log stays. Run it at the end of the play, also when the play fails
     (an C(always) section), and at the start of the next one.
-author:
-  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
 attributes:

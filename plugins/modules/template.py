@@ -26,23 +26,16 @@ description:
     when they equal the stored ones, so probing again from another host changes nothing.
   - HTTP header values are stored in the registry file (mode 0600) because downloads need them, and are shown as
     C(********) in every result and diff.
-author:
-  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
-  - directdownload.kvm._attributes.action_group_registry
   - directdownload.kvm._registry
 attributes:
   check_mode:
-    support: full
     details:
       - Validates every input and reports what would change without writing the registry.
   diff_mode:
-    support: full
     details:
       - Shows the template before and after, with header values masked and URL credentials redacted.
-  idempotent:
-    support: full
 options:
   name:
     description:

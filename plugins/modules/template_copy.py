@@ -29,20 +29,15 @@ description:
     (O(attempts)) and records the copy from the attempt that succeeded, releasing the claim in the same write, or
     releases the claim when none succeeded. It returns the report row of the host and pool (RV(report)).
   - Runs where the registry lives, like M(directdownload.kvm.template).
-author:
-  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
   - directdownload.kvm._attributes
-  - directdownload.kvm._attributes.action_group_registry
   - directdownload.kvm._registry
 attributes:
   check_mode:
-    support: full
     details:
       - Reports what would change without writing the registry. A claim in check mode reports what would happen
         and takes nothing.
   diff_mode:
-    support: full
     details:
       - Shows the copy record before and after.
   idempotent:

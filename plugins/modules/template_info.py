@@ -16,14 +16,10 @@ description:
   - Runs where the registry lives, like M(directdownload.kvm.template). A registry file that does not exist yet
     reads as empty.
   - HTTP header values are masked unless O(reveal_secrets=true).
-author:
-  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
-  - directdownload.kvm._attributes
-  - directdownload.kvm._attributes.action_group_registry
-  - directdownload.kvm._registry
   - directdownload.kvm._attributes.info_module
-  - directdownload.kvm._attributes.idempotent_not_modify_state
+  - directdownload.kvm._attributes
+  - directdownload.kvm._registry
 options:
   name:
     description:

@@ -28,14 +28,10 @@ description:
     the sizes come from the image a mirror serves, never from the XML.
   - An unreachable URL is not a failure. RV(reachable) is V(false) and RV(error) says why, so that a playbook can
     try another host. Set O(fail_on_unreachable=true) to fail instead.
-author:
-  - directdownload.kvm maintainers (@directdownload)
 extends_documentation_fragment:
-  - directdownload.kvm._attributes
-  - directdownload.kvm._attributes.action_group_transfer
-  - directdownload.kvm._transport
   - directdownload.kvm._attributes.info_module
-  - directdownload.kvm._attributes.idempotent_not_modify_state
+  - directdownload.kvm._attributes
+  - directdownload.kvm._transport
 requirements:
   - Python C(lxml) on the KVM host for Metalink URLs.
   - Python C(zstandard) to read the header of a zstd-compressed image (optional).

@@ -12,6 +12,7 @@ import pytest
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import Checksum
 from ansible_collections.directdownload.kvm.plugins.module_utils._description import (
     FileDescription,
+    SourceRef,
     from_metalink,
     from_urls,
     parse_mirrors,
@@ -92,3 +93,14 @@ def test_as_dict_redacts_urls():
     summary = described.as_dict()
     assert "pw" not in str(summary) and "s3cr3t" not in str(summary)
     assert [m["url"] for m in summary["mirrors"]][1] == "http://a/x"
+
+
+def test_a_parsed_metalink_is_a_description_with_the_same_checksum_rules():
+    parsed = parse_metalink(v4('<size>10</size><hash type="md5">%s</hash><hash type="sha-256">%s</hash>'
+                               '<url>http://a/x</url>' % (hashlib.md5(b"image").hexdigest(), SHA256)))
+    assert isinstance(parsed, FileDescription) and all(isinstance(m, SourceRef) for m in parsed.mirrors)
+    assert parsed.mirrors is parsed.sources and parsed.verifiable and parsed.checksum == Checksum("sha256", SHA256)
+    assert parsed.expected_checksums() == [Checksum("sha256", SHA256)] == from_metalink(parsed).expected_checksums()
+    with pytest.raises(InvalidInput, match="contradicts the metalink"):
+        parsed.expected_checksums(Checksum("sha256", "0" * 64))
+    assert parsed.as_dict() == from_metalink(parsed).as_dict()

@@ -15,6 +15,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     protect_url_options,
     redact_url,
     safe_file_name,
+    split_url,
     strip_compression_suffix,
     url_secret_values,
     url_without_secrets,
@@ -107,3 +108,15 @@ def test_protect_url_options_keeps_only_the_secret_parts():
                          {url, "http://u:proxypass@p:3128", "header-secret"})
     protect_url_options(module, ("url", "proxy", "other"))
     assert module.no_log_values == {"abcdef123456", "proxypass", "header-secret"}
+
+
+def test_split_url_refuses_a_malformed_url_with_the_url_redacted():
+    assert split_url("nfs://server:2049/export/x.qcow2", check_port=True).port == 2049
+    # A malformed port is refused only when the caller reads it (a template URL keeps its old leniency).
+    assert split_url("http://host:port/x.qcow2").hostname == "host"
+    with pytest.raises(InvalidInput) as caught:
+        split_url("http://user:s3cret@host:port/x.qcow2", "invalid URL %s: %s", check_port=True)
+    assert caught.value.args[0].startswith("invalid URL http://***@host:port/x.qcow2: ")
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(InvalidInput, match="cannot be parsed"):
+        split_url("http://[::1/x.qcow2")
