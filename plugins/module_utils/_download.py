@@ -6,16 +6,17 @@
 """The engine call: put one image from a URL into a pool directory, verified, extracted, inspected, atomically.
 
 ``plan(request)`` decides what would happen without touching the network (check mode); ``run(request)`` does it.
-Everything else lives in the pieces this module wires together: sources (_http, _nfs, _metalink), the sink
-(_sink), the installer (_install) and checksums (_checksum).
+Everything else lives in the pieces this module wires together: sources (_sources: _http, _nfs, and _transfer for
+several sources of one file, described by _description), the sink (_sink), the installer (_install) and checksums
+(_checksum).
 
 What is on disk in the pool, per image ``NAME``:
 - ``NAME``                  the installed image (only ever appears by an atomic rename of a verified file)
 - ``.NAME.ddinfo.json``     the record of the installed image (for O(1) idempotence)
-- ``.NAME.part`` + ``.json`` a resumable download in progress and its progress sidecar
+- ``.NAME.part`` + ``.json`` a resumable download in progress and its sidecar (progress figures and resume state,
+                            one schema for one stream and for a transfer in ranges)
 - ``.NAME.lock``            serialises concurrent runs for the same image (a second run waits, then finds it done)
 - ``.NAME.extracting``      an extraction in progress (a leftover of a killed run is removed at the next run)
-- ``.NAME.part.segments.json`` the resume state of a segmented metalink download
 
 Every one of these names is ours: anything but a regular file there (a FIFO, a device, a symlink) is refused by
 ``plan``, and a name whose longest helper file would not fit the file system's name limit is refused up front.
@@ -31,7 +32,8 @@ import json
 import os
 import time
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _fs, _gate, _install, _progress, _rate, _retry, _signals
+from ansible_collections.directdownload.kvm.plugins.module_utils import (
+    _description, _fs, _gate, _install, _progress, _rate, _retry, _signals, _sources)
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import Checksum, file_digest, new_hash
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     ChecksumMismatch,
@@ -81,7 +83,7 @@ class DownloadRequest:
                  max_size=None, max_virtual_size=None, max_expansion=None, allow_encrypted=False, mode=None,
                  progress_group=None, lease=None,
                  max_rate=None, lowest_speed=None, lowest_speed_time=None, mismatch_retries=DEFAULT_MISMATCH_RETRIES,
-                 timeout=None):
+                 timeout=None, mirrors=()):
         if not url:
             raise InvalidInput("url is required")
         scheme = url_scheme(url)
@@ -120,6 +122,9 @@ class DownloadRequest:
         self.metalink_name = metalink_name
         self.metalink_locations = tuple(metalink_locations or ())
         self.nfs_transport = nfs_transport
+        # Further URLs of the same file (strings or {url, priority, location}): checked here, used by _sources.
+        _description.parse_mirrors(mirrors)
+        self.mirrors = list(mirrors or ())
         try:  # the safety gate's caps (_gate.Limits); None: the documented defaults
             self.limits = _gate.Limits(max_size, max_virtual_size, max_expansion, allow_encrypted)
         except (TypeError, ValueError) as exc:
@@ -184,7 +189,6 @@ def helper_files(pool_path, name):
     return {
         part.path: False,
         part.sidecar_path: True,
-        part.segments_sidecar_path: True,
         _install.record_path(final): True,
         _install.extracting_path(final): False,
         lock_path(pool_path, name): False,
@@ -366,7 +370,8 @@ def _unchanged_result(request, decision, started):
         size=decision.before.get("size"), disk_usage=decision.before.get("disk_usage"),
         virtual_size=record.get("virtual_size"), format=record.get("format"),
         checksum=record.get("checksum"), url=record.get("url"), bytes_downloaded=0, resumed_from=0,
-        elapsed=round(time.monotonic() - started, 3), attempts=0, rate=None, mirror_errors=[],
+        elapsed=round(time.monotonic() - started, 3), attempts=0, rate=None, mirror_errors=[], sources=[],
+        metalink_notes=[],
     )
     if not record:
         try:
@@ -385,7 +390,7 @@ def _adopt(request, decision, started):
                           request.checksum, redact_url(request.url))
     _install.write_record(final, record)
     result = _result_from_record(request, record, started, bytes_downloaded=0, resumed_from=0, attempts=0,
-                                 url=record["url"], mirror_errors=[])
+                                 url=record["url"], mirror_errors=[], sources=[], metalink_notes=[])
     result.update(changed=True, msg="recorded the existing file, which matches the checksum")
     return result
 
@@ -399,7 +404,7 @@ def _make_record(request, info, checksums, checksum, served_url):
         "format": info.format,
         "virtual_size": info.virtual_size,
     }
-    if getattr(request.source_options, "validate_certs", True) is False:
+    if request.source_options is not None and request.source_options.validate_certs is False:
         record["validate_certs"] = False  # the bytes were fetched without TLS verification: say so, for audits
     return record
 
@@ -415,29 +420,15 @@ def _result_from_record(request, record, started, **extra):
     return result
 
 
-class _IsMetalink(Exception):
-    """A plain http(s) URL answered with a Metalink content type: the body holds the document."""
-
-    def __init__(self, body):
-        super().__init__("metalink")
-        self.body = body
-
-
 class _Fetched:
     """What a verified fetch produced: digests of the bytes in the ``.part`` and where they came from."""
 
-    def __init__(self, digests, served_url, resumed_from):
+    def __init__(self, digests, served_url, resumed_from, metalink_answer=None):
         self.digests = digests
         self.served_url = served_url
         self.resumed_from = resumed_from
-
-
-def _expected_checksums(source, request):
-    """Every digest the bytes must match: the user's, plus a metalink's strongest file hash."""
-    method = getattr(source, "expected_checksums", None)
-    if method is not None:
-        return list(method(request.checksum))
-    return [request.checksum] if request.checksum else []
+        # The URL answered with a Metalink document (by its Content-Type): this body holds it, nothing was written.
+        self.metalink_answer = metalink_answer
 
 
 def _first_mismatch(expected, digests):
@@ -470,8 +461,10 @@ def _download_and_install(request, decision, open_source, log, started, now):
     except DirectDownloadError as exc:
         exc.details.setdefault("attempts", totals["attempts"])
         exc.details.setdefault("bytes_downloaded", totals["bytes"])
-        if getattr(source, "mirror_errors", None):
+        if source.mirror_errors:
             exc.details.setdefault("mirror_errors", list(source.mirror_errors))
+        totals["error"] = exc.msg
+        exc.details.setdefault("sources", _sources_result(request, source, totals))
         _keep_only_resumable(part, exc)
         if isinstance(exc, _signals.Interrupted):
             _describe_interruption(exc, part)
@@ -480,9 +473,7 @@ def _download_and_install(request, decision, open_source, log, started, now):
         _keep_only_resumable(part, exc)
         raise
     finally:
-        close = getattr(source, "close", None)
-        if close:
-            close()
+        source.close()
     elapsed = time.monotonic() - started
     log("installed %s (%d bytes downloaded in %.1f s)" % (request.final_path, totals["bytes"], elapsed))
     msg = "%s %s" % ("replaced" if decision.action == "replace" else "installed", request.final_path)
@@ -492,22 +483,24 @@ def _download_and_install(request, decision, open_source, log, started, now):
         request, record, started, url=served_url, bytes_downloaded=totals["bytes"],
         resumed_from=fetched.resumed_from, attempts=totals["attempts"], extracted_from=compression,
         rate=int(totals["bytes"] / elapsed) if elapsed > 0 else None,
-        mirror_errors=list(getattr(source, "mirror_errors", [])),
-        restarted_from=totals["restarted_from"], msg=msg,
+        mirror_errors=list(source.mirror_errors), sources=_sources_result(request, source, totals),
+        metalink_notes=list(source.notes), restarted_from=totals["restarted_from"], msg=msg,
     )
+
+
+def _sources_result(request, source, totals):
+    """The ``sources`` result: one entry per source (URL redacted) with the bytes it served, the pieces of it that
+    were rejected, and the error that set it aside (or None)."""
+    report = source.source_report(totals["bytes"])
+    if report is not None:
+        return report
+    return [dict(url=redact_url(request.url), bytes=totals["bytes"], pieces_rejected=0,
+                 error=totals.get("error"))]
 
 
 def _describe_interruption(exc, part):
     """The failure message of an interrupted run: how far the kept ``.part`` goes, and that a re-run resumes."""
-    read_json = _fs.read_json
-    state = None
-    if part.exists():
-        # A segmented download keeps its own resume state (its .part.json only shows progress to operators).
-        state = read_json(part.path + ".segments.json")
-        if state:
-            state = dict(state, total=state.get("size"))
-        else:
-            state = read_json(part.sidecar_path)
+    state = _fs.read_json(part.sidecar_path) if part.exists() else None
     if state and isinstance(state.get("bytes_done"), int):
         done, total = state["bytes_done"], state.get("total")
         where = "at %s (%d of %s bytes in %s)" % (
@@ -529,15 +522,16 @@ def _fetch_verified(request, part, source, log, now, totals):
     """
     mismatches = 0
     while True:
-        expected = _expected_checksums(source, request)
+        expected = source.expected_checksums(request.checksum)
         try:
             fetched = _fetch_once(request, part, source, expected, log, now, totals)
+            if fetched.metalink_answer is not None:
+                # Resolved before any byte is written: the description's sources replace the URL.
+                source.close()
+                source = _sources.open_metalink_answer(fetched.metalink_answer, request.url, request)
+                log("%s is a Metalink document: downloading from its mirrors" % redact_url(request.url))
+                continue
             wrong = _first_mismatch(expected, fetched.digests)
-        except _IsMetalink as answer:
-            from ansible_collections.directdownload.kvm.plugins.module_utils import _metalink  # pylint: disable=import-outside-toplevel
-            source = _metalink.open_metalink_body(answer.body, request.url, request)
-            log("%s is a Metalink document: downloading from its mirrors" % redact_url(request.url))
-            continue
         except ChecksumMismatch as exc:  # a segmented download verifies by itself
             fetched, wrong = None, exc
         if wrong is None:
@@ -550,9 +544,9 @@ def _fetch_verified(request, part, source, log, now, totals):
             bad_url = redact_url(fetched.served_url)
             want, got = wrong.cloudstack, Checksum(wrong.algorithm, fetched.digests[wrong.algorithm]).cloudstack
         log("checksum mismatch from %s: expected %s, got %s" % (bad_url, want, got))
-        next_mirror = getattr(source, "next_mirror_after_mismatch", None)
-        moved = next_mirror(fetched.served_url if fetched else None, want, got) if next_mirror else False
-        if mismatches > request.mismatch_retries or (next_mirror and not moved):
+        # None: one source, the mismatch retries decide; False: every source of the file served wrong bytes.
+        moved = source.next_mirror_after_mismatch(fetched.served_url if fetched else None, want, got)
+        if mismatches > request.mismatch_retries or moved is False:
             raise ChecksumMismatch(
                 "checksum mismatch for %s after %d download%s (%d bytes transferred in all): expected %s, got %s"
                 % (bad_url, mismatches, "s" if mismatches > 1 else "", totals["bytes"], want, got),
@@ -562,7 +556,7 @@ def _fetch_verified(request, part, source, log, now, totals):
 
 
 def _fetch_once(request, part, source, expected, log, now, totals):
-    if getattr(source, "segmented", False):
+    if source.segmented:
         try:
             return _fetch_segmented(request, part, source, expected, log, totals)
         except SourceError as exc:
@@ -571,39 +565,45 @@ def _fetch_once(request, part, source, expected, log, now, totals):
             log("the mirrors do not serve ranges: downloading in one stream")
     transfer = _Transfer(request, part, source, expected, log, now, totals)
     transfer.run()
-    return _Fetched(transfer.digests, transfer.served_url, transfer.resumed_from)
+    return _Fetched(transfer.digests, transfer.served_url, transfer.resumed_from, transfer.metalink_answer)
 
 
 def _fetch_segmented(request, part, source, expected, log, totals):
     """Several mirrors at once (metalink with connections > 1 or piece hashes); verifies by itself."""
-    if source.size is not None:
-        _gate.check_announced_size(source.size, redact_url(request.url), request.limits)
-        _install.ensure_free_space(request.pool_path, source.size, "the download")
+    size = source.discover_size()
+    if size is None:
+        raise SourceError("no source of %s announces its size, which a download in ranges needs"
+                          % redact_url(request.url), ranges_unsupported=True)
+    _gate.check_announced_size(size, redact_url(request.url), request.limits)
+    _install.ensure_free_space(request.pool_path, size, "the download")
     result = source.download_segmented(part.path, checksums=expected, block_size=request.block_size, log=log,
                                        resume=request.resume, algorithms=[DEFAULT_COMPUTED_ALGORITHM],
-                                       progress=_segmented_progress(request, part, source, log),
+                                       state_writer=_segmented_progress(request, part, source, log),
                                        save_interval=max(request.progress_interval, 0.5),
                                        limits=totals["limits"])
     totals["attempts"] += 1
     totals["bytes"] += result["bytes_downloaded"]
-    served = getattr(result, "served_urls", None) or [request.url]
+    served = result.served_urls or [request.url]
     return _Fetched(result["digests"], served[0], result.get("resumed_bytes", 0))
 
 
 def _segmented_progress(request, part, source, log):
-    """``progress(bytes_done, total)`` for a segmented download: the same ``.part.json`` sidecar as one stream
-    (without an identity: its resume state is the ``.segments.json`` bitmap)."""
+    """``state_writer(bytes_done, total, segments)`` for a transfer in ranges: the same ``.part.json`` sidecar, the
+    same figures and the same log lines as one stream, with the piece map under ``segments`` (no top-level
+    ``identity``: one stream never resumes a part filled in ranges)."""
     state = {}
 
-    def report(done, total):
+    def write(done, total, segments):
         progress = state.get("progress")
         if progress is None:
             progress = state["progress"] = _Progress(
-                request, part, log, time.time, done, total, redact_url(request.url),
-                connections=getattr(source, "connections", None))
+                request, part, log, time.time, done, total, redact_url(request.url), connections=source.connections)
+        else:
+            progress.save(done - progress.start_offset, extra={"segments": segments})
+            return
         progress.total = total
-        progress.save(done - progress.start_offset)
-    return report
+        progress.save_absolute(done, extra={"segments": segments})
+    return write
 
 
 def _keep_only_resumable(part, exc):
@@ -674,6 +674,7 @@ class _Transfer:
         self.served_url = request.url
         self.digests = {}
         self.identity = part_identity(request, expected)
+        self.metalink_answer = None
 
     def _algorithms(self):
         """What to hash while streaming: the expected algorithms only (a second digest on the same core costs
@@ -718,6 +719,8 @@ class _Transfer:
             self.totals["attempts"] += 1
             try:
                 offset = self._attempt(offset, validators, total, hashers)
+                if self.metalink_answer is not None:
+                    return
                 break
             except SourceError as exc:
                 last_error = exc
@@ -731,9 +734,7 @@ class _Transfer:
                     self.attempts, exc.msg, decision.delay,
                     " as the server asked (Retry-After)" if decision.why == "Retry-After" else ""))
                 if exc.details.get("reason") == "too_slow":
-                    set_aside = getattr(self.source, "set_aside_slow_mirror", None)
-                    if set_aside is not None:
-                        set_aside(self.served_url)
+                    self.source.set_aside_slow_mirror(self.served_url)
                 time.sleep(decision.delay)
                 state = self._resumable()
                 if state is None:
@@ -803,12 +804,13 @@ class _Transfer:
     def _attempt(self, offset, validators, total, hashers):
         request = self.request
         body = self._open(offset, validators, total)
-        if not hasattr(self.source, "expected_checksums") and is_metalink_answer(
-                getattr(body, "url", None) or request.url, getattr(body, "content_type", None)):
+        if self.source.may_answer_metalink and is_metalink_answer(body.url or request.url, body.content_type):
+            # Not image bytes: a description of the file. The engine resolves it before any transfer starts.
             if body.offset:
                 body.close()  # a resume that met a document: read all of it
                 body = self.source.open(offset=0)
-            raise _IsMetalink(body)  # the metalink reads the document from this body and closes it
+            self.metalink_answer = body
+            return offset
         try:
             if body.offset != offset:
                 # The server could not resume (no Range support, or the file changed: If-Range failed): start
@@ -832,8 +834,8 @@ class _Transfer:
             fd = self.part.open_for_write(offset)
             writer = SparseWriter(fd, offset=offset, block_size=request.block_size)
             progress = _Progress(request, self.part, self.log, self.now, offset, total,
-                                 redact_url(getattr(body, "url", None) or request.url),
-                                 identity=self.identity, validators=getattr(body, "validators", None))
+                                 redact_url(body.url or request.url),
+                                 identity=self.identity, validators=body.validators)
             try:
                 progress.save_absolute(offset)
                 limits = self.totals.get("limits")
@@ -903,13 +905,13 @@ class _Progress:
         log("downloading %s into %s from byte %d of %s" % (
             source, part.path, start_offset, total if total is not None else "an unknown size"))
 
-    def save(self, copied):
+    def save(self, copied, extra=None):
         """The periodic update (every progress_interval seconds of streaming)."""
         if self.request.lease is not None:
             self.request.lease.check()
-        self.save_absolute(self.start_offset + copied)
+        self.save_absolute(self.start_offset + copied, extra)
 
-    def save_absolute(self, done):
+    def save_absolute(self, done, extra=None):
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = (done - self.start_offset) / elapsed
         eta = None
@@ -934,5 +936,7 @@ class _Progress:
             state.update(identity=self.identity, validators=self.validators)
         if self.connections:
             state["connections"] = self.connections
+        if extra:
+            state.update(extra)
         state["progress"] = _progress.describe(state)
         self.part.save_state(state, gid=self.request.progress_gid)

@@ -45,6 +45,7 @@ from urllib.request import getproxies_environment, proxy_bypass_environment
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     HTTPStatusError, InvalidInput, SourceError)
 from ansible_collections.directdownload.kvm.plugins.module_utils._settings import BUILTIN_DEFAULTS, DEFAULT_TRUST_DIR
+from ansible_collections.directdownload.kvm.plugins.module_utils._source import Source
 from ansible_collections.directdownload.kvm.plugins.module_utils._trust import (
     build_pinned_context, build_ssl_context, check_pin, describe_tls_error, is_verification_error,
     normalize_fingerprint)
@@ -467,8 +468,10 @@ class HttpBody:
             redact_url(self.url), self.status, self.offset, self.size, self.received)
 
 
-class HttpSource:
+class HttpSource(Source):
     """An http:// or https:// URL as a Source (see docs/architecture.md)."""
+
+    may_answer_metalink = True  # a plain URL may answer with a Metalink Content-Type
 
     def __init__(self, url, options=None):
         self.options = options or SourceOptions()

@@ -42,6 +42,7 @@ import threading
 from urllib.parse import unquote, urlsplit
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput, SourceError
+from ansible_collections.directdownload.kvm.plugins.module_utils._source import Source
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
 
 NFS_TRANSPORTS = ("auto", "mount", "libnfs")
@@ -761,7 +762,7 @@ class _LibnfsClient:
 # The source
 
 
-class NfsSource:
+class NfsSource(Source):
     """Source for ``nfs://`` URLs (contract: docs/architecture.md, "Source").
 
     ``NfsSource(url, options=None, transport=None)``: ``options`` is an :class:`NfsOptions`, None, or the engine's

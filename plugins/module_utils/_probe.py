@@ -298,7 +298,7 @@ def probe_metalink(url, open_plain, image_format=None, read_header=True, metalin
 
 def probe_url(url, open_plain, image_format=None, read_header=True, metalink_name=None, locations=()):
     """Probe ``url`` (http, https, nfs, or a metalink). ``open_plain(url)`` returns a Source for one plain URL
-    (``_metalink.plain_source_factory``). Raises InvalidInput for a URL that can never work; anything about the
+    (``_sources.plain_source_factory``). Raises InvalidInput for a URL that can never work; anything about the
     network is in the result."""
     if is_metalink_url(url):
         return probe_metalink(url, open_plain, image_format, read_header, metalink_name, locations)

@@ -387,6 +387,8 @@ def public_template(record, previous=None):
                                          None if previous is None else previous.get("http_headers") or {})
     if shown.get("url"):
         shown["url"] = redact_url(shown["url"])
+    for mirror in shown.get("mirrors") or ():
+        mirror["url"] = redact_url(mirror["url"])
     return shown
 
 

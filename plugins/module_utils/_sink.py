@@ -39,6 +39,37 @@ def _sync_file_range_function():
 
 _SYNC_FILE_RANGE = _sync_file_range_function()
 _SYNC_FILE_RANGE_WRITE = 2
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _fallocate_function():
+    """libc ``fallocate`` (Linux), or None. ctypes is imported here: only a failure or a resume needs it."""
+    import ctypes  # pylint: disable=import-outside-toplevel
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+_FALLOCATE = []
+
+
+def punch_hole(fd, offset, length):
+    """Deallocate ``[offset, offset+length)`` so it reads as zeros again without changing the file size (a range
+    of a ``.part`` that a transfer in ranges must write again). Returns False where the system or file system
+    cannot (the caller then writes that range densely instead)."""
+    if length <= 0:
+        return True
+    if not _FALLOCATE:
+        _FALLOCATE.append(_fallocate_function())
+    function = _FALLOCATE[0]
+    if function is None:
+        return False
+    return function(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0
 
 
 class SparseWriter:
@@ -119,8 +150,9 @@ SIDECAR_MODE = 0o640
 class PartFile:
     """The hidden, resumable download file ``<pool>/.<name>.part`` and its sidecar ``.<name>.part.json``.
 
-    The sidecar says what the part holds (source identity, validators, expected checksum, bytes done) and how the
-    transfer goes (total, rate, ETA, source): operators watch it during long downloads. A part without a sidecar,
+    The sidecar says what the part holds (source identity, validators, expected checksum, bytes done; for a
+    transfer in ranges, the ``segments`` key: its piece map, see _pieces) and how the transfer goes (total, rate,
+    ETA, source): operators watch it during long downloads. One schema for every transfer. A part without a sidecar,
     or whose sidecar speaks of another URL or checksum, is never resumed.
     """
 
@@ -161,15 +193,9 @@ class PartFile:
             raise
         return fd
 
-    @property
-    def segments_sidecar_path(self):
-        """The resume state of a segmented metalink download (_metalink.segments_sidecar_path)."""
-        return self.path + ".segments.json"
-
     def discard(self):
         _fs.unlink_if_present(self.path)
         _fs.unlink_if_present(self.sidecar_path)
-        _fs.unlink_if_present(self.segments_sidecar_path)
 
 
 class _Batch:

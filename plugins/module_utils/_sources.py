@@ -3,10 +3,12 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 #
 # Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
-"""Pick the source for a URL: http(s), nfs, or a metalink document that lists mirrors of those."""
+"""Pick the source for a URL: http(s), nfs, or several sources of one file (a Metalink document, converted into a
+description, or a URL with ``mirrors``), resolved before any transfer starts."""
 
 from __future__ import annotations
 
+from ansible_collections.directdownload.kvm.plugins.module_utils import _description, _metalink, _transfer
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import read_bounded
@@ -64,11 +66,55 @@ def read_small_file(url, request, limit):
 
 
 def open_source(url, request):
-    """Return a Source (see docs/architecture.md) for ``url`` with the request's transport options."""
+    """Return a Source (see docs/architecture.md) for ``url`` with the request's transport options: a
+    :class:`_transfer.MultiSource` for a Metalink URL or a URL with ``mirrors``, else the plain source."""
     if is_metalink_url(url):
-        from ansible_collections.directdownload.kvm.plugins.module_utils import _metalink  # pylint: disable=import-outside-toplevel
-        return _metalink.open_metalink_source(url, request, open_source)
+        return open_metalink_source(url, request)
+    mirrors = getattr(request, "mirrors", ())
+    if mirrors:
+        description = _description.from_urls(url, getattr(request, "name", None) or url, mirrors,
+                                              getattr(request, "metalink_locations", ()))
+        return _transfer.MultiSource(description, plain_source_factory(request),
+                                     connections=getattr(request, "connections", 1))
     return open_plain_source(url, request)
+
+
+def plain_source_factory(request):
+    """``open_source(url)`` for source and document URLs: the http/https or nfs Source with the request's options,
+    never a metalink (a metalink inside a metalink is not followed)."""
+
+    def open_plain(url):
+        return open_plain_source(url, request)
+    return open_plain
+
+
+def open_metalink_source(url, request, document=None, base_url=None):
+    """Fetch and parse the Metalink document at ``url`` (or parse ``document``, bytes already read) with the
+    request's ``metalink_name`` and ``metalink_locations``, convert it into a description and return the
+    :class:`_transfer.MultiSource` over its mirrors (``connections`` of the request)."""
+    open_plain = plain_source_factory(request)
+    name = getattr(request, "metalink_name", None)
+    locations = getattr(request, "metalink_locations", ()) or ()
+    if document is None:
+        metalink_file = _metalink.load_metalink(url, open_plain, name=name, location_preference=locations)
+    else:
+        # Relative <url> references resolve against the URL the document came from (RFC 3986 5.1.3).
+        metalink_file = _metalink.parse_metalink(document, name=name, location_preference=locations,
+                                                 base_url=base_url or url)
+    description = _description.from_metalink(metalink_file, document_url=url)
+    return _transfer.MultiSource(description, open_plain, connections=getattr(request, "connections", 1),
+                                 document_url=url)
+
+
+def open_metalink_answer(body, url, request, max_size=_metalink.DEFAULT_MAX_DOCUMENT_SIZE):
+    """A plain URL answered with a Metalink (``_urls.is_metalink_answer``): read the document from ``body``
+    (bounded by ``max_size``), close it, and return the :class:`_transfer.MultiSource` over its mirrors."""
+    base_url = body.url or url
+    try:
+        document = _metalink.read_document(body, max_size)
+    finally:
+        body.close()
+    return open_metalink_source(url, request, document=document, base_url=base_url)
 
 
 def open_plain_source(url, request):

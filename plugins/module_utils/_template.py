@@ -26,6 +26,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
+from ansible_collections.directdownload.kvm.plugins.module_utils._description import parse_mirrors
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 # The HTTP source's header rules, so that registration refuses exactly what a download would refuse.
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import _check_headers as check_headers
@@ -54,7 +55,7 @@ IMAGE_SUFFIXES = {
 # The fields that make a registration; changing one of them is a change of the template. Probe facts (size,
 # virtual_size, checked_on, checked_at) are kept apart so that probing again from another host changes nothing.
 CONTENT_FIELDS = ("name", "display_text", "url", "format", "type", "checksum", "hypervisor", "zone", "os_type",
-                  "http_headers", "direct_download")
+                  "http_headers", "direct_download", "mirrors")
 PROBE_FIELDS = ("size", "virtual_size", "checked_on", "checked_at")
 # A change of these invalidates an earlier probe: the bytes (or the way to get them) may differ.
 PROBED_BY = ("url", "format", "http_headers")
@@ -207,6 +208,16 @@ def validate_size(size, virtual_size, allow_unknown_size):
     return size, virtual_size
 
 
+def validate_mirrors(mirrors, image_format):
+    """The ``mirrors`` of a template (further URLs of the same file, passed on to ``download``): each a URL or a dict
+    with ``url``, optional ``priority`` and ``location``; stored as ``{url, priority, location}`` dicts, every URL
+    checked as the template URL is."""
+    stored = []
+    for url, priority, location in parse_mirrors(mirrors):
+        stored.append({"url": validate_url(url, image_format), "priority": priority, "location": location})
+    return stored
+
+
 def build_template(params, existing=None, now_stamp=None):
     """The record to store for the ``template`` module options ``params`` (validated here).
 
@@ -250,10 +261,15 @@ def build_template(params, existing=None, now_stamp=None):
         size, virtual_size = validate_size(given_size, given_virtual, params.get("allow_unknown_size", False))
         record.update(size=size, virtual_size=virtual_size, checked_on=params.get("checked_on") or None,
                       checked_at=now_stamp if params.get("checked_on") else None)
+    mirrors = validate_mirrors(params.get("mirrors"), fmt)
+    if mirrors:  # only when given: records written before the field existed stay unchanged
+        record["mirrors"] = mirrors
     if existing is not None:
         # Keep the stored id, creation time and any field written by a newer version of this collection.
         for key, value in existing.items():
             record.setdefault(key, value)
+        if not mirrors:
+            record.pop("mirrors", None)
     return record
 
 

@@ -116,8 +116,8 @@ options:
   name:
     description:
       - The file name of the image in the pool. A plain name, no directories.
-      - At most the pool file system's name limit minus 33 characters (222 on ext4 and XFS), the room its hidden
-        helper files (C(.NAME.part.segments.json) and its temporary file) need; a longer name is refused up front.
+      - At most the pool file system's name limit minus 26 characters (229 on ext4 and XFS), the room its hidden
+        helper files (C(.NAME.ddinfo.json) and its temporary file) need; a longer name is refused up front.
       - Default is the last segment of the URL path without a compression suffix (C(.gz), C(.bz2), C(.xz), C(.zip),
         C(.zst)) or a Metalink suffix.
     type: str
@@ -163,11 +163,24 @@ options:
     default: false
   connections:
     description:
-      - For a Metalink source whose mirrors accept ranges, how many parallel connections to split the download over
-        (several mirrors at once). V(1) downloads from one mirror at a time with failover.
-      - From 1 to 16.
+      - For a Metalink source or a URL with O(mirrors), whose sources accept ranges, how many parallel connections to
+        split the download over (several sources at once, each range verified by piece hashes when the Metalink has
+        them). V(1) downloads from one source at a time with failover.
+      - From 1 to 16. A Metalink 3 C(maxconnections) caps it for the file and per server.
     type: int
     default: 1
+  mirrors:
+    description:
+      - Further URLs of the same file as O(url) (http, https or nfs), tried in turn when a source fails, and with
+        O(connections) above 1 downloaded from in parallel ranges.
+      - Each item is a URL, or a dict with C(url) and optional C(priority) (1 to 999999, lower first, after O(url))
+        and C(location) (a country code, ordered by O(metalink_locations)).
+      - The same file means the same bytes; give a O(checksum) to verify bytes joined from several sources. A
+        source whose bytes fail the checksum is not used again for this download.
+      - Never logged; in results only their passwords and signatures are masked, as for O(url).
+    type: list
+    elements: raw
+    default: []
   block_size:
     description:
       - The I/O block size in bytes. All-zero blocks of this size are skipped (left as holes). 64 KiB was measured
@@ -292,6 +305,18 @@ EXAMPLES = r"""
     url: https://images.example.com/debian-12.qcow2.meta4
     pool_path: /var/lib/libvirt/images
     connections: 2
+
+- name: Download from two further mirrors of the same file, in parallel ranges
+  directdownload.kvm.download:
+    url: https://images.example.com/debian-12.qcow2
+    mirrors:
+      - https://mirror-a.example.com/debian-12.qcow2
+      - url: https://mirror-b.example.com/debian-12.qcow2
+        priority: 2
+        location: de
+    checksum: "sha256:{{ debian_sha256 }}"
+    pool_path: /var/lib/libvirt/images
+    connections: 4
 
 - name: A large raw image, with the caps of the safety gate raised for it
   directdownload.kvm.download:
@@ -444,6 +469,16 @@ metalink_notes:
   type: list
   elements: str
   sample: ["ignored a hash of unknown type 'adler32'", "skipped 1 URL(s) with scheme 'ftp'"]
+sources:
+  description:
+    - One entry per source of the file (the URL, a Metalink's mirrors, or O(mirrors)), URL redacted, with the bytes it
+      served in this run, the pieces of it rejected by a piece hash, and the error that set it aside (null if none).
+    - A source that served a corrupt piece or bytes failing the checksum is named here, with that error.
+  returned: when the image was downloaded
+  type: list
+  elements: dict
+  sample: [{"url": "http://mirror-a.example.com/debian-12.qcow2", "bytes": 536870912, "pieces_rejected": 0,
+            "error": null}]
 pool:
   description: The libvirt pool that was refreshed, when O(pool) was given.
   returned: when O(pool) is given
@@ -513,6 +548,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._checksum impor
     parse_checksum,
     split_checksum_url,
 )
+from ansible_collections.directdownload.kvm.plugins.module_utils._description import protect_mirrors
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._probe import PlainSourceOptions
@@ -562,6 +598,7 @@ def build_request(module, settings):
         block_size=option_or_setting(params, "block_size", settings),
         progress_interval=params["progress_interval"],
         connections=params["connections"],
+        mirrors=params["mirrors"],
         metalink_name=params["metalink_name"],
         metalink_locations=params["metalink_locations"],
         nfs_transport=params["nfs_transport"],
@@ -656,6 +693,7 @@ def main():
             resume=dict(type="bool", default=True),
             force=dict(type="bool", default=False),
             connections=dict(type="int", default=1),
+            mirrors=dict(type="list", elements="raw", default=[], no_log=True),  # secrets masked, see protect_mirrors
             block_size=dict(type="int"),
             progress_interval=dict(type="float", default=2.0),
             max_size=dict(type="bytes"),
@@ -679,6 +717,7 @@ def main():
     params = module.params
     # url and proxy are no_log (never in the host's log); in results only their passwords and signatures are masked.
     protect_url_options(module, ("url", "proxy"))
+    protect_mirrors(module)
     if not params["validate_certs"]:
         module.warn("validate_certs is false: the server certificate and host name are not verified, anyone on the "
                     "path can serve these bytes; the image record says so")

@@ -73,6 +73,15 @@ options:
       - Required with O(state=present).
       - Stored as given in the registry (mode 0600). Never logged (journal, syslog); shown redacted in results.
     type: str
+  mirrors:
+    description:
+      - Further URLs of the same file, recorded with the template and passed on to
+        O(directdownload.kvm.download#module:mirrors) by the C(deploy) role (failover, and parallel ranges with
+        more than one connection).
+      - Each a URL or a dict with C(url), optional C(priority) and C(location); every URL is checked as O(url) is.
+      - Stored in the registry (mode 0600). Never logged; shown redacted in results.
+    type: list
+    elements: raw
   format:
     description:
       - The image format. Required with O(state=present).
@@ -240,6 +249,7 @@ registry:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
+from ansible_collections.directdownload.kvm.plugins.module_utils._description import protect_mirrors
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError
 from ansible_collections.directdownload.kvm.plugins.module_utils._template import build_template, changed_fields
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import protect_url_options
@@ -282,6 +292,7 @@ def main():
             zone=dict(type="str"),
             os_type=dict(type="str"),
             headers=dict(type="dict", no_log=True, aliases=["http_headers"]),
+            mirrors=dict(type="list", elements="raw", no_log=True),  # secrets masked, see protect_mirrors
             size=dict(type="int"),
             virtual_size=dict(type="int"),
             checked_on=dict(type="str"),
@@ -293,6 +304,7 @@ def main():
     )
     # url is no_log (never in the host's log); in results only its password and signatures are masked.
     protect_url_options(module, ("url",))
+    protect_mirrors(module)
     # The registry field keeps its name: _template reads http_headers.
     params = dict(module.params, http_headers=module.params["headers"])
     registry = reg.Registry(params["registry"])

@@ -581,6 +581,6 @@ def test_fifo_at_the_destination_and_long_names_are_refused_in_check_mode_too(ru
     name = "d" * 228 + ".qcow2"  # installs, then could not write its record (File name too long): refused now
     for check in (True, False):
         record = download(run_module, args_for(server, "disk.qcow2", pool, name=name), check=check)
-        assert record["status"] == "failed" and "at most 222 fit" in record["result"]["msg"], record["result"]
+        assert record["status"] == "failed" and "at most 229 fit" in record["result"]["msg"], record["result"]
         assert record["result"].get("retryable") is False
     assert os.listdir(pool) == []

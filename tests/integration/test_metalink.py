@@ -7,14 +7,27 @@ loopback mirrors (one refusing connections, one answering 404, one corrupt, good
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
 import socket
+import subprocess
+import time
 
 import pytest
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import NS_V4
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
+
+from ansible_collections.directdownload.kvm.tests.integration.conftest import (
+    _venv_tool,
+    _write_inventory,
+    _write_playbook,
+    kill_tree,
+    playbook_env,
+    run_playbook_in,
+)
 
 MiB = 1024 * 1024
 PIECE = 256 * 1024
@@ -182,3 +195,81 @@ def test_a_metalink_behind_a_redirect_is_a_metalink_for_download_and_url_check(r
     result = checked["result"]
     assert result["reachable"] and result["mirror"] == server.url("disk.qcow2"), result
     assert result["format_detected"] == "qcow2" and result["size"] == os.path.getsize(image)
+
+
+def _sidecar(pool):
+    try:
+        return json.loads((pool / ".disk.raw.part.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def test_kill_9_of_a_segmented_download_then_a_rerun_resumes(tmp_path, mirrors, pool, www):
+    """The module process (an async job of the action plugin) is killed with SIGKILL in the middle of a download in
+    ranges from two mirrors: the one sidecar .part.json holds progress figures and the piece map, and the next run
+    resumes from it."""
+    images.random_raw(str(www / "disk.raw"), size=24 * MiB)
+    data = (www / "disk.raw").read_bytes()
+    first, second = mirrors(), mirrors()
+    for server in (first, second):
+        server.set_fault("/disk.raw", rate=2 * MiB)
+    write_metalink(www / "disk.raw.meta4", [first.url("disk.raw"), second.url("disk.raw")], data, pieces=True,
+                   name="disk.raw")
+    play = [{"hosts": "all", "gather_facts": False, "tasks": [{
+        "name": "Segmented", MODULE: args_for(first.url("disk.raw.meta4"), pool, connections=2, format="raw")}]}]
+    workdir = tmp_path / "killed"
+    workdir.mkdir()
+    (workdir / "ansible.cfg").touch()
+    argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
+            str(_write_playbook(play, workdir))]
+    proc = subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir), stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    seen = {}
+    try:
+        deadline = time.monotonic() + 90
+        while seen.get("bytes_done", 0) < 6 * MiB:
+            assert time.monotonic() < deadline, "the segmented download never got going: %r" % seen
+            assert proc.poll() is None, "ansible-playbook ended before it could be killed"
+            time.sleep(0.1)
+            seen = _sidecar(pool)
+    finally:
+        kill_tree(proc)
+        # The module runs as an async job of the download action plugin: kill it by the pid its sidecar names.
+        module_pid = _sidecar(pool).get("pid")
+        if module_pid:
+            try:
+                os.kill(module_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    # One sidecar, the same figures as one stream, and the piece map of the transfer in ranges.
+    assert seen["total"] == len(data) and seen["connections"] == 2
+    assert {"rate", "eta", "percent", "progress", "segments"} <= set(seen)
+    assert seen["segments"]["done"] and "identity" not in seen
+    # (the lock file of a killed run stays: the next run takes it over)
+    assert sorted(set(os.listdir(pool)) - {".disk.raw.lock"}) == [".disk.raw.part", ".disk.raw.part.json"]
+    killed_at = _sidecar(pool)["bytes_done"]
+
+    for server in (first, second):
+        server.clear_faults()
+    run = run_playbook_in(tmp_path / "again", play)
+    result = run.task("Segmented")["result"]
+    assert run.task("Segmented")["status"] == "changed", result
+    assert 0 < result["resumed_from"] <= killed_at and result["bytes_downloaded"] < len(data)
+    assert sha256(pool / "disk.raw") == hashlib.sha256(data).hexdigest()
+    assert sorted(os.listdir(pool)) == [".disk.raw.ddinfo.json", "disk.raw"]
+
+
+def test_mirrors_option_fails_over_reports_sources_and_masks_only_secrets(run_module, mirrors, pool, image):
+    missing, good = mirrors(status=404), mirrors()
+    token_url = good.url("disk.qcow2") + "?token=s3cr3tvalue"
+    record = run_module(MODULE, args_for(missing.url("disk.qcow2"), pool, checksum="sha256:" + sha256(image),
+                                         mirrors=[{"url": token_url, "priority": 5, "location": "de"}]))[0]
+    result = record["result"]
+    assert record["status"] == "changed", result
+    assert sha256(pool / "disk.qcow2") == sha256(image)
+    assert "s3cr3tvalue" not in json.dumps(result)
+    assert [entry["url"].split("?")[0] for entry in result["sources"]] == [missing.url("disk.qcow2"),
+                                                                          good.url("disk.qcow2")]
+    assert result["sources"][0]["error"] is None or "404" in result["sources"][0]["error"]
+    assert result["sources"][1]["bytes"] == os.path.getsize(image)
+    assert result["mirror_errors"][0]["url"] == missing.url("disk.qcow2")

@@ -1050,3 +1050,22 @@ def test_every_playbook_uses_the_registry_set_in_the_inventory(run_playbook, tmp
     default = home / ".local" / "state" / "directdownload"
     assert not default.exists() or list(default.iterdir()) == [], "nothing at the default registry path"
     assert sorted(p.name for p in registry.parent.iterdir()) == ["registry.json", "registry.json.lock"]
+
+
+def test_deploy_passes_the_template_mirrors_on_to_download(run_playbook, run_module, tmp_path, mirror):
+    inv, registry, template = registered(run_playbook, tmp_path, mirror, local_pools(tmp_path, ["kvm1"]))
+    # The template URL now answers 404; the mirror recorded with it serves the same file.
+    record = run_module("directdownload.kvm.template", {
+        "registry": str(registry), "name": "disk", "url": mirror.url("gone/disk.qcow2.gz"), "format": "qcow2",
+        "size": template["size"], "virtual_size": template["virtual_size"], "checksum": template.get("checksum"),
+        "mirrors": [{"url": mirror.url("disk.qcow2.gz"), "priority": 1}]})[0]
+    assert record["status"] == "changed", record["result"]
+    assert read_registry(registry)["templates"]["disk"]["mirrors"] == [
+        {"url": mirror.url("disk.qcow2.gz"), "priority": 1, "location": None}]
+    run = deploy(run_playbook, inv, registry)
+    [attempt] = download_attempts(run)
+    assert attempt.get("changed"), attempt
+    assert [entry["url"] for entry in attempt["sources"]] == [mirror.url("gone/disk.qcow2.gz"),
+                                                            mirror.url("disk.qcow2.gz")]
+    assert attempt["sources"][1]["bytes"] > 0
+    assert [r["status"] for r in run.report] == ["downloaded"]

@@ -25,6 +25,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
     SourceError,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
+from ansible_collections.directdownload.kvm.plugins.module_utils._source import Source
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_source
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
@@ -306,7 +307,7 @@ def test_a_206_for_other_bytes_falls_back_to_a_full_download_once(server, pool, 
 
 
 @pytest.mark.parametrize("where", ["disk.qcow2", ".disk.qcow2.part", ".disk.qcow2.part.json", ".disk.qcow2.lock",
-                                   ".disk.qcow2.ddinfo.json", ".disk.qcow2.part.segments.json"])
+                                   ".disk.qcow2.ddinfo.json", ".disk.qcow2.extracting"])
 def test_a_fifo_at_the_destination_or_a_helper_name_is_refused_without_blocking(server, pool, where):
     os.mkfifo(str(pool / where))
     outcome = {}
@@ -344,8 +345,9 @@ def test_a_device_at_the_destination_is_refused(server, pool, where):
 
 def test_names_too_long_for_the_helper_files_are_refused_up_front(server, pool):
     limit = os.pathconf(str(pool), "PC_NAME_MAX")
-    # The longest helper: .<name>.part.segments.json plus the temporary suffix of its atomic write.
-    fits = limit - len(".part.segments.json") - 1 - 13
+    # The longest helper: .<name>.ddinfo.json plus the temporary suffix of its atomic write (a transfer in ranges
+    # keeps its resume state in .<name>.part.json: one sidecar).
+    fits = limit - len(".ddinfo.json") - 1 - 13
     name = "d" * (fits - len(".qcow2")) + ".qcow2"
     result = _download.run(request_for(server, pool, name=name), open_source)
     assert result["changed"] and os.path.exists(pool / name)
@@ -396,7 +398,7 @@ def test_a_symlink_planted_at_the_part_after_the_plan_is_refused(server, pool, t
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
 
-    class PlantingSource:
+    class PlantingSource(Source):
         """The real HTTP source; its ``open`` first plants the symlink, as the attacker would at that moment."""
 
         def __init__(self, inner):

@@ -1,8 +1,9 @@
 # Copyright (c) directdownload.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Metalink downloads against real loopback mirrors: failover (MetalinkSource) and segmented multi-source
-downloads with piece hashes, re-fetch of a corrupt piece from another mirror, and resume."""
+"""Metalink downloads against real loopback mirrors, through the one engine: a parsed Metalink converted into a
+description (_description.from_metalink), failover (_transfer.MultiSource) and segmented multi-source downloads
+(_transfer.segmented_download) with piece hashes, re-fetch of a corrupt piece from another mirror, and resume."""
 
 from __future__ import annotations
 
@@ -20,17 +21,20 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
     SourceError,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import HttpSource, SourceOptions
+from ansible_collections.directdownload.kvm.plugins.module_utils._description import from_metalink
 from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import (
     NS_V3,
     NS_V4,
-    MetalinkSource,
     load_metalink,
-    mirror_key,
-    open_metalink_source,
     parse_metalink,
     read_document,
+)
+from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_metalink_source
+from ansible_collections.directdownload.kvm.plugins.module_utils._transfer import (
+    MultiSource,
+    mirror_key,
     segmented_download,
-    segments_sidecar_path,
+    sidecar_path,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_url
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
@@ -104,6 +108,11 @@ def metalink(urls, data, pieces=True, hashes=("sha-256",), size=True, name=NAME)
             % (NS_V4, name, "\n".join(parts))).encode()
 
 
+def describe(document, **kwargs):
+    """The engine's description of a Metalink document."""
+    return from_metalink(parse_metalink(document, **kwargs))
+
+
 def read_all(body):
     out = bytearray()
     buf = bytearray(64 * 1024)
@@ -130,7 +139,7 @@ def byte_range(first, end):
 def test_failover_refused_404_stalled_then_good(image, servers, refused_url):
     missing, stalling, good = servers(status=404), servers(stall_at=PIECE), servers()
     doc = metalink([refused_url, missing.url(NAME), stalling.url(NAME), good.url(NAME)], image.data)
-    source = MetalinkSource(parse_metalink(doc), open_source)
+    source = MultiSource(describe(doc), open_source)
     body = source.open(offset=0)
     assert body.url == stalling.url(NAME)
     assert read_all(body) == image.data
@@ -145,7 +154,7 @@ def test_failover_refused_404_stalled_then_good(image, servers, refused_url):
 
 def test_truncated_body_continues_on_the_next_mirror(image, servers):
     cut, good = servers(truncate_at=3 * PIECE + 100), servers()
-    source = MetalinkSource(parse_metalink(metalink([cut.url(NAME), good.url(NAME)], image.data)), open_source)
+    source = MultiSource(describe(metalink([cut.url(NAME), good.url(NAME)], image.data)), open_source)
     body = source.open()
     data = read_all(body)
     assert data == image.data
@@ -156,7 +165,7 @@ def test_truncated_body_continues_on_the_next_mirror(image, servers):
 def test_without_a_hash_bytes_of_two_mirrors_are_never_joined(image, servers):
     cut, good = servers(truncate_at=2 * PIECE), servers()
     doc = metalink([cut.url(NAME), good.url(NAME)], image.data, pieces=False, hashes=())
-    source = MetalinkSource(parse_metalink(doc), open_source)
+    source = MultiSource(describe(doc), open_source)
     body = source.open()
     with pytest.raises(SourceError, match="truncated"):
         read_all(body)
@@ -176,7 +185,7 @@ def test_without_a_hash_bytes_of_two_mirrors_are_never_joined(image, servers):
 def test_a_user_checksum_makes_joining_mirrors_safe(image, servers):
     cut, good = servers(truncate_at=2 * PIECE), servers()
     doc = metalink([cut.url(NAME), good.url(NAME)], image.data, pieces=False, hashes=())
-    source = MetalinkSource(parse_metalink(doc), open_source)
+    source = MultiSource(describe(doc), open_source)
     assert source.expected_checksums(Checksum("sha256", image.sha256)) == [Checksum("sha256", image.sha256)]
     assert read_all(source.open()) == image.data
     assert ranges(good) == ["bytes=%d-" % (2 * PIECE)]
@@ -184,7 +193,7 @@ def test_a_user_checksum_makes_joining_mirrors_safe(image, servers):
 
 def test_resume_on_the_saved_mirror_uses_its_validators(image, servers):
     first, second = servers(), servers()
-    source = MetalinkSource(parse_metalink(metalink([first.url(NAME), second.url(NAME)], image.data)), open_source)
+    source = MultiSource(describe(metalink([first.url(NAME), second.url(NAME)], image.data)), open_source)
     body = source.open()
     buf = bytearray(PIECE)
     body.readinto(buf)
@@ -203,7 +212,7 @@ def test_resume_on_the_saved_mirror_uses_its_validators(image, servers):
 def test_a_mirror_with_another_size_is_skipped(image, servers):
     wrong, good = servers(), servers()
     doc = metalink([wrong.url("other.raw"), good.url(NAME)], image.data)
-    source = MetalinkSource(parse_metalink(doc), open_source)
+    source = MultiSource(describe(doc), open_source)
     body = source.open()
     assert body.url == good.url(NAME) and read_all(body) == image.data
     assert "metalink says %d" % SIZE in source.mirror_errors[0]["error"]
@@ -212,8 +221,8 @@ def test_a_mirror_with_another_size_is_skipped(image, servers):
 def test_checksum_mismatch_moves_to_the_next_mirror(image, servers):
     """What the engine does on a whole-file mismatch: discard, ask the source to move on, download again."""
     corrupt, good = servers(corrupt_at=5000), servers()
-    metalink_file = parse_metalink(metalink([corrupt.url(NAME), good.url(NAME)], image.data))
-    source = MetalinkSource(metalink_file, open_source)
+    metalink_file = describe(metalink([corrupt.url(NAME), good.url(NAME)], image.data))
+    source = MultiSource(from_metalink(metalink_file), open_source)
     expected = source.expected_checksums()[0]
     body = source.open()
     data = read_all(body)
@@ -232,14 +241,14 @@ def test_checksum_mismatch_moves_to_the_next_mirror(image, servers):
 def test_every_mirror_failing_is_one_clear_error(image, servers, refused_url):
     missing, gone = servers(status=404), servers(status=410)
     doc = metalink([refused_url, missing.url(NAME), gone.url(NAME)], image.data)
-    source = MetalinkSource(parse_metalink(doc), open_source)
+    source = MultiSource(describe(doc), open_source)
     with pytest.raises(SourceError) as info:
         source.open()
     assert "every mirror failed" in info.value.msg and "404" in info.value.msg and "410" in info.value.msg
     assert len(info.value.details["mirror_errors"]) == 3
     # A refused connection may heal: the whole failure is retryable.
     assert info.value.retryable
-    only_missing = MetalinkSource(parse_metalink(metalink([missing.url(NAME), gone.url(NAME)], image.data)),
+    only_missing = MultiSource(describe(metalink([missing.url(NAME), gone.url(NAME)], image.data)),
                                   open_source)
     with pytest.raises(SourceError) as info:
         only_missing.open()
@@ -248,7 +257,7 @@ def test_every_mirror_failing_is_one_clear_error(image, servers, refused_url):
 
 def test_probe_and_read_head_fail_over(image, servers, refused_url):
     missing, good = servers(status=404), servers()
-    source = MetalinkSource(parse_metalink(metalink([refused_url, missing.url(NAME), good.url(NAME)], image.data)),
+    source = MultiSource(describe(metalink([refused_url, missing.url(NAME), good.url(NAME)], image.data)),
                             open_source)
     info = source.probe()
     assert info["size"] == SIZE and info["mirror"] == good.url(NAME) and len(info["mirror_errors"]) == 2
@@ -266,7 +275,7 @@ def test_v3_document_served_over_http(image, servers):
         % (NS_V3, NAME, SIZE, image.sha256, good.url("missing.raw"), good.url(NAME))).encode())
     metalink_file = load_metalink(good.url("img.metalink"), open_source)
     assert metalink_file.version == 3 and metalink_file.mirrors[0].url == good.url(NAME)
-    body = MetalinkSource(metalink_file, open_source).open()
+    body = MultiSource(from_metalink(metalink_file), open_source).open()
     assert read_all(body) == image.data
 
 
@@ -292,7 +301,7 @@ def test_open_metalink_source_fetches_the_document(image, servers):
     (image.root / "img.meta4").write_bytes(metalink([good.url(NAME)], image.data))
     request = types.SimpleNamespace(source_options=OPTIONS, metalink_name=NAME, metalink_locations=["de"],
                                     connections=3, nfs_transport="auto")
-    source = open_metalink_source(good.url("img.meta4"), request, open_source=None)
+    source = open_metalink_source(good.url("img.meta4"), request)
     assert source.connections == 3 and source.segmented and source.size == SIZE
     assert read_all(source.open()) == image.data
 
@@ -310,7 +319,7 @@ def test_an_oversized_document_is_refused_while_reading(image, servers):
 
 def test_segmented_from_two_rate_limited_mirrors(image, servers):
     first, second = servers(rate=RATE), servers(rate=RATE)
-    metalink_file = parse_metalink(metalink([first.url(NAME), second.url(NAME)], image.data))
+    metalink_file = describe(metalink([first.url(NAME), second.url(NAME)], image.data))
     seen = []
     result = segmented_download(metalink_file, open_source, image.part, connections=2,
                                 checksums=metalink_file.expected_checksums(), progress=lambda d, t: seen.append(d),
@@ -330,14 +339,14 @@ def test_segmented_from_two_rate_limited_mirrors(image, servers):
             assert first_byte % PIECE == 0 and (last_byte + 1 == SIZE or (last_byte + 1) % PIECE == 0)
     # The zero-filled pieces stayed holes; the resume sidecar is gone after success.
     assert os.stat(image.part).st_blocks * 512 <= SIZE - 2 * PIECE
-    assert not os.path.exists(segments_sidecar_path(image.part))
+    assert not os.path.exists(sidecar_path(image.part))
 
 
 def test_corrupt_piece_is_fetched_again_alone_from_another_mirror(image, servers):
     # Mirror A serves piece 1 corrupted; B is good. Only piece 1 is fetched a second time, from B.
     corrupt = servers(corrupt_at=PIECE + 777, rate=RATE)
     good = servers(rate=RATE)
-    metalink_file = parse_metalink(metalink([corrupt.url(NAME), good.url(NAME)], image.data))
+    metalink_file = describe(metalink([corrupt.url(NAME), good.url(NAME)], image.data))
     logged = []
     result = segmented_download(metalink_file, open_source, image.part, connections=2,
                                 checksums=metalink_file.expected_checksums(), log=logged.append)
@@ -354,11 +363,18 @@ def test_corrupt_piece_is_fetched_again_alone_from_another_mirror(image, servers
 
 def test_single_connection_with_pieces_refetches_from_another_mirror(image, servers):
     corrupt, good = servers(corrupt_at=3 * PIECE), servers()
-    metalink_file = parse_metalink(metalink([corrupt.url(NAME), good.url(NAME)], image.data))
+    metalink_file = describe(metalink([corrupt.url(NAME), good.url(NAME)], image.data))
     result = segmented_download(metalink_file, open_source, image.part, connections=1,
                                 checksums=metalink_file.expected_checksums())
     assert result["refetched_pieces"] == [3]
-    assert ranges(good) == [byte_range(3 * PIECE, 4 * PIECE)]
+    # The bad piece is fetched again alone; the mirror that served it is quarantined for the rest of the download,
+    # so the good one serves everything after it too.
+    assert ranges(good) == [byte_range(3 * PIECE, 4 * PIECE), byte_range(4 * PIECE, SIZE)]
+    assert ranges(corrupt) == [byte_range(0, SIZE)]
+    by_url = {entry["url"]: entry for entry in result["sources"]}
+    assert by_url[corrupt.url(NAME)]["pieces_rejected"] == 1 and "piece 3" in by_url[corrupt.url(NAME)]["error"]
+    assert by_url[corrupt.url(NAME)]["bytes"] == 4 * PIECE
+    assert by_url[good.url(NAME)] == dict(url=good.url(NAME), bytes=SIZE - 3 * PIECE, pieces_rejected=0, error=None)
     with open(image.part, "rb") as handle:
         assert handle.read() == image.data
 
@@ -369,7 +385,7 @@ def test_bad_mirrors_are_dropped_and_the_good_ones_finish(image, servers, refuse
     stalling = servers(stall_at=9 * PIECE + 10, rate=RATE)
     good = servers(rate=RATE)
     urls = [refused_url, missing.url(NAME), no_range.url(NAME), stalling.url(NAME), good.url(NAME)]
-    metalink_file = parse_metalink(metalink(urls, image.data))
+    metalink_file = describe(metalink(urls, image.data))
     result = segmented_download(metalink_file, open_source, image.part, connections=4,
                                 checksums=metalink_file.expected_checksums())
     with open(image.part, "rb") as handle:
@@ -383,7 +399,7 @@ def test_bad_mirrors_are_dropped_and_the_good_ones_finish(image, servers, refuse
 
 def test_no_mirror_serves_ranges(image, servers):
     first, second = servers(no_range=True), servers(no_range=True)
-    metalink_file = parse_metalink(metalink([first.url(NAME), second.url(NAME)], image.data))
+    metalink_file = describe(metalink([first.url(NAME), second.url(NAME)], image.data))
     with pytest.raises(SourceError, match="no mirror left") as info:
         segmented_download(metalink_file, open_source, image.part, connections=2)
     assert info.value.details["ranges_unsupported"] is True
@@ -391,17 +407,17 @@ def test_no_mirror_serves_ranges(image, servers):
 
 def test_whole_file_mismatch_after_good_pieces(image, servers):
     first, second = servers(), servers()
-    metalink_file = parse_metalink(metalink([first.url(NAME), second.url(NAME)], image.data))
+    metalink_file = describe(metalink([first.url(NAME), second.url(NAME)], image.data))
     wrong = Checksum("sha512", hashlib.sha512(b"something else").hexdigest())
     with pytest.raises(ChecksumMismatch, match="expected {SHA-512}"):
         segmented_download(metalink_file, open_source, image.part, connections=2,
                            checksums=metalink_file.expected_checksums(wrong))
-    assert not os.path.exists(segments_sidecar_path(image.part))
+    assert not os.path.exists(sidecar_path(image.part))
 
 
 def test_without_pieces_units_are_ranges_and_the_file_hash_decides(image, servers):
     first, second = servers(rate=RATE), servers(rate=RATE)
-    metalink_file = parse_metalink(metalink([first.url(NAME), second.url(NAME)], image.data, pieces=False))
+    metalink_file = describe(metalink([first.url(NAME), second.url(NAME)], image.data, pieces=False))
     result = segmented_download(metalink_file, open_source, image.part, connections=3, unit_size=128 * 1024,
                                 checksums=metalink_file.expected_checksums())
     assert result["unit_size"] == 128 * 1024 and not result["pieces_verified"]
@@ -423,12 +439,12 @@ def interrupt_at(fraction):
 
 def test_resume_keeps_verified_pieces_and_refetches_a_damaged_one(image, servers):
     first, second = servers(rate=RATE), servers(rate=RATE)
-    metalink_file = parse_metalink(metalink([first.url(NAME), second.url(NAME)], image.data))
+    metalink_file = describe(metalink([first.url(NAME), second.url(NAME)], image.data))
     checksums = metalink_file.expected_checksums()
     with pytest.raises(Interrupt):
         segmented_download(metalink_file, open_source, image.part, connections=2, checksums=checksums,
                            progress=interrupt_at(0.4), save_interval=0.05)
-    sidecar = segments_sidecar_path(image.part)
+    sidecar = sidecar_path(image.part)
     assert os.path.exists(sidecar) and os.path.getsize(image.part) == SIZE
     with open(sidecar) as handle:
         assert "done" in handle.read()
@@ -452,7 +468,7 @@ def test_resume_keeps_verified_pieces_and_refetches_a_damaged_one(image, servers
 
 def test_resume_without_pieces_trusts_units_and_verifies_the_file(image, servers):
     first, second = servers(rate=RATE), servers(rate=RATE)
-    metalink_file = parse_metalink(metalink([first.url(NAME), second.url(NAME)], image.data, pieces=False))
+    metalink_file = describe(metalink([first.url(NAME), second.url(NAME)], image.data, pieces=False))
     checksums = metalink_file.expected_checksums()
     with pytest.raises(Interrupt):
         segmented_download(metalink_file, open_source, image.part, connections=2, checksums=checksums,
@@ -466,19 +482,19 @@ def test_resume_without_pieces_trusts_units_and_verifies_the_file(image, servers
 
 def test_resume_state_of_another_file_is_not_used(image, servers):
     first = servers(rate=RATE)
-    metalink_file = parse_metalink(metalink([first.url(NAME)], image.data))
+    metalink_file = describe(metalink([first.url(NAME)], image.data))
     with pytest.raises(Interrupt):
         segmented_download(metalink_file, open_source, image.part, connections=2, progress=interrupt_at(0.3),
                            checksums=metalink_file.expected_checksums(), save_interval=0.05)
     first.clear_faults()
-    other = parse_metalink(metalink([first.url(NAME)], image.data, hashes=("sha-512",)))
+    other = describe(metalink([first.url(NAME)], image.data, hashes=("sha-512",)))
     result = segmented_download(other, open_source, image.part, connections=2, checksums=other.expected_checksums())
     assert result["resumed_bytes"] == 0 and result["bytes_downloaded"] == SIZE
 
 
 def test_metalink_source_segmented_wrapper_collects_errors(image, servers, refused_url):
     good = servers()
-    source = MetalinkSource(parse_metalink(metalink([refused_url, good.url(NAME)], image.data)), open_source,
+    source = MultiSource(describe(metalink([refused_url, good.url(NAME)], image.data)), open_source,
                             connections=2)
     assert source.segmented
     result = source.download_segmented(image.part, checksums=source.expected_checksums())
@@ -492,7 +508,7 @@ def test_metalink_source_segmented_wrapper_collects_errors(image, servers, refus
 
 def test_size_from_the_mirrors_when_the_metalink_has_none(image, servers):
     first, second = servers(), servers()
-    metalink_file = parse_metalink(metalink([first.url(NAME), second.url(NAME)], image.data, pieces=False,
+    metalink_file = describe(metalink([first.url(NAME), second.url(NAME)], image.data, pieces=False,
                                             size=False))
     assert metalink_file.size is None
     result = segmented_download(metalink_file, open_source, image.part, connections=2, unit_size=64 * 1024,
@@ -504,7 +520,7 @@ def test_size_from_the_mirrors_when_the_metalink_has_none(image, servers):
 
 def test_segmented_mismatch_sets_aside_the_mirrors_that_served(image, servers):
     first, second = servers(), servers()
-    source = MetalinkSource(parse_metalink(metalink([first.url(NAME), second.url(NAME)], image.data, pieces=False,
+    source = MultiSource(describe(metalink([first.url(NAME), second.url(NAME)], image.data, pieces=False,
                                                     hashes=())), open_source, connections=2)
     wrong = Checksum("sha256", hashlib.sha256(b"else").hexdigest())
     with pytest.raises(ChecksumMismatch):

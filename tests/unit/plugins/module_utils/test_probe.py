@@ -19,7 +19,7 @@ import pytest
 from ansible_collections.directdownload.kvm.plugins.module_utils import _probe
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
-from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import plain_source_factory
+from ansible_collections.directdownload.kvm.plugins.module_utils._sources import plain_source_factory
 from ansible_collections.directdownload.kvm.tests.unit.lib import hostile, images
 from ansible_collections.directdownload.kvm.tests.unit.lib import nfs as nfs_lib
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer

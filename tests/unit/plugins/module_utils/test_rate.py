@@ -17,14 +17,12 @@ import pytest
 from ansible_collections.directdownload.kvm.plugins.module_utils import _download, _rate
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput, SourceError
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import HttpSource, SourceOptions
-from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import (
-    DEFAULT_UNIT_SIZE,
-    NS_V4,
-    parse_metalink,
-    segmented_download,
-)
+from ansible_collections.directdownload.kvm.plugins.module_utils._description import from_metalink
+from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import NS_V4, parse_metalink
+from ansible_collections.directdownload.kvm.plugins.module_utils._pieces import DEFAULT_UNIT_SIZE
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import DEFAULT_READ_SIZE
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_source
+from ansible_collections.directdownload.kvm.plugins.module_utils._transfer import segmented_download
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 MiB = 1024 * 1024
@@ -179,7 +177,7 @@ def test_max_rate_holds_across_the_connections_of_a_segmented_download(www, tmp_
     root, digest = www
     with ImageServer(root) as first, ImageServer(root) as second:
         write_metalink(root, [first.url("disk.raw"), second.url("disk.raw")], digest)
-        metalink_file = parse_metalink((root / "disk.raw.meta4").read_bytes())
+        metalink_file = from_metalink(parse_metalink((root / "disk.raw.meta4").read_bytes()))
         limits = _rate.Limits(max_rate="4M", connections=4)
         result = segmented_download(metalink_file, lambda url: HttpSource(url, SourceOptions(read_timeout=10)),
                                     str(tmp_path / ".disk.raw.part"), connections=4,

@@ -264,3 +264,20 @@ def test_url_secret_values():
         {"p%40ss", "p@ss", "0123456789abcdef"}
     assert url_secret_values("https://m.example/x.qcow2") == set()
     assert url_secret_values(None) == set()
+
+
+def test_mirrors_are_checked_recorded_and_removable():
+    from ansible_collections.directdownload.kvm.plugins.module_utils import _registry  # pylint: disable=import-outside-toplevel
+    first = dict(tpl.build_template(PARAMS, None, "t"), id="x")
+    assert "mirrors" not in first, "a template without mirrors keeps the record it had"
+    with_mirrors = tpl.build_template(dict(PARAMS, mirrors=[
+        "https://user:pw@b.example/debian-12.qcow2", {"url": "nfs://n.example/e/debian-12.qcow2", "priority": 2,
+                                                      "location": "DE"}]), first, "t")
+    assert with_mirrors["mirrors"] == [
+        {"url": "https://user:pw@b.example/debian-12.qcow2", "priority": None, "location": None},
+        {"url": "nfs://n.example/e/debian-12.qcow2", "priority": 2, "location": "de"}]
+    assert tpl.changed_fields(first, with_mirrors) == ["mirrors"]
+    assert "pw" not in str(_registry.public_template(with_mirrors)["mirrors"])
+    assert "mirrors" not in tpl.build_template(PARAMS, with_mirrors, "t")
+    with pytest.raises(InvalidInput, match="suffix|format"):
+        tpl.build_template(dict(PARAMS, mirrors=["https://b.example/debian-12.iso"]), first, "t")

@@ -1,0 +1,159 @@
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+#
+# Note that this module util is PRIVATE to the collection. It can have breaking changes at any time.
+"""Which source to use next, for one file: the description's order (priority, preference, location), failover,
+and quarantine of a source that served bad bytes for the rest of the download. Pure bookkeeping: no I/O, no lock
+(the transfer calls it under its own lock). What each source did is reported in the ``sources`` result."""
+
+from __future__ import annotations
+
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
+
+
+def error_text(exc):
+    return getattr(exc, "msg", None) or str(exc) or exc.__class__.__name__
+
+
+class _State:
+    __slots__ = ("ref", "failures", "active", "bytes", "pieces_rejected", "error", "set_aside", "quarantined",
+                 "slow")
+
+    def __init__(self, ref):
+        self.ref = ref
+        self.failures = 0
+        self.active = 0
+        self.bytes = 0
+        self.pieces_rejected = 0
+        self.error = None
+        self.set_aside = False  # dropped for this transfer (unreachable, no ranges, too many failures)
+        self.quarantined = False  # served bytes that failed a hash: never asked again in this download
+        self.slow = False
+
+
+class SourceSelector:
+    """The sources of one file (``_description.SourceRef`` in try order) and what happened to each.
+
+    ``errors`` lists ``{"url": redacted, "error": message}`` for every failure, in order (the ``mirror_errors``
+    result); ``retryable`` runs parallel to it (could another attempt succeed?)."""
+
+    def __init__(self, refs, max_failures=3):
+        self.refs = list(refs)
+        self.max_failures = max(1, int(max_failures))
+        self._state = {}
+        for ref in self.refs:
+            self._state.setdefault(ref.url, _State(ref))
+        self.errors = []
+        self.retryable = []
+
+    def state(self, url):
+        return self._state[url]
+
+    # -- failover: one source at a time
+
+    def candidates(self):
+        """The sources still worth trying, in order: not quarantined; those set aside as slow last."""
+        refs = [r for r in self.refs if not self._state[r.url].quarantined]
+        refs.sort(key=lambda r: self._state[r.url].slow)
+        return refs
+
+    def record_error(self, ref, exc, retryable=None):
+        self.errors.append(dict(url=ref.redacted, error=error_text(exc)))
+        self.retryable.append(getattr(exc, "retryable", True) if retryable is None else retryable)
+
+    def set_aside_slow(self, url):
+        if url in self._state:
+            self._state[url].slow = True
+
+    def quarantine(self, url, why):
+        """``url`` served bytes that failed a hash: never asked again in this download. Returns False when it
+        already was."""
+        state = self._state.get(url)
+        if state is None or state.quarantined:
+            return False
+        state.quarantined = True
+        state.error = why
+        self.errors.append(dict(url=state.ref.redacted, error=why))
+        self.retryable.append(False)
+        return True
+
+    def count_bytes(self, url, count):
+        if url in self._state:
+            self._state[url].bytes += count
+
+    # -- several at once: the scheduler's questions
+
+    def failed(self, ref, exc, fatal=False):
+        """A connection to ``ref`` failed. Returns True when the source is set aside now (``fatal``: it can take no
+        part at all, e.g. no exact ranges; else after ``max_failures`` failures)."""
+        state = self._state[ref.url]
+        self.record_error(ref, exc, retryable=True)
+        state.failures += 1
+        if not state.set_aside and (fatal or state.failures >= self.max_failures):
+            state.set_aside = True
+            state.error = state.error or error_text(exc)
+            return True
+        return False
+
+    def piece_rejected(self, ref, why):
+        """A piece from ``ref`` failed its hash: counted, and the source is quarantined for the rest of the
+        download (its other bytes cannot be trusted more than the piece that failed)."""
+        self._state[ref.url].pieces_rejected += 1
+        self.quarantine(ref.url, why)
+
+    def alive(self):
+        return [r for r in self.refs if self.usable(r.url)]
+
+    def usable(self, url):
+        state = self._state[url]
+        return not (state.set_aside or state.quarantined)
+
+    def cap(self, ref, connections, per_source=None):
+        """How many connections ``ref`` may have: an even share of ``connections`` over the live sources (or
+        ``per_source``), at most the server's own ``max_connections``."""
+        alive = max(1, len(self.alive()))
+        cap = per_source or -(-connections // alive)
+        if ref.max_connections:
+            cap = min(cap, ref.max_connections)
+        return max(1, cap)
+
+    def pick(self, connections, avoid=frozenset(), per_source=None):
+        """The least busy usable source (not in ``avoid`` unless nothing else is alive); None when every one is at
+        its connection cap; False when none is alive."""
+        alive = self.alive()
+        if not alive:
+            return False
+        preferred = [r for r in alive if r.url not in avoid] or alive
+        free = [r for r in preferred if self._state[r.url].active < self.cap(r, connections, per_source)]
+        if not free:
+            return None
+        return min(free, key=lambda r: (self._state[r.url].active, r.rank))
+
+    def started(self, ref):
+        self._state[ref.url].active += 1
+
+    def stopped(self, ref):
+        self._state[ref.url].active -= 1
+
+    def merge(self, other):
+        """Take in what a transfer's own selector (over some of these sources) saw: errors, bytes, rejected pieces,
+        quarantines; a source it set aside keeps its error (it may be tried again by a later attempt)."""
+        self.errors.extend(other.errors)
+        self.retryable.extend(other.retryable)
+        for url, theirs in other._state.items():  # pylint: disable=protected-access
+            mine = self._state.get(url)
+            if mine is None:
+                continue
+            mine.bytes += theirs.bytes
+            mine.pieces_rejected += theirs.pieces_rejected
+            mine.quarantined = mine.quarantined or theirs.quarantined
+            mine.error = mine.error or theirs.error
+
+    # -- the result
+
+    def report(self):
+        """``[{url, bytes, pieces_rejected, error}]``, one entry per source (URLs redacted), in try order."""
+        return [dict(url=redact_url(r.url), bytes=self._state[r.url].bytes,
+                     pieces_rejected=self._state[r.url].pieces_rejected, error=self._state[r.url].error)
+                for r in self.refs]
