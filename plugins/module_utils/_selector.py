@@ -140,7 +140,11 @@ class SourceSelector:
         self.quarantine(ref.url, why)
 
     def alive(self):
-        return [r for r in self.refs if self.usable(r.url)]
+        """The usable sources. When fan-out peers are among them, only the peers: the origin and its mirrors are
+        the fallback of a fan-out receiver, asked once no peer is left (docs/fanout.md)."""
+        alive = [r for r in self.refs if self.usable(r.url)]
+        peers = [r for r in alive if getattr(r, "peer", False)]
+        return peers or alive
 
     def usable(self, url):
         state = self._state[url]

@@ -158,7 +158,9 @@ def test_origin_and_peers_share_the_file_each_with_its_own_options(world):
     assert sources[world.origin.url(NAME)]["peer"] is False
     assert sources[first.url()]["peer"] is True and sources[second.url()]["peer"] is True
     assert sum(entry["bytes"] for entry in result["sources"]) == SIZE
-    assert sources[first.url()]["bytes"] + sources[second.url()]["bytes"] > 0
+    # The origin is the fallback: with live peers it serves no byte of the file (a HEAD for the size at most).
+    assert sources[world.origin.url(NAME)]["bytes"] == 0
+    assert sources[first.url()]["bytes"] > 0 and sources[second.url()]["bytes"] > 0
     # The origin never saw the token; the peers never saw the origin's header (their logs hold no header at all).
     for record in world.origin.requests:
         assert "authorization" not in record.headers
@@ -216,15 +218,25 @@ def test_a_peer_serving_corrupt_bytes_is_quarantined_not_the_origin(world):
     assert any("checksum mismatch from" in line for line in logged)
 
 
+def test_the_origin_finishes_when_every_peer_is_gone(world):
+    gone = world.peer("gone")
+    os.unlink(world.holder("gone"))  # 410 for every request
+    result = _download.run(request_for(world, [gone.mirror()]), engine_source)
+    assert pool_bytes(world) == world.data
+    sources = by_url(result)
+    assert sources[world.origin.url(NAME)]["bytes"] == SIZE and "410" in sources[gone.url()]["error"]
+
+
 def test_a_busy_source_waits_for_its_retry_after_then_comes_back():
-    refs = [SourceRef("https://peer/x", 0, peer=True), SourceRef("http://origin/x", 1)]
+    refs = [SourceRef("https://peer-a/x", 0, peer=True), SourceRef("https://peer-b/x", 1, peer=True),
+            SourceRef("http://origin/x", 2)]
     selector = SourceSelector(refs)
     busy = HTTPStatusError("busy", 503, retry_after="1")
     assert selector.failed(refs[0], busy, fatal=True) is False  # busy is never fatal
     assert selector.pick(4) is refs[1]
     selector.started(refs[1])
     selector.started(refs[1])
-    # Only the origin is ready (and at its cap of 2 of 4 over two live sources): nobody for now.
+    # peer-b is at its cap (2 of 4 over the two live peers), peer-a busy, the origin only a fallback: nobody now.
     assert selector.pick(4) is None
     time.sleep(1.1)
     assert selector.pick(4) is refs[0]
