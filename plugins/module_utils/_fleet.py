@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
+from ansible_collections.directdownload.kvm.plugins.module_utils._fanout import byte_split
 
 PRESENT = "present"
 DOWNLOAD = "download"
@@ -188,7 +189,8 @@ def finish(doc, template, host, pool, shared, decision, attempts=None, check_mod
                                                  or downloaded_on),
                    path=success.get("path"), bytes=int(success.get("bytes_downloaded") or 0),
                    seconds=success.get("elapsed"), resumed_from=int(success.get("resumed_from") or 0),
-                   source=success.get("source") or success.get("url"))
+                   source=success.get("source") or success.get("url"), checksum=success.get("checksum"))
+        row["origin_bytes"], row["peer_bytes"] = byte_split(success.get("sources"), row["bytes"])
         row["rate_mb_s"] = rate_mb_s(row["bytes"], success.get("rate"), row["seconds"])
         return {"changed": changed, "copy": recorded, "released": released, "row": row}
 
@@ -238,6 +240,9 @@ def report_row(host, pool, template=None, tried=None):
         "rate_mb_s": None,
         "resumed_from": 0,
         "source": None,
+        "checksum": None,
+        "origin_bytes": 0,
+        "peer_bytes": 0,
         "attempts": [{"host": t["host"], "outcome": t["outcome"], "error": t["error"]} for t in (tried or [])],
         "error": None,
     }
@@ -277,6 +282,8 @@ def _cells(row):
         notes = "; ".join("%s: %s" % (a["host"], a["error"]) for a in failed) or row.get("error") or ""
     else:
         notes = row.get("source") or ""
+        if row.get("peer_bytes"):
+            notes += " (origin %s, peers %s)" % (human_bytes(row.get("origin_bytes")), human_bytes(row["peer_bytes"]))
         if failed:
             notes += " (after %s)" % "; ".join("%s: %s" % (a["host"], a["error"]) for a in failed)
     seconds = row.get("seconds")

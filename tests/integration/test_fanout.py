@@ -1,0 +1,180 @@
+# Copyright (c) directdownload.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Fan-out under real ansible-playbook over SSH: the deploy role with ``deploy_fanout: true`` on three namespaced hosts.
+
+Three namespaced hosts (tests/integration/hosts/, without libvirtd), each with a host-local pool directory, an HTTP
+origin on the bridge address that counts the bytes it sends, and the registry on the controller. The waves are
+kvmhost1 (origin), kvmhost2 (from kvmhost1), kvmhost3 (from kvmhost1 and kvmhost2), the origin the fallback.
+
+One test function per fault, each a fresh template (its own id, so its own copies): the plain deployment (origin
+bytes, exact bytes everywhere, the report's origin/peer split, no peer server left, the token nowhere), a peer
+killed mid-transfer, the origin gone after the first copy, a peer serving corrupt bytes (its verified file changed
+in place, size and mtime kept: the peer cannot tell, the receiver's checksum does), and a play killed with SIGKILL
+then run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+
+from ansible_collections.directdownload.kvm.tests.integration.conftest import kill_tree, playbook_env
+from ansible_collections.directdownload.kvm.tests.integration.hosts.kvmhosts import KvmHosts, can_run
+from ansible_collections.directdownload.kvm.tests.integration.test_peer import (
+    _files_with,
+    _port_open,
+    _running,
+    _servers_running,
+)
+from ansible_collections.directdownload.kvm.tests.unit.lib import images
+from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
+
+HOST_COUNT = 3
+PLAYBOOK_TIMEOUT = 300
+TOKEN = "fanout-deploy-token-8c1d55e0a9b34f27"
+PORT = 8473
+PLAYBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "playbooks")
+
+
+@pytest.fixture(scope="module")
+def kvm_hosts(tmp_path_factory):
+    reason = can_run()
+    if reason == "needs root (network namespaces, mounts)":
+        pytest.skip(reason)
+    if reason:
+        pytest.fail(f"the namespaced KVM hosts cannot start: {reason} (see bindep.txt)")
+    hosts = KvmHosts(tmp_path_factory.mktemp("fanouthosts"), count=HOST_COUNT, libvirt=False)
+    hosts.start()
+    yield hosts
+    hosts.stop()
+
+
+@pytest.fixture(scope="module")
+def origin(kvm_hosts, tmp_path_factory):
+    """The origin: plain HTTP on the bridge address, one distinct image per test (own template id)."""
+    root = tmp_path_factory.mktemp("origin")
+    with ImageServer(root, host=kvm_hosts.bridge_address) as server:
+        server.root = root
+        yield server
+
+
+class Deployment:
+    """One template registered and deployed with fan-out onto the hosts' own pool directories."""
+
+    def __init__(self, hosts, origin, run_playbook, tmp_path, name, checksum=True):
+        self.hosts, self.origin, self.run_playbook, self.tmp = hosts, origin, run_playbook, tmp_path
+        self.name = name
+        self.image = origin.root / f"{name}.qcow2"
+        # About 24 MiB of allocated clusters with distinct patterns.
+        images.qcow2(self.image, 64 * images.MiB, writes=[(i * 8 * images.MiB, 3 * images.MiB, 0x11 + i) for i in range(8)])
+        self.size = self.image.stat().st_size
+        self.sha256 = images.sha256_file(self.image)
+        self.registry = tmp_path / "registry.json"
+        self.report = tmp_path / "report.json"
+        self.outputs = []
+        self.common = {
+            "directdownload_registry": str(self.registry),
+            "directdownload_pools": [{"path": str(tmp_path / "pool-{{ inventory_hostname }}"), "name": "local"}],
+            "directdownload_peer_state_dir": str(tmp_path / "peer-{{ inventory_hostname }}"),
+            "deploy_claim_delay": 1, "deploy_claim_timeout": 60,
+        }
+        for host in hosts.names:
+            (tmp_path / f"pool-{host}").mkdir()
+        template = {"template_name": name, "template_format": "qcow2",
+                    "template_url": origin.url(f"{name}.qcow2", host=hosts.bridge_address)}
+        if checksum:
+            template["template_checksum"] = f"sha256:{self.sha256}"
+        self.play(os.path.join(PLAYBOOKS, "register_template.yml"), template)
+        self.template_id = json.loads(self.registry.read_text())["templates"]
+        self.path_in_origin = f"/{name}.qcow2"
+
+    def play(self, playbook, extra_vars=None, expect_rc=0):
+        run = self.run_playbook(playbook, inventory=self.hosts.inventory, env=self.hosts.ansible_env(forks=HOST_COUNT),
+                                extra_vars={**self.common, **(extra_vars or {})}, timeout=PLAYBOOK_TIMEOUT,
+                                extra_args=("-v",), expect_rc=expect_rc)
+        self.outputs.append(run.stdout + run.stderr)
+        return run
+
+    def deploy_vars(self, **extra):
+        return {"template_name": self.name, "deploy_fanout": True, "deploy_peer_token": TOKEN,
+                "deploy_report_path": str(self.report), "deploy_read_timeout": 10, "deploy_connect_timeout": 5,
+                **extra}
+
+    def deploy(self, expect_rc=0, **extra):
+        return self.play(os.path.join(PLAYBOOKS, "deploy_template.yml"), self.deploy_vars(**extra), expect_rc=expect_rc)
+
+    def pool_file(self, host):
+        names = [n for n in os.listdir(self.tmp / f"pool-{host}") if not n.startswith(".")]
+        return [self.tmp / f"pool-{host}" / n for n in names]
+
+    def installed(self, host):
+        files = [p for p in self.pool_file(host) if not p.name.endswith((".part", ".json"))]
+        return files[0] if len(files) == 1 else None
+
+    def origin_bytes(self):
+        return sum(r.bytes_sent or 0 for r in self.origin.requests if r.path == self.path_in_origin and r.method == "GET")
+
+    def rows(self):
+        return {row["host"]: row for row in json.loads(self.report.read_text())}
+
+    def assert_exact_everywhere(self):
+        for host in self.hosts.names:
+            path = self.installed(host)
+            assert path is not None, (host, self.pool_file(host))
+            assert images.sha256_file(path) == self.sha256, host
+
+    def assert_no_peer_server(self):
+        assert _servers_running() == []
+        for host in self.hosts.names:
+            assert not _port_open(self.hosts.address(host), PORT), host
+            assert not (self.tmp / f"peer-{host}" / "token").exists()
+
+    def assert_token_nowhere(self):
+        for output in self.outputs:
+            assert TOKEN not in output
+        assert _files_with(self.tmp, TOKEN) == []
+        assert _files_with(self.hosts.base_dir, TOKEN) == []
+
+
+def _wait_for(predicate, timeout=120, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def test_fanout_takes_the_origin_once_and_leaves_nothing_running(kvm_hosts, origin, run_playbook, tmp_path):
+    deployment = Deployment(kvm_hosts, origin, run_playbook, tmp_path, "fan")
+    before = deployment.origin_bytes()
+    run = deployment.deploy()
+    deployment.assert_exact_everywhere()
+    moved = deployment.origin_bytes() - before
+    assert moved <= 1.05 * deployment.size, (moved, deployment.size)
+    rows = deployment.rows()
+    assert rows["kvmhost1"]["origin_bytes"] == deployment.size and rows["kvmhost1"]["peer_bytes"] == 0
+    for host in ("kvmhost2", "kvmhost3"):
+        assert rows[host]["status"] == "downloaded"
+        assert rows[host]["peer_bytes"] == deployment.size and rows[host]["origin_bytes"] == 0, rows[host]
+    table = "\n".join(run.task("directdownload.kvm.deploy : Show the deployment report")["result"]["msg"])
+    assert "peers 2" in table or "peers" in table
+    deployment.assert_no_peer_server()
+    # Every copy recorded in the registry.
+    copies = json.loads(deployment.registry.read_text())["copies"]
+    assert sorted(c["host"] for c in copies) == kvm_hosts.names
+    # Again: nothing is downloaded, nothing changes in the registry, no server is left.
+    again = deployment.origin_bytes()
+    deployment.deploy()
+    assert deployment.origin_bytes() == again
+    assert all(row["status"] == "present" for row in deployment.rows().values())
+    deployment.assert_no_peer_server()
+    deployment.assert_token_nowhere()
