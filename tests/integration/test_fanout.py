@@ -178,3 +178,131 @@ def test_fanout_takes_the_origin_once_and_leaves_nothing_running(kvm_hosts, orig
     assert all(row["status"] == "present" for row in deployment.rows().values())
     deployment.assert_no_peer_server()
     deployment.assert_token_nowhere()
+
+
+def _in_place(path, offset, length):
+    """Change ``length`` bytes of ``path`` at ``offset`` in place, size and mtime kept (what a peer cannot see)."""
+    info = os.stat(path)
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+        handle.seek(offset)
+        handle.write(bytes(b ^ 0xFF for b in data))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def _watch(predicate, action):
+    """Run ``action`` once ``predicate`` holds (polled in a thread); returns the thread and what it saw."""
+    seen = {}
+
+    def run():
+        seen["fired"] = _wait_for(predicate, timeout=PLAYBOOK_TIMEOUT)
+        if seen["fired"]:
+            seen["result"] = action()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, seen
+
+
+def _parts(deployment, host):
+    return [p for p in deployment.pool_file(host) if ".part" in p.name] + [
+        deployment.tmp / f"pool-{host}" / n for n in os.listdir(deployment.tmp / f"pool-{host}") if ".part" in n]
+
+
+def _server_pid(deployment, host):
+    try:
+        return int((deployment.tmp / f"peer-{host}" / "server.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def test_a_peer_killed_mid_transfer_costs_no_host_its_copy(kvm_hosts, origin, run_playbook, tmp_path):
+    deployment = Deployment(kvm_hosts, origin, run_playbook, tmp_path, "killed-peer")
+    before = deployment.origin_bytes()
+
+    def kill_kvmhost1_server():
+        finished = deployment.installed("kvmhost3") is not None
+        pid = _server_pid(deployment, "kvmhost1")
+        os.kill(pid, 9)
+        return {"pid": pid, "finished_before": finished}
+
+    # kvmhost3 (wave 2) fetches from kvmhost1 and kvmhost2; each download is held to 8 MiB/s (the origin budget of
+    # 24 MiB/s over three hosts), so the kill lands while its .part is being filled.
+    thread, seen = _watch(lambda: bool(_parts(deployment, "kvmhost3")) and _server_pid(deployment, "kvmhost1"),
+                          kill_kvmhost1_server)
+    deployment.deploy(deploy_origin_rate="24M")
+    thread.join(10)
+    assert seen.get("fired") and seen["result"]["finished_before"] is False
+    assert not _running(seen["result"]["pid"])
+    deployment.assert_exact_everywhere()
+    rows = deployment.rows()
+    # kvmhost1's share moved to kvmhost2: still (almost) no origin bytes for kvmhost3.
+    assert rows["kvmhost3"]["peer_bytes"] >= 0.95 * deployment.size
+    assert deployment.origin_bytes() - before <= 1.05 * deployment.size
+    deployment.assert_no_peer_server()
+    deployment.assert_token_nowhere()
+
+
+def test_the_origin_gone_after_the_first_copy_the_rest_come_from_peers(kvm_hosts, origin, run_playbook, tmp_path):
+    deployment = Deployment(kvm_hosts, origin, run_playbook, tmp_path, "no-origin")
+    thread, seen = _watch(lambda: deployment.installed("kvmhost1") is not None,
+                          lambda: origin.set_fault(deployment.path_in_origin, refuse=True))
+    try:
+        deployment.deploy()
+    finally:
+        thread.join(10)
+        origin.clear_faults()
+    assert seen.get("fired")
+    deployment.assert_exact_everywhere()
+    rows = deployment.rows()
+    for host in ("kvmhost2", "kvmhost3"):
+        assert rows[host]["status"] == "downloaded" and rows[host]["peer_bytes"] == deployment.size
+        assert rows[host]["origin_bytes"] == 0
+    deployment.assert_no_peer_server()
+
+
+def test_a_peer_serving_corrupt_bytes_is_refused_and_set_aside(kvm_hosts, origin, run_playbook, tmp_path):
+    deployment = Deployment(kvm_hosts, origin, run_playbook, tmp_path, "corrupt-peer")
+    # kvmhost1's verified copy is changed in place once installed, size and mtime kept: its peer server cannot
+    # tell (same device, inode, size, mtime) and serves the changed bytes; the receivers' checksum must.
+    thread, seen = _watch(lambda: deployment.installed("kvmhost1") is not None,
+                          lambda: _in_place(deployment.installed("kvmhost1"), 5 * images.MiB, 4096))
+    deployment.deploy()
+    thread.join(10)
+    assert seen.get("fired")
+    for host in ("kvmhost2", "kvmhost3"):
+        assert images.sha256_file(deployment.installed(host)) == deployment.sha256, host
+    assert images.sha256_file(deployment.installed("kvmhost1")) != deployment.sha256  # what the test did to it
+    rows = deployment.rows()
+    # kvmhost2 had only kvmhost1 as a peer: its bytes failed the checksum, the peer was set aside, the origin served.
+    assert rows["kvmhost2"]["status"] == "downloaded" and rows["kvmhost2"]["origin_bytes"] == deployment.size
+    assert " 20" in (tmp_path / "peer-kvmhost1" / "server.log").read_text()  # the peer did serve
+    assert rows["kvmhost3"]["status"] == "downloaded"
+    deployment.assert_no_peer_server()
+
+
+def test_a_play_killed_with_sigkill_leaves_no_server_after_the_next_run(kvm_hosts, origin, run_playbook, tmp_path):
+    deployment = Deployment(kvm_hosts, origin, run_playbook, tmp_path, "killed-play")
+    workdir = tmp_path / "killed"
+    workdir.mkdir()
+    (workdir / "ansible.cfg").touch()
+    (workdir / "vars.yml").write_text(yaml.safe_dump({**deployment.common, **deployment.deploy_vars(
+        deploy_origin_rate="12M")}))
+    with subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-v", "-i",
+                           str(kvm_hosts.inventory), "-e", "@" + str(workdir / "vars.yml"),
+                           os.path.join(PLAYBOOKS, "deploy_template.yml")],
+                          cwd=workdir, env=playbook_env(workdir, env=kvm_hosts.ansible_env(forks=HOST_COUNT)),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) as proc:
+        started = _wait_for(lambda: _server_pid(deployment, "kvmhost1") and _servers_running(), timeout=120)
+        time.sleep(0.5)
+        kill_tree(proc)
+        deployment.outputs.append(proc.stdout.read().decode())
+    assert started
+    orphans = _servers_running()
+    assert orphans and _port_open(kvm_hosts.address("kvmhost1"), PORT)  # the killed play's server outlived it
+    deployment.deploy()
+    assert not any(_running(pid) for pid in orphans)
+    deployment.assert_exact_everywhere()
+    deployment.assert_no_peer_server()
+    deployment.assert_token_nowhere()
