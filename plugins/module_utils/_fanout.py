@@ -114,10 +114,11 @@ def served_files(rows):
 
 
 def reference_checksum(rows):
-    """The checksum of the first verified copy among report ``rows``, for a template registered without one (the
-    reference every later copy is verified against); None when no row holds a copy with a checksum."""
+    """The checksum of the first verified copy among report ``rows`` (or the registry's copy records, which have no
+    ``status``), for a template registered without one (the reference every later copy is verified against); None
+    when no row holds a copy with a checksum."""
     for row in rows or ():
-        if row.get("status") in HOLDING and row.get("checksum"):
+        if row.get("status", HOLDING[0]) in HOLDING and row.get("checksum"):
             return row["checksum"]
     return None
 

@@ -93,7 +93,6 @@ class Deployment:
         if checksum:
             template["template_checksum"] = f"sha256:{self.sha256}"
         self.play(os.path.join(PLAYBOOKS, "register_template.yml"), template)
-        self.template_id = json.loads(self.registry.read_text())["templates"]
         self.path_in_origin = f"/{name}.qcow2"
 
     def play(self, playbook, extra_vars=None, expect_rc=0):
@@ -263,7 +262,9 @@ def test_the_origin_gone_after_the_first_copy_the_rest_come_from_peers(kvm_hosts
 
 
 def test_a_peer_serving_corrupt_bytes_is_refused_and_set_aside(kvm_hosts, origin, run_playbook, tmp_path):
-    deployment = Deployment(kvm_hosts, origin, run_playbook, tmp_path, "corrupt-peer")
+    # Registered without a checksum: the digest of the first verified copy (kvmhost1's, taken while downloading,
+    # before the change below) is the reference the other hosts are verified against.
+    deployment = Deployment(kvm_hosts, origin, run_playbook, tmp_path, "corrupt-peer", checksum=False)
     # kvmhost1's verified copy is changed in place once installed, size and mtime kept: its peer server cannot
     # tell (same device, inode, size, mtime) and serves the changed bytes; the receivers' checksum must.
     thread, seen = _watch(lambda: deployment.installed("kvmhost1") is not None,
@@ -279,6 +280,8 @@ def test_a_peer_serving_corrupt_bytes_is_refused_and_set_aside(kvm_hosts, origin
     assert rows["kvmhost2"]["status"] == "downloaded" and rows["kvmhost2"]["origin_bytes"] == deployment.size
     assert " 20" in (tmp_path / "peer-kvmhost1" / "server.log").read_text()  # the peer did serve
     assert rows["kvmhost3"]["status"] == "downloaded"
+    copies = json.loads(deployment.registry.read_text())["copies"]
+    assert {c["checksum"] for c in copies} == {"{SHA-256}" + deployment.sha256}
     deployment.assert_no_peer_server()
 
 

@@ -97,6 +97,8 @@ def test_served_files_are_the_verified_copies_once_per_name_with_their_sha256():
     assert _fanout.served_files(rows) == [{"path": "/p1/t1", "sha256": DIGEST}, {"path": "/p2/t2"}]
     assert _fanout.reference_checksum(rows) == "{SHA-256}" + DIGEST
     assert _fanout.reference_checksum([{"status": "failed", "checksum": "x"}]) is None
+    # The registry's copy records (no status) from an earlier deployment.
+    assert _fanout.reference_checksum([{"host": "k1", "checksum": "{SHA-256}" + DIGEST}]) == "{SHA-256}" + DIGEST
 
 
 def test_byte_split_and_the_report_table_tell_origin_from_peers():
