@@ -88,7 +88,7 @@ def cpu_ticks():
     return sum(fields) - idle, sum(fields)
 
 
-def one_round(hosts, workdir, origin, count, mode, url, checksum, size, path):
+def one_round(hosts, workdir, origin, count, mode, url, checksum, size, path, per_holder=1):
     registry = workdir / f"registry-{count}-{mode}.json"
     env = hosts.ansible_env(forks=count)
     pools = workdir / f"pools-{count}-{mode}"
@@ -107,7 +107,7 @@ def one_round(hosts, workdir, origin, count, mode, url, checksum, size, path):
     run_playbook_in(workdir / "ansible", PLAYBOOKS / "deploy_template.yml", inventory=hosts.inventory, env=env,
                     extra_args=["--limit", ":".join(hosts.names[:count])], timeout=1800,
                     extra_vars={**common, "template_name": "bench", "deploy_fanout": mode == "fanout",
-                                "deploy_report_path": str(report)})
+                                "deploy_fanout_per_holder": per_holder, "deploy_report_path": str(report)})
     wall = time.monotonic() - started
     busy_after, total_after = cpu_ticks()
     origin.wait_idle()
@@ -129,8 +129,11 @@ def main():
     parser.add_argument("--hosts", default="1,3,6", help="comma-separated host counts (default 1,3,6)")
     parser.add_argument("--size", default="256M", help="image size (random bytes, raw; default 256M)")
     parser.add_argument("--origin-rate", type=int, default=25 * 1000 * 1000, help="origin bytes/s (default 25 MB/s)")
+    parser.add_argument("--per-holder", type=int, default=1, help="deploy_fanout_per_holder (default 1: doubling)")
+    parser.add_argument("--modes", default="fanout,origin", help="comma-separated: fanout, origin (default both)")
     parser.add_argument("--output", default=str(HERE / "output"))
     args = parser.parse_args()
+    modes = args.modes.split(",")
     counts = [int(n) for n in args.hosts.split(",")]
     reason = can_run()
     if reason:
@@ -151,24 +154,25 @@ def main():
             try:
                 url = origin.url("bench.raw", host=hosts.bridge_address)
                 for count in counts:
-                    for mode in ("fanout", "origin"):
-                        result = one_round(hosts, workdir, origin, count, mode, url, checksum, size, "/bench.raw")
+                    for mode in modes:
+                        result = one_round(hosts, workdir, origin, count, mode, url, checksum, size, "/bench.raw",
+                                           per_holder=args.per_holder)
                         print(f"N={count} {mode:>6}: origin {result['origin_bytes'] / 2**20:.0f} MiB "
                               f"({result['origin_ratio']:.2f}x), wall {result['wall']:.1f} s, "
                               f"rate {result['rate_mb_s']:.1f} MB/s, cpu busy {result['cpu_busy']:.2f}", flush=True)
                         results.append(result)
             finally:
                 origin.close()
-    report(results, counts, args, output, load)
+    report(results, counts, modes, args, output, load)
 
 
-def report(results, counts, args, output, load):
+def report(results, counts, modes, args, output, load):
     by = {(r["hosts"], r["mode"]): r for r in results}
     print(f"\nOne {args.size} template to N hosts, origin {args.origin_rate / 1e6:.0f} MB/s shared, forks = N, "
-          f"{os.cpu_count()} CPUs, load average at start {load[0]:.1f}:")
-    print(f"| N | mode | origin MiB | x image | wall s | wall / wall(N=1) | per-host MB/s | cpu busy |")
+          f"per_holder {args.per_holder}, {os.cpu_count()} CPUs, load average at start {load[0]:.1f}:")
+    print("| N | mode | origin MiB | x image | wall s | wall / wall(N=1) | per-host MB/s | cpu busy |")
     print("|---|---|---|---|---|---|---|---|")
-    for mode in ("fanout", "origin"):
+    for mode in modes:
         base = by[(counts[0], mode)]["wall"]
         for count in counts:
             r = by[(count, mode)]
@@ -176,6 +180,7 @@ def report(results, counts, args, output, load):
                   f"{r['wall'] / base:.2f} | {r['rate_mb_s']:.1f} | {r['cpu_busy']:.2f} |")
     path = output / time.strftime("fanout-%Y%m%d-%H%M%S.json")
     path.write_text(json.dumps({"size": args.size, "origin_rate": args.origin_rate, "cpus": os.cpu_count(),
+                                "per_holder": args.per_holder,
                                 "load_average": load, "results": results}, indent=2))
     print(f"\nresults: {path}")
 
