@@ -2,14 +2,17 @@
 # Copyright (c) directdownload.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Download benchmark: our ``download`` module against ``curl -o``, ``ansible.builtin.get_url`` with a checksum and
-``aria2c``, on the same loopback URL, interleaved (A B C D, A B C D, ...), medians and paired ratios to curl.
+"""Download benchmark: our ``download`` module against ``curl -o``, ``curl -o && sync -f``, ``ansible.builtin.get_url``
+with a checksum and ``aria2c``, on the same loopback URL, interleaved (A B C D, A B C D, ...), medians and paired
+ratios to curl and to curl+sync.
 
     make bench                       # 2 GiB, SHA-256, HTTP, 5 rounds
     .venv/bin/python benchmarks/bench_download.py --size 512M --runs 3 --https --algorithm sha512
 
 Rows:
   curl            curl -s -o DEST URL                                (the floor: no checksum)
+  curl+sync       curl -s -o DEST URL && sync -f DEST                (the durable floor: an install that survives a
+                                                                      power cut; ours fsyncs before the rename)
   get_url         ansible localhost -m get_url checksum=ALG:HEX      (what operators use today)
   aria2c          aria2c --checksum=ALG=HEX (verifies after download)
   ours/ansible    ansible localhost -m directdownload.kvm.download   (what an operator runs)
@@ -144,6 +147,9 @@ def commands(tool, url, dest, algorithm, hexdigest, ca_path, workdir):
     adhoc = [os.path.join(BIN, "ansible"), "localhost", "-c", "local", "-i", "localhost,"]
     if tool == "curl":
         return ["curl", "-s", "-S", "-f", "-o", dest] + (["--cacert", ca_path] if ca_path else []) + [url]
+    if tool == "curl+sync":
+        curl = ["curl", "-s", "-S", "-f", "-o", dest] + (["--cacert", ca_path] if ca_path else []) + [url]
+        return ["sh", "-c", '"$@" && sync -f "$0"', dest] + curl
     if tool == "get_url":
         args = {"url": url, "dest": dest, "checksum": checksum}
         extra = {"SSL_CERT_FILE": ca_path} if ca_path else {}
@@ -231,7 +237,7 @@ def main():
     parser.add_argument("--runs", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--algorithm", default="sha256", choices=sorted(ARIA2_ALGORITHMS))
     parser.add_argument("--https", action="store_true", help="serve over HTTPS with a test CA")
-    parser.add_argument("--tools", default="curl,get_url,aria2c,ours/ansible,ours/module",
+    parser.add_argument("--tools", default="curl,curl+sync,get_url,aria2c,ours/ansible,ours/module",
                         help="comma-separated rows to run")
     parser.add_argument("--workdir", default=os.path.join(HERE, "output"))
     parser.add_argument("--sparse", action="store_true", help="also measure sparse handling")
@@ -260,7 +266,8 @@ def main():
     tools = [t for t in args.tools.split(",") if t]
     if "ours/ansible" in tools:
         tools += ["ours/rerun", "ping"]
-    if ("aria2c" in tools and not shutil.which("aria2c")) or ("curl" in tools and not shutil.which("curl")):
+    if ("aria2c" in tools and not shutil.which("aria2c")) or (
+            any(t.startswith("curl") for t in tools) and not shutil.which("curl")):
         sys.exit("curl and aria2c must be installed (apt-get install curl aria2)")
     url = server.base_url + "/" + os.path.basename(image)
     dest = os.path.join(args.workdir, "pool", "bench.img")
@@ -289,19 +296,27 @@ def main():
 
 
 def report(results, size):
-    curl = [wall for wall, _rss, _measured in results.get("curl", [])]
-    print("\n%-14s %10s %10s %12s %14s %12s" % ("tool", "median s", "MB/s", "vs curl", "(min-max)", "peak RSS"))
+    baselines = [name for name in ("curl", "curl+sync") if results.get(name)]
+    walls_of = {tool: [wall for wall, _rss, _measured in rows] for tool, rows in results.items()}
+    header = "%-14s %10s %10s" % ("tool", "median s", "MB/s")
+    for name in baselines:
+        header += " %12s %14s" % ("vs " + name, "(min-max)")
+    print("\n" + header + " %12s" % "peak RSS")
     for tool, rows in results.items():
-        walls = [wall for wall, _rss, _measured in rows]
+        walls = walls_of[tool]
         median = statistics.median(walls)
-        ratio = spread = ""
-        if curl and tool not in ("ours/rerun", "ping"):
-            ratios = [w / c for w, c in zip(walls, curl)]
-            ratio = "%.2fx" % statistics.median(ratios)
-            spread = "(%.2f-%.2f)" % (min(ratios), max(ratios))
-        rate = "" if tool in ("ours/rerun", "ping") else "%.0f" % (size / median / 1e6)
+        line = "%-14s %10.3f %10s" % (tool, median, "" if tool in ("ours/rerun", "ping") else "%.0f" % (
+            size / median / 1e6))
+        for name in baselines:
+            ratio = spread = ""
+            if tool not in ("ours/rerun", "ping"):
+                # Paired: each round's time over the same round's baseline (the machine's load varies by round).
+                ratios = [w / c for w, c in zip(walls, walls_of[name])]
+                ratio = "%.2fx" % statistics.median(ratios)
+                spread = "(%.2f-%.2f)" % (min(ratios), max(ratios))
+            line += " %12s %14s" % (ratio, spread)
         rss = max(r for _wall, r, _measured in rows)
-        print("%-14s %10.3f %10s %12s %14s %12s" % (tool, median, rate, ratio, spread, human(rss * 1024)))
+        print(line + " %12s" % human(rss * 1024))
     if "ours/module" in results:
         rchar = statistics.median(m["rchar"] for _wall, _rss, m in results["ours/module"])
         print("\nours/module read(2) %.3fx the image size (recv() on plain sockets is not counted, TLS reads are:"

@@ -11,7 +11,8 @@ mirror and against ``aria2c`` on the same metalink. Interleaved rounds (A B C, A
 Rows (each a separate process, timed from start to exit; every result's SHA-256 is checked after the run):
   single/mirror-K  our engine's single-stream path (HttpSource -> stream_to_file: receive, hash SHA-256 and write
                    in one pass) from mirror K alone; "best single" is the lowest median of these
-  segmented        _metalink.segmented_download over all mirrors, one connection per mirror, piece hashes checked
+  segmented        the engine's transfer in ranges (_metalink.parse_metalink -> _description.from_metalink ->
+                   _transfer.segmented_download) over all mirrors, one connection per mirror, piece hashes checked
                    as pieces arrive, whole-file SHA-256 checked at the end
   aria2c           aria2c --no-conf -M FILE.meta4 -x1 -s<mirrors> -j1 (one connection per mirror, like ours),
                    which checks the metalink's hashes itself
@@ -105,10 +106,12 @@ def write_metalink(path, urls, size, sha256, pieces=None):
 CHILD_SEGMENTED = """
 import json, os, sys
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import HttpSource, SourceOptions
-from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import parse_metalink, segmented_download
+from ansible_collections.directdownload.kvm.plugins.module_utils._description import from_metalink
+from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import parse_metalink
+from ansible_collections.directdownload.kvm.plugins.module_utils._transfer import segmented_download
 metalink_path, dest, connections = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(metalink_path, "rb") as handle:
-    metalink_file = parse_metalink(handle.read())
+    metalink_file = from_metalink(parse_metalink(handle.read()))
 options = SourceOptions()
 part = os.path.join(os.path.dirname(dest), ".%s.part" % os.path.basename(dest))
 result = segmented_download(metalink_file, lambda url: HttpSource(url, options), part, connections=connections,

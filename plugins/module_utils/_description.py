@@ -59,7 +59,7 @@ class FileDescription:
     ``notes`` are operator warnings from the conversion; ``document_url`` names the description's origin."""
 
     def __init__(self, name, size=None, hashes=(), pieces=None, sources=(), max_connections=None, notes=(),
-                 version=None, document_url=None, probe_size=False):
+                 version=None, document_url=None, probe_size=False, verification=None):
         self.name = name
         self.size = size
         self.hashes = list(hashes)
@@ -71,6 +71,9 @@ class FileDescription:
         self.document_url = document_url
         # No size is known before the transfer: a segmented transfer asks the sources (a URL with mirrors).
         self.probe_size = probe_size
+        # What decides the expected checksums when the description comes from a document with rules of its own (a
+        # MetalinkFile: e.g. a document whose hashes are all unusable is refused without a user checksum).
+        self.verification = verification
 
     @property
     def mirrors(self):
@@ -89,7 +92,10 @@ class FileDescription:
 
     def expected_checksums(self, user_checksum=None):
         """The digests the file must match: the user's checksum when given and the strongest file-level hash (both
-        must match). Refuses at once a user checksum that contradicts the description."""
+        must match). Refuses at once a user checksum that contradicts the description. A description converted from
+        a Metalink asks the parsed document (its rules stay in one place, the parser)."""
+        if self.verification is not None:
+            return list(self.verification.expected_checksums(user_checksum))
         expected = []
         if user_checksum is not None:
             for declared in self.hashes:
@@ -127,7 +133,8 @@ def from_metalink(metalink_file, document_url=None):
                          type=m.type, max_connections=m.max_connections) for m in metalink_file.mirrors]
     return FileDescription(metalink_file.name, metalink_file.size, metalink_file.hashes, metalink_file.pieces,
                            sources, max_connections=getattr(metalink_file, "max_connections", None),
-                           notes=metalink_file.notes, version=metalink_file.version, document_url=document_url)
+                           notes=metalink_file.notes, version=metalink_file.version, document_url=document_url,
+                           verification=metalink_file)
 
 
 MIRROR_KEYS = ("url", "priority", "location", "peer", "fingerprint")
@@ -191,8 +198,9 @@ def _boolean(value, what):
 
 
 def protect_mirrors(module):
-    """For the modules with a ``mirrors`` option (download, template): ``mirrors`` is no_log like ``url``: Ansible would mask every string in it (locations and priorities too) in
-    every result. Keep only the secret parts of each mirror URL masked (``_urls.url_secret_values``)."""
+    """For the modules with a ``mirrors`` option (download, template): ``mirrors`` is no_log like ``url``: Ansible
+    would mask every string in it (locations and priorities too) in every result. Keep only the secret parts of
+    each mirror URL masked (``_urls.url_secret_values``)."""
     for entry in module.params.get("mirrors") or ():
         if isinstance(entry, dict):
             leaves, url = [str(value) for value in entry.values()], entry.get("url")

@@ -598,11 +598,10 @@ def _segmented_progress(request, part, source, log):
         if progress is None:
             progress = state["progress"] = _Progress(
                 request, part, log, time.time, done, total, redact_url(request.url), connections=source.connections)
-        else:
-            progress.save(done - progress.start_offset, extra={"segments": segments})
-            return
         progress.total = total
-        progress.save_absolute(done, extra={"segments": segments})
+        progress.save_absolute(done, extra={"segments": segments})  # the resume state first, then the lease
+        if request.lease is not None:
+            request.lease.check()
     return write
 
 
@@ -905,11 +904,11 @@ class _Progress:
         log("downloading %s into %s from byte %d of %s" % (
             source, part.path, start_offset, total if total is not None else "an unknown size"))
 
-    def save(self, copied, extra=None):
+    def save(self, copied):
         """The periodic update (every progress_interval seconds of streaming)."""
         if self.request.lease is not None:
             self.request.lease.check()
-        self.save_absolute(self.start_offset + copied, extra)
+        self.save_absolute(self.start_offset + copied)
 
     def save_absolute(self, done, extra=None):
         elapsed = max(time.monotonic() - self.started, 1e-6)

@@ -8,7 +8,7 @@ description, or a URL with ``mirrors``), resolved before any transfer starts."""
 
 from __future__ import annotations
 
-from ansible_collections.directdownload.kvm.plugins.module_utils import _description, _metalink, _transfer
+from ansible_collections.directdownload.kvm.plugins.module_utils import _description, _transfer
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import read_bounded
@@ -69,11 +69,14 @@ def open_source(url, request):
     """Return a Source (see docs/architecture.md) for ``url`` with the request's transport options: a
     :class:`_transfer.MultiSource` for a Metalink URL or a URL with ``mirrors``, else the plain source."""
     if is_metalink_url(url):
-        return open_metalink_source(url, request)
+        source = open_metalink_source(url, request)
+        if getattr(request, "mirrors", ()):
+            source.file.notes.append("ignored the mirrors option: the Metalink document lists the sources of the file")
+        return source
     mirrors = getattr(request, "mirrors", ())
     if mirrors:
         description = _description.from_urls(url, getattr(request, "name", None) or url, mirrors,
-                                              getattr(request, "metalink_locations", ()))
+                                             getattr(request, "metalink_locations", ()))
         return _transfer.MultiSource(description, mirror_source_factory(request, description),
                                      connections=getattr(request, "connections", 1))
     return open_plain_source(url, request)
@@ -95,10 +98,11 @@ def mirror_source_factory(request, description):
 
 def source_options_for(ref, request):
     """The SourceOptions of one source of a URL with ``mirrors`` (see :func:`mirror_source_factory`)."""
-    origin = getattr(request, "origin_source_options", None) or request.source_options
+    own = getattr(request, "source_options", None)
+    origin = getattr(request, "origin_source_options", None) or own
     if not ref.peer:
         # The URL itself keeps the request's options (a peer when url_is_peer); other mirrors the origin's.
-        return request.source_options if ref.url == request.url else origin
+        return own if ref.url == getattr(request, "url", None) else origin
     token = getattr(request, "peer_token", None)
     if not token:
         raise InvalidInput("the mirror %s is a peer: it needs peer_token" % ref.redacted)
@@ -123,6 +127,8 @@ def open_metalink_source(url, request, document=None, base_url=None):
     """Fetch and parse the Metalink document at ``url`` (or parse ``document``, bytes already read) with the
     request's ``metalink_name`` and ``metalink_locations``, convert it into a description and return the
     :class:`_transfer.MultiSource` over its mirrors (``connections`` of the request)."""
+    # lxml costs ~30 ms to import: only a Metalink pays for it, never a plain download.
+    from ansible_collections.directdownload.kvm.plugins.module_utils import _metalink  # pylint: disable=import-outside-toplevel
     open_plain = plain_source_factory(request)
     name = getattr(request, "metalink_name", None)
     locations = getattr(request, "metalink_locations", ()) or ()
@@ -137,9 +143,13 @@ def open_metalink_source(url, request, document=None, base_url=None):
                                  document_url=url)
 
 
-def open_metalink_answer(body, url, request, max_size=_metalink.DEFAULT_MAX_DOCUMENT_SIZE):
+def open_metalink_answer(body, url, request, max_size=None):
     """A plain URL answered with a Metalink (``_urls.is_metalink_answer``): read the document from ``body``
-    (bounded by ``max_size``), close it, and return the :class:`_transfer.MultiSource` over its mirrors."""
+    (bounded by ``max_size``, default the parser's 1 MiB), close it, and return the :class:`_transfer.MultiSource`
+    over its mirrors."""
+    from ansible_collections.directdownload.kvm.plugins.module_utils import _metalink  # pylint: disable=import-outside-toplevel
+    if max_size is None:
+        max_size = _metalink.DEFAULT_MAX_DOCUMENT_SIZE
     base_url = body.url or url
     try:
         document = _metalink.read_document(body, max_size)

@@ -316,6 +316,8 @@ class MultiSource(Source):
         key = mirror.redacted
         self.bytes_per_mirror[key] = self.bytes_per_mirror.get(key, 0) + count
         self.selector.count_bytes(mirror.url, count)
+
+
 class _FailoverBody:
     """A body that moves to the next mirror when the current one fails mid-stream (see MultiSource)."""
 
@@ -466,24 +468,26 @@ def segmented_download(description, open_source, part_path, connections=2, block
 
 
 class _SegmentedDownload:
-    def __init__(self, metalink_file, open_source, part_path, connections, block_size, progress, checksums, log,
+    """One transfer in ranges of a description into a part (see :func:`segmented_download`)."""
+
+    def __init__(self, description, open_source, part_path, connections, block_size, progress, checksums, log,
                  resume, sparse, mirrors, per_mirror_connections, unit_size, max_mirror_failures, save_interval,
                  algorithms, limits=None, state_writer=None):
-        self.file = metalink_file
+        self.file = description
         self.open_source = open_source
         self.part_path = part_path
         self.sidecar_path = sidecar_path(part_path)
         self.state_writer = state_writer
         self.connections = max(1, int(connections or 1))
-        if metalink_file.max_connections:
-            self.connections = min(self.connections, metalink_file.max_connections)
+        if description.max_connections:
+            self.connections = min(self.connections, description.max_connections)
         self.block_size = int(block_size)
         self.progress = progress
         self.checksums = list(checksums or [])
         self.log = log or (lambda message: None)
         self.resume = resume
         self.sparse = sparse
-        self.mirrors = list(mirrors if mirrors is not None else metalink_file.sources)
+        self.mirrors = list(mirrors if mirrors is not None else description.sources)
         self.per_mirror = per_mirror_connections
         self.selector = SourceSelector(self.mirrors, max_mirror_failures)
         self.save_interval = save_interval
@@ -491,8 +495,8 @@ class _SegmentedDownload:
                                  or {"sha256"},
                                  key=STRENGTH.index)
         if not self.mirrors:
-            raise SourceError("metalink %s: no mirror is left to try" % metalink_file.name)
-        self.pieces = metalink_file.pieces
+            raise SourceError("metalink %s: no mirror is left to try" % description.name)
+        self.pieces = description.pieces
         self.unit_size = unit_size
         self.size = None
         self.unit = None
@@ -645,7 +649,10 @@ class _SegmentedDownload:
             _fs.unlink_if_present(self.sidecar_path)
             raise
         except BaseException:
-            self._save()
+            try:
+                self._save()
+            except DirectDownloadError:  # the writer's lease check (the controller is gone): the state was written
+                pass
             raise
         finally:
             os.close(self.fd)
@@ -979,4 +986,3 @@ class _SegmentedDownload:
             for hasher in hashers:
                 hasher.update(view[:count])
             offset += count
-

@@ -268,8 +268,8 @@ def test_mirrors_option_fails_over_reports_sources_and_masks_only_secrets(run_mo
     assert record["status"] == "changed", result
     assert sha256(pool / "disk.qcow2") == sha256(image)
     assert "s3cr3tvalue" not in json.dumps(result)
-    assert [entry["url"].split("?")[0] for entry in result["sources"]] == [missing.url("disk.qcow2"),
-                                                                          good.url("disk.qcow2")]
+    assert [entry["url"].split("?")[0] for entry in result["sources"]] == [
+        missing.url("disk.qcow2"), good.url("disk.qcow2")]
     assert result["sources"][0]["error"] is None or "404" in result["sources"][0]["error"]
     assert result["sources"][1]["bytes"] == os.path.getsize(image)
     assert result["mirror_errors"][0]["url"] == missing.url("disk.qcow2")

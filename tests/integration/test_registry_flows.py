@@ -1065,7 +1065,7 @@ def test_deploy_passes_the_template_mirrors_on_to_download(run_playbook, run_mod
     run = deploy(run_playbook, inv, registry)
     [attempt] = download_attempts(run)
     assert attempt.get("changed"), attempt
-    assert [entry["url"] for entry in attempt["sources"]] == [mirror.url("gone/disk.qcow2.gz"),
-                                                            mirror.url("disk.qcow2.gz")]
+    assert [entry["url"] for entry in attempt["sources"]] == [
+        mirror.url("gone/disk.qcow2.gz"), mirror.url("disk.qcow2.gz")]
     assert attempt["sources"][1]["bytes"] > 0
     assert [r["status"] for r in run.report] == ["downloaded"]

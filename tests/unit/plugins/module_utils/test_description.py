@@ -92,3 +92,17 @@ def test_as_dict_redacts_urls():
     summary = described.as_dict()
     assert "pw" not in str(summary) and "s3cr3t" not in str(summary)
     assert [m["url"] for m in summary["mirrors"]][1] == "http://a/x"
+
+
+def test_a_converted_metalink_keeps_the_parser_as_the_judge_of_expected_checksums():
+    parsed = parse_metalink(v4('<hash type="sha-256">%s</hash><url>http://a/x</url>' % SHA256))
+    calls = []
+    real = parsed.expected_checksums
+
+    def expected_checksums(user_checksum=None):
+        calls.append(user_checksum)
+        return real(user_checksum)
+    parsed.expected_checksums = expected_checksums
+    described = from_metalink(parsed)
+    md5 = Checksum("md5", hashlib.md5(b"image").hexdigest())
+    assert described.expected_checksums(md5) == [md5, Checksum("sha256", SHA256)] and calls == [md5]

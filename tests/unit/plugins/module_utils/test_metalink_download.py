@@ -249,7 +249,7 @@ def test_every_mirror_failing_is_one_clear_error(image, servers, refused_url):
     # A refused connection may heal: the whole failure is retryable.
     assert info.value.retryable
     only_missing = MultiSource(describe(metalink([missing.url(NAME), gone.url(NAME)], image.data)),
-                                  open_source)
+                               open_source)
     with pytest.raises(SourceError) as info:
         only_missing.open()
     assert not info.value.retryable
@@ -258,7 +258,7 @@ def test_every_mirror_failing_is_one_clear_error(image, servers, refused_url):
 def test_probe_and_read_head_fail_over(image, servers, refused_url):
     missing, good = servers(status=404), servers()
     source = MultiSource(describe(metalink([refused_url, missing.url(NAME), good.url(NAME)], image.data)),
-                            open_source)
+                         open_source)
     info = source.probe()
     assert info["size"] == SIZE and info["mirror"] == good.url(NAME) and len(info["mirror_errors"]) == 2
     assert info["metalink"]["checksum"] == "{SHA-256}" + image.sha256
@@ -495,7 +495,7 @@ def test_resume_state_of_another_file_is_not_used(image, servers):
 def test_metalink_source_segmented_wrapper_collects_errors(image, servers, refused_url):
     good = servers()
     source = MultiSource(describe(metalink([refused_url, good.url(NAME)], image.data)), open_source,
-                            connections=2)
+                         connections=2)
     assert source.segmented
     result = source.download_segmented(image.part, checksums=source.expected_checksums())
     assert result["checksum"] == "{SHA-256}" + image.sha256
@@ -509,7 +509,7 @@ def test_metalink_source_segmented_wrapper_collects_errors(image, servers, refus
 def test_size_from_the_mirrors_when_the_metalink_has_none(image, servers):
     first, second = servers(), servers()
     metalink_file = describe(metalink([first.url(NAME), second.url(NAME)], image.data, pieces=False,
-                                            size=False))
+                                      size=False))
     assert metalink_file.size is None
     result = segmented_download(metalink_file, open_source, image.part, connections=2, unit_size=64 * 1024,
                                 checksums=metalink_file.expected_checksums())
@@ -521,7 +521,7 @@ def test_size_from_the_mirrors_when_the_metalink_has_none(image, servers):
 def test_segmented_mismatch_sets_aside_the_mirrors_that_served(image, servers):
     first, second = servers(), servers()
     source = MultiSource(describe(metalink([first.url(NAME), second.url(NAME)], image.data, pieces=False,
-                                                    hashes=())), open_source, connections=2)
+                                           hashes=())), open_source, connections=2)
     wrong = Checksum("sha256", hashlib.sha256(b"else").hexdigest())
     with pytest.raises(ChecksumMismatch):
         source.download_segmented(image.part, checksums=source.expected_checksums(wrong), unit_size=64 * 1024)

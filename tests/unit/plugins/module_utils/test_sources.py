@@ -5,16 +5,21 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import HTTPStatusError, InvalidInput
-from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
+from ansible_collections.directdownload.kvm.plugins.module_utils._http import HttpSource, SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._probe import PlainSourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import (
     TRANSPORT_ARGUMENT_SPEC,
+    open_source,
+    plain_source_factory,
     read_small_file,
     source_options_from_params,
 )
+from ansible_collections.directdownload.kvm.plugins.module_utils._transfer import MultiSource
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 
@@ -56,3 +61,23 @@ def test_credential_options_in_the_transport_group():
     params.update(url_username="u", url_password="p", force_basic_auth=True, trust_dir="/nonexistent")
     options = source_options_from_params(params, {})
     assert options.basic_auth == "Basic dTpw" and options.force_basic_auth
+
+
+def test_a_url_with_mirrors_is_one_multi_source_and_a_metalink_ignores_them_with_a_note(server, tmp_path):
+    request = types.SimpleNamespace(source_options=SourceOptions(), nfs_transport="auto", name="x.qcow2",
+                                    connections=2, mirrors=["http://b.example/x.qcow2"], metalink_locations=(),
+                                    metalink_name=None)
+    source = open_source("http://a.example/x.qcow2", request)
+    assert isinstance(source, MultiSource) and source.connections == 2
+    assert [m.url for m in source.mirrors()] == ["http://a.example/x.qcow2", "http://b.example/x.qcow2"]
+    assert source.segmented, "the size is asked of the sources"
+    (tmp_path / "x.meta4").write_text(
+        '<metalink xmlns="urn:ietf:params:xml:ns:metalink"><file name="x.qcow2"><url>http://c.example/x.qcow2</url>'
+        '</file></metalink>')
+    metalink = open_source(server.url("x.meta4"), request)
+    assert [m.url for m in metalink.mirrors()] == ["http://c.example/x.qcow2"]
+    # (the conformant parser also notes that this document gives no hash)
+    assert "ignored the mirrors option: the Metalink document lists the sources of the file" in metalink.notes
+    plain = open_source("http://a.example/x.qcow2", types.SimpleNamespace(**dict(vars(request), mirrors=[])))
+    assert isinstance(plain, HttpSource) and not plain.segmented and plain.may_answer_metalink
+    assert plain_source_factory(request)("http://a.example/x.qcow2").url == "http://a.example/x.qcow2"
