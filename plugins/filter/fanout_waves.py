@@ -22,7 +22,9 @@ author:
 positional: _input
 options:
   _input:
-    description: The hosts that need a copy, in order, as a dictionary of cluster names to host lists, or one list.
+    description:
+      - The hosts that need a copy, in order, as a dictionary of cluster names to host lists, or one list.
+      - Or a dictionary of host names to their cluster names (in play order), as the deploy role builds it.
     type: raw
     required: true
   holders:

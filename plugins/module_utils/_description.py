@@ -24,12 +24,14 @@ SOURCE_SCHEMES = ("http", "https", "nfs")
 
 class SourceRef:
     """One source of the file. ``rank`` is its position in the order to try (0 first); ``max_connections`` caps the
-    connections to that server (Metalink 3 ``url@maxconnections``)."""
+    connections to that server (Metalink 3 ``url@maxconnections``). ``peer`` marks a fan-out peer (another host
+    of the deployment running ``peer_server``), ``fingerprint`` its certificate pin (None: the request's)."""
 
-    __slots__ = ("url", "rank", "priority", "preference", "location", "type", "max_connections")
+    __slots__ = ("url", "rank", "priority", "preference", "location", "type", "max_connections", "peer",
+                 "fingerprint")
 
     def __init__(self, url, rank=0, priority=None, preference=None, location=None, type=None,  # pylint: disable=redefined-builtin
-                 max_connections=None):
+                 max_connections=None, peer=False, fingerprint=None):
         self.url = url
         self.rank = rank
         self.priority = priority
@@ -37,6 +39,8 @@ class SourceRef:
         self.location = location
         self.type = type
         self.max_connections = max_connections
+        self.peer = bool(peer)
+        self.fingerprint = fingerprint
 
     @property
     def redacted(self):
@@ -44,7 +48,7 @@ class SourceRef:
 
     def as_dict(self):
         return dict(url=self.redacted, rank=self.rank, priority=self.priority, preference=self.preference,
-                    location=self.location, type=self.type, max_connections=self.max_connections)
+                    location=self.location, type=self.type, max_connections=self.max_connections, peer=self.peer)
 
     def __repr__(self):
         return "SourceRef(%s, rank=%d)" % (self.redacted, self.rank)
@@ -135,18 +139,25 @@ def from_metalink(metalink_file, document_url=None):
                            verification=metalink_file)
 
 
-def parse_mirrors(mirrors):
-    """The ``mirrors`` option: strings or ``{url, priority, location}`` dicts, as ``[(url, priority, location)]``.
+MIRROR_KEYS = ("url", "priority", "location", "peer", "fingerprint")
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0", "")
+
+
+def parse_mirrors(mirrors, peers=False):
+    """The ``mirrors`` option: strings or ``{url, priority, location, peer, fingerprint}`` dicts, as
+    ``[(url, priority, location)]``, or with ``peers=True`` as ``[(url, priority, location, peer, fingerprint)]``.
     Raises InvalidInput for anything else (the URL is never shown unredacted)."""
     parsed = []
     for index, entry in enumerate(mirrors or ()):
+        peer, fingerprint = False, None
         if isinstance(entry, str):
             url, priority, location = entry, None, None
         elif isinstance(entry, dict):
-            unknown = set(entry) - {"url", "priority", "location"}
+            unknown = set(entry) - set(MIRROR_KEYS)
             if unknown:
-                raise InvalidInput("mirrors[%d] has unknown keys: %s (allowed: url, priority, location)"
-                                   % (index, ", ".join(sorted(str(k) for k in unknown))))
+                raise InvalidInput("mirrors[%d] has unknown keys: %s (allowed: %s)"
+                                   % (index, ", ".join(sorted(str(k) for k in unknown)), ", ".join(MIRROR_KEYS)))
             url, priority, location = entry.get("url"), entry.get("priority"), entry.get("location")
             if priority is not None:
                 try:
@@ -156,6 +167,12 @@ def parse_mirrors(mirrors):
                 if not 1 <= priority <= 999999:
                     raise InvalidInput("mirrors[%d].priority must be from 1 to 999999" % index)
             location = str(location).strip().lower() or None if location is not None else None
+            peer = _boolean(entry.get("peer", False), "mirrors[%d].peer" % index)
+            fingerprint = entry.get("fingerprint")
+            if fingerprint is not None:
+                if not peer:
+                    raise InvalidInput("mirrors[%d].fingerprint is only for a peer (peer: true)" % index)
+                fingerprint = str(fingerprint).strip() or None
         else:
             raise InvalidInput("mirrors[%d] must be a URL or a dict with url, priority, location" % index)
         if not isinstance(url, str) or not url:
@@ -167,8 +184,19 @@ def parse_mirrors(mirrors):
         if scheme not in SOURCE_SCHEMES:
             raise InvalidInput("mirrors[%d] %s: unsupported scheme %r (use http, https or nfs)"
                                % (index, redact_url(url), scheme))
-        parsed.append((url, priority, location))
+        if peer and scheme != "https":
+            raise InvalidInput("mirrors[%d] %s: a peer is reached over https only" % (index, redact_url(url)))
+        parsed.append((url, priority, location, peer, fingerprint) if peers else (url, priority, location))
     return parsed
+
+
+def _boolean(value, what):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise InvalidInput("%s must be true or false" % what)
 
 
 def protect_mirrors(module):
@@ -190,22 +218,22 @@ def from_urls(url, name, mirrors=(), location_preference=()):
     """The description of ``url`` and its further ``mirrors`` (see :func:`parse_mirrors`): the URL first, then the
     mirrors by priority (lower first, none last), then the caller's location preference, then the order given.
     Size and hashes are unknown (the user's checksum verifies the file)."""
-    entries = [(url, None, None)] + parse_mirrors(mirrors)
+    entries = [(url, None, None, False, None)] + parse_mirrors(mirrors, peers=True)
     locations = [str(loc).strip().lower() for loc in location_preference or () if str(loc).strip()]
     notes, unique = [], []
-    for index, (entry_url, priority, location) in enumerate(entries):
-        if any(entry_url == u for u, _p, _l, _i in unique):
+    for index, (entry_url, priority, location, peer, fingerprint) in enumerate(entries):
+        if any(entry_url == item[0] for item in unique):
             notes.append("ignored a duplicate mirror %s" % redact_url(entry_url))
             continue
-        unique.append((entry_url, priority, location, index))
+        unique.append((entry_url, priority, location, index, peer, fingerprint))
 
     def key(item):
-        _url, priority, location, index = item
+        _url, priority, location, index = item[:4]
         first = priority if priority is not None else (0 if index == 0 else math.inf)
         where = locations.index(location) if location in locations else len(locations)
         return (first, where, index)
 
     ordered = sorted(unique, key=key)
-    sources = [SourceRef(u, rank, priority=p, location=loc, type=url_scheme(u)) for rank, (u, p, loc, _i)
-               in enumerate(ordered)]
+    sources = [SourceRef(u, rank, priority=p, location=loc, type=url_scheme(u), peer=peer, fingerprint=fp)
+               for rank, (u, p, loc, _i, peer, fp) in enumerate(ordered)]
     return FileDescription(name, sources=sources, notes=notes, document_url=url, probe_size=True)

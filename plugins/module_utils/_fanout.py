@@ -14,7 +14,13 @@ locality). Waves of different clusters with the same index run together.
 
 from __future__ import annotations
 
+import os
+
+from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
+
+# Report statuses of a pool that holds a verified copy (_fleet).
+HOLDING = ("downloaded", "present")
 
 
 def plan_waves(clusters, holders=(), per_holder=1, max_uploads=4, seeds=1):
@@ -27,6 +33,8 @@ def plan_waves(clusters, holders=(), per_holder=1, max_uploads=4, seeds=1):
     """
     if isinstance(clusters, (list, tuple)):
         clusters = {"": list(clusters)}
+    elif isinstance(clusters, dict) and clusters and all(not isinstance(v, (list, tuple)) for v in clusters.values()):
+        clusters = by_cluster(clusters)
     if not isinstance(clusters, dict):
         raise InvalidInput("fanout_waves expects a dictionary of cluster names to host lists, or a host list")
     per_holder, max_uploads, seeds = int(per_holder), int(max_uploads), int(seeds)
@@ -59,3 +67,67 @@ def plan_waves(clusters, holders=(), per_holder=1, max_uploads=4, seeds=1):
             have.extend(batch)
             index += 1
     return waves
+
+
+def by_cluster(host_clusters):
+    """``{host: cluster}`` (in play order; an empty or missing cluster is ``""``) as ``{cluster: [hosts]}``."""
+    clusters = {}
+    for host, cluster in host_clusters.items():
+        clusters.setdefault(str(cluster or ""), []).append(host)
+    return clusters
+
+
+def peer_mirrors(peers, served, name):
+    """The ``mirrors`` entries of a receiver: one ``{url, peer: true, fingerprint}`` per peer host whose
+    ``peer_server`` result in ``served`` (parallel to ``peers``) serves ``name``. A peer that did not start a server
+    (skipped, failed, nothing to serve) is left out: the origin stays the fallback."""
+    mirrors = []
+    for _host, result in zip(peers or (), served or ()):
+        if not isinstance(result, dict) or result.get("failed") or result.get("skipped"):
+            continue
+        url = (result.get("urls") or {}).get(name)
+        fingerprint = result.get("fingerprint")
+        if url and fingerprint:
+            mirrors.append({"url": url, "peer": True, "fingerprint": fingerprint})
+    return mirrors
+
+
+def served_files(rows):
+    """The ``files`` of a holder's ``peer_server``: each verified copy of its report rows (``_fleet.finish``) as
+    ``{path, sha256}`` (the SHA-256 when the verified checksum is one, so every peer's ETag is the same), one per
+    file name (a peer serves files by name)."""
+    files, names = [], set()
+    for row in rows or ():
+        path = row.get("path")
+        if row.get("status") not in HOLDING or not path or os.path.basename(path) in names:
+            continue
+        names.add(os.path.basename(path))
+        entry = {"path": path}
+        try:
+            checksum = parse_checksum(row.get("checksum") or "", default_algorithm="sha256")
+        except InvalidInput:
+            checksum = None
+        if checksum is not None and checksum.algorithm == "sha256":
+            entry["sha256"] = checksum.hexdigest
+        files.append(entry)
+    return files
+
+
+def reference_checksum(rows):
+    """The checksum of the first verified copy among report ``rows`` (or the registry's copy records, which have no
+    ``status``), for a template registered without one (the reference every later copy is verified against); None
+    when no row holds a copy with a checksum."""
+    for row in rows or ():
+        if row.get("status", HOLDING[0]) in HOLDING and row.get("checksum"):
+            return row["checksum"]
+    return None
+
+
+def byte_split(sources, total=0):
+    """``(origin_bytes, peer_bytes)`` from a download's ``sources`` result (without one: ``total`` from the
+    origin)."""
+    if not sources:
+        return int(total or 0), 0
+    origin = sum(int(s.get("bytes") or 0) for s in sources if not s.get("peer"))
+    peers = sum(int(s.get("bytes") or 0) for s in sources if s.get("peer"))
+    return origin, peers

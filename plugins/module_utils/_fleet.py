@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Any, Optional, Sequence
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
+from ansible_collections.directdownload.kvm.plugins.module_utils._fanout import byte_split
 
 PRESENT = "present"
 DOWNLOAD = "download"
@@ -194,7 +195,8 @@ def finish(doc: dict[str, Any], template: dict[str, Any], host: str, pool: str, 
                                                  or downloaded_on),
                    path=success.get("path"), bytes=int(success.get("bytes_downloaded") or 0),
                    seconds=success.get("elapsed"), resumed_from=int(success.get("resumed_from") or 0),
-                   source=success.get("source") or success.get("url"))
+                   source=success.get("source") or success.get("url"), checksum=success.get("checksum"))
+        row["origin_bytes"], row["peer_bytes"] = byte_split(success.get("sources"), row["bytes"])
         row["rate_mb_s"] = rate_mb_s(row["bytes"], success.get("rate"), row["seconds"])
         return {"changed": changed, "copy": recorded, "released": released, "row": row}
 
@@ -245,6 +247,9 @@ def report_row(host: str, pool: str, template: Optional[dict[str, Any]] = None,
         "rate_mb_s": None,
         "resumed_from": 0,
         "source": None,
+        "checksum": None,
+        "origin_bytes": 0,
+        "peer_bytes": 0,
         "attempts": [{"host": t["host"], "outcome": t["outcome"], "error": t["error"]} for t in (tried or [])],
         "error": None,
     }
@@ -284,6 +289,8 @@ def _cells(row):
         notes = "; ".join("%s: %s" % (a["host"], a["error"]) for a in failed) or row.get("error") or ""
     else:
         notes = row.get("source") or ""
+        if row.get("peer_bytes"):
+            notes += " (origin %s, peers %s)" % (human_bytes(row.get("origin_bytes")), human_bytes(row["peer_bytes"]))
         if failed:
             notes += " (after %s)" % "; ".join("%s: %s" % (a["host"], a["error"]) for a in failed)
     seconds = row.get("seconds")

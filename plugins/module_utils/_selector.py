@@ -9,6 +9,9 @@ and quarantine of a source that served bad bytes for the rest of the download. P
 
 from __future__ import annotations
 
+import time
+
+from ansible_collections.directdownload.kvm.plugins.module_utils._retry import parse_retry_after
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
 
 
@@ -18,7 +21,7 @@ def error_text(exc):
 
 class _State:
     __slots__ = ("ref", "failures", "active", "bytes", "pieces_rejected", "error", "set_aside", "quarantined",
-                 "slow")
+                 "slow", "not_before")
 
     def __init__(self, ref):
         self.ref = ref
@@ -30,6 +33,28 @@ class _State:
         self.set_aside = False  # dropped for this transfer (unreachable, no ranges, too many failures)
         self.quarantined = False  # served bytes that failed a hash: never asked again in this download
         self.slow = False
+        self.not_before = 0.0  # busy (503/429): not picked again before this monotonic time
+
+
+# A fan-out peer that answers one of these will not serve us in this download (no token, no such file, its copy
+# changed): set aside for good. A busy one (503) is asked again after its Retry-After.
+PEER_REFUSALS = (401, 403, 404, 410)
+BUSY_STATUSES = (429, 503)
+MAX_BUSY_WAIT = 30.0
+
+
+def is_busy(exc):
+    return getattr(exc, "status", None) in BUSY_STATUSES
+
+
+def refuses_peer(ref, exc):
+    """True when ``exc`` from the peer ``ref`` means it will not serve this download: 401/403/404/410, a pin
+    mismatch or another TLS failure, any error that is not retryable."""
+    if not getattr(ref, "peer", False):
+        return False
+    details = getattr(exc, "details", None) or {}
+    return (getattr(exc, "status", None) in PEER_REFUSALS or details.get("reason") == "tls"
+            or getattr(exc, "retryable", True) is False)
 
 
 class SourceSelector:
@@ -61,6 +86,11 @@ class SourceSelector:
     def record_error(self, ref, exc, retryable=None):
         self.errors.append(dict(url=ref.redacted, error=error_text(exc)))
         self.retryable.append(getattr(exc, "retryable", True) if retryable is None else retryable)
+        if refuses_peer(ref, exc):
+            state = self._state.get(ref.url)
+            if state is not None and not state.quarantined:
+                state.quarantined = True
+                state.error = error_text(exc)
 
     def set_aside_slow(self, url):
         if url in self._state:
@@ -89,6 +119,13 @@ class SourceSelector:
         part at all, e.g. no exact ranges; else after ``max_failures`` failures)."""
         state = self._state[ref.url]
         self.record_error(ref, exc, retryable=True)
+        if state.quarantined:  # a peer that refused us (refuses_peer)
+            state.set_aside = True
+            return True
+        if is_busy(exc):
+            wait = parse_retry_after((getattr(exc, "details", None) or {}).get("retry_after"))
+            state.not_before = time.monotonic() + min(MAX_BUSY_WAIT, 2.0 if wait is None else wait)
+            fatal = False
         state.failures += 1
         if not state.set_aside and (fatal or state.failures >= self.max_failures):
             state.set_aside = True
@@ -103,7 +140,11 @@ class SourceSelector:
         self.quarantine(ref.url, why)
 
     def alive(self):
-        return [r for r in self.refs if self.usable(r.url)]
+        """The usable sources. When fan-out peers are among them, only the peers: the origin and its mirrors are
+        the fallback of a fan-out receiver, asked once no peer is left (docs/fanout.md)."""
+        alive = [r for r in self.refs if self.usable(r.url)]
+        peers = [r for r in alive if getattr(r, "peer", False)]
+        return peers or alive
 
     def usable(self, url):
         state = self._state[url]
@@ -124,7 +165,9 @@ class SourceSelector:
         alive = self.alive()
         if not alive:
             return False
-        preferred = [r for r in alive if r.url not in avoid] or alive
+        now = time.monotonic()
+        ready = [r for r in alive if self._state[r.url].not_before <= now]
+        preferred = [r for r in ready if r.url not in avoid] or ready
         free = [r for r in preferred if self._state[r.url].active < self.cap(r, connections, per_source)]
         if not free:
             return None
@@ -153,7 +196,9 @@ class SourceSelector:
     # -- the result
 
     def report(self):
-        """``[{url, bytes, pieces_rejected, error}]``, one entry per source (URLs redacted), in try order."""
+        """``[{url, bytes, pieces_rejected, error, peer}]``, one entry per source (URLs redacted), in try order;
+        ``peer`` tells a fan-out peer from the origin and its mirrors."""
         return [dict(url=redact_url(r.url), bytes=self._state[r.url].bytes,
-                     pieces_rejected=self._state[r.url].pieces_rejected, error=self._state[r.url].error)
+                     pieces_rejected=self._state[r.url].pieces_rejected, error=self._state[r.url].error,
+                     peer=bool(getattr(r, "peer", False)))
                 for r in self.refs]

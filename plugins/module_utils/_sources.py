@@ -77,9 +77,41 @@ def open_source(url, request):
     if mirrors:
         description = _description.from_urls(url, getattr(request, "name", None) or url, mirrors,
                                              getattr(request, "metalink_locations", ()))
-        return _transfer.MultiSource(description, plain_source_factory(request),
+        return _transfer.MultiSource(description, mirror_source_factory(request, description),
                                      connections=getattr(request, "connections", 1))
     return open_plain_source(url, request)
+
+
+def mirror_source_factory(request, description):
+    """``open_source(url)`` for the sources of a URL with ``mirrors``: each source with its own options. A fan-out
+    peer (``peer: true``) gets ``SourceOptions.for_peer`` with the deployment's token and its own fingerprint (or
+    the request's ``peer_source_options``); every other source the origin's options, never the token. A peer
+    without a token or a fingerprint is refused (InvalidInput) before any connection."""
+    options = {}
+    for ref in description.sources:
+        options[ref.url] = source_options_for(ref, request)
+
+    def open_mirror(url):
+        return open_plain_source(url, request, options.get(url))
+    return open_mirror
+
+
+def source_options_for(ref, request):
+    """The SourceOptions of one source of a URL with ``mirrors`` (see :func:`mirror_source_factory`)."""
+    own = getattr(request, "source_options", None)
+    origin = getattr(request, "origin_source_options", None) or own
+    if not ref.peer:
+        # The URL itself keeps the request's options (a peer when url_is_peer); other mirrors the origin's.
+        return own if ref.url == getattr(request, "url", None) else origin
+    token = getattr(request, "peer_token", None)
+    if not token:
+        raise InvalidInput("the mirror %s is a peer: it needs peer_token" % ref.redacted)
+    if ref.fingerprint:
+        return SourceOptions.for_peer(origin, token, ref.fingerprint)
+    shared = getattr(request, "peer_source_options", None)
+    if shared is None:
+        raise InvalidInput("the peer mirror %s needs a fingerprint (its own, or peer_fingerprint)" % ref.redacted)
+    return shared
 
 
 def plain_source_factory(request):
@@ -126,14 +158,15 @@ def open_metalink_answer(body, url, request, max_size=None):
     return open_metalink_source(url, request, document=document, base_url=base_url)
 
 
-def open_plain_source(url, request):
+def open_plain_source(url, request, options=None):
     """The http(s) or nfs Source for ``url``, never a metalink (a metalink's mirrors and its own document are
-    always read as plain files)."""
+    always read as plain files). ``options``: SourceOptions other than the request's (a peer's)."""
     scheme = url_scheme(url)
+    options = options if options is not None else request.source_options
     if scheme in ("http", "https"):
         from ansible_collections.directdownload.kvm.plugins.module_utils import _http  # pylint: disable=import-outside-toplevel
-        return _http.HttpSource(url, request.source_options)
+        return _http.HttpSource(url, options)
     if scheme == "nfs":
         from ansible_collections.directdownload.kvm.plugins.module_utils import _nfs  # pylint: disable=import-outside-toplevel
-        return _nfs.NfsSource(url, request.source_options, transport=request.nfs_transport)
+        return _nfs.NfsSource(url, options, transport=request.nfs_transport)
     raise InvalidInput("unsupported URL scheme %r in %s" % (scheme, redact_url(url)))

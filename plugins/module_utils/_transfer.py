@@ -46,7 +46,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._pieces import 
     plan_ranges,
     unit_size_for,
 )
-from ansible_collections.directdownload.kvm.plugins.module_utils._selector import SourceSelector, error_text
+from ansible_collections.directdownload.kvm.plugins.module_utils._selector import SourceSelector, error_text, is_busy
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import SparseWriter, punch_hole
 from ansible_collections.directdownload.kvm.plugins.module_utils._source import Source
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
@@ -235,6 +235,11 @@ class MultiSource(Source):
         when another source is left (the caller discards the ``.part`` and opens again from byte 0), False when
         none is (the caller reports the mismatch)."""
         bad = list(self.served_by) or ([served_url] if served_url else [])
+        peers = [m.url for m in self.file.sources if m.peer and m.url in bad]
+        if peers and len(peers) < len(bad):
+            # Bytes of the origin and of peers, joined, failed: the peers are the ones to doubt (the origin is
+            # where every copy comes from); the next attempt goes without them.
+            bad = peers
         detail = "checksum mismatch"
         if expected and actual:
             detail += " (expected %s, got %s)" % (expected, actual)
@@ -867,7 +872,8 @@ class _SegmentedDownload:
                     self.no_range.add(mirror.url)
                 elif "status" not in details:
                     self.refused.add(mirror.url)
-            self._mirror_failed(mirror, exc, fatal_for_mirror=True)
+            # A busy source (503, 429) is asked again after its Retry-After (SourceSelector.failed).
+            self._mirror_failed(mirror, exc, fatal_for_mirror=not is_busy(exc))
             return
         if self.limits is not None:
             task.limit = self.limits.connection(mirror.redacted)

@@ -170,6 +170,12 @@ options:
         and C(location) (a country code, ordered by O(metalink_locations)).
       - The same file means the same bytes; give a O(checksum) to verify bytes joined from several sources. A
         source whose bytes fail the checksum is not used again for this download.
+      - A dict may also carry C(peer=true) and C(fingerprint), for a fan-out peer (an https URL from
+        RV(directdownload.kvm.peer_server#module:urls)). A peer is reached with O(peer_token) and its own
+        C(fingerprint) (or O(peer_fingerprint)), never with the origin's headers, credentials or proxy. A peer
+        that answers 401, 403, 404 or 410, or whose certificate is not the pinned one, is set aside; a busy one
+        (503) is asked again after its C(Retry-After). When bytes from the origin and from peers fail the
+        checksum together, the peers are the sources set aside.
       - Never logged; in results only their passwords and signatures are masked, as for O(url).
     type: list
     elements: raw
@@ -467,11 +473,13 @@ sources:
     - One entry per source of the file (the URL, a Metalink's mirrors, or O(mirrors)), URL redacted, with the bytes it
       served in this run, the pieces of it rejected by a piece hash, and the error that set it aside (null if none).
     - A source that served a corrupt piece or bytes failing the checksum is named here, with that error.
+    - C(peer) is true for a fan-out peer (a O(mirrors) entry with C(peer=true)), so origin and peer bytes can be
+      told apart.
   returned: when the image was downloaded
   type: list
   elements: dict
   sample: [{"url": "http://mirror-a.example.com/debian-12.qcow2", "bytes": 536870912, "pieces_rejected": 0,
-            "error": null}]
+            "error": null, "peer": false}]
 pool:
   description: The libvirt pool that was refreshed, when O(pool) was given.
   returned: when O(pool) is given

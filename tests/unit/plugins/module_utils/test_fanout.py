@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.directdownload.kvm.plugins.module_utils import _fanout
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._fanout import plan_waves
+from ansible_collections.directdownload.kvm.plugins.module_utils._fleet import report_table
 
 
 def sizes(waves):
@@ -62,3 +64,49 @@ def test_a_host_in_two_clusters_is_refused():
         plan_waves({"a": ["h1"], "b": ["h1"]})
     with pytest.raises(InvalidInput):
         plan_waves("h1,h2")
+
+
+# -- the role's helpers: cluster map, peer mirrors, files to serve, reference checksum, byte split -----------------
+
+
+DIGEST = "ab" * 32
+
+
+def test_a_host_to_cluster_map_plans_per_cluster_in_play_order():
+    waves = plan_waves({"k1": "a", "k2": "b", "k3": "a", "k4": ""})
+    assert waves[0]["hosts"] == {"k4": {"cluster": "", "peers": []}, "k1": {"cluster": "a", "peers": []},
+                                 "k2": {"cluster": "b", "peers": []}}
+    assert waves[1]["hosts"] == {"k3": {"cluster": "a", "peers": ["k1"]}}
+
+
+def test_peer_mirrors_keep_only_peers_that_serve_the_file():
+    served = [{"urls": {"t1": "https://10.0.0.1:8473/t1"}, "fingerprint": "AA:BB", "changed": True},
+              {"skipped": True}, {"failed": True, "msg": "no cryptography"}, {},
+              {"urls": {"other": "https://10.0.0.5:8473/other"}, "fingerprint": "CC"}]
+    assert _fanout.peer_mirrors(["k1", "k2", "k3", "k4", "k5"], served, "t1") == [
+        {"url": "https://10.0.0.1:8473/t1", "peer": True, "fingerprint": "AA:BB"}]
+    assert _fanout.peer_mirrors([], [], "t1") == []
+
+
+def test_served_files_are_the_verified_copies_once_per_name_with_their_sha256():
+    rows = [{"status": "downloaded", "path": "/p1/t1", "checksum": "{SHA-256}" + DIGEST},
+            {"status": "present", "path": "/p2/t1", "checksum": "{SHA-256}" + DIGEST},  # same name: served once
+            {"status": "present", "path": "/p2/t2", "checksum": "md5:" + "0" * 32},
+            {"status": "failed", "path": None},
+            {"status": "would download", "path": "/p3/t3"}]
+    assert _fanout.served_files(rows) == [{"path": "/p1/t1", "sha256": DIGEST}, {"path": "/p2/t2"}]
+    assert _fanout.reference_checksum(rows) == "{SHA-256}" + DIGEST
+    assert _fanout.reference_checksum([{"status": "failed", "checksum": "x"}]) is None
+    # The registry's copy records (no status) from an earlier deployment.
+    assert _fanout.reference_checksum([{"host": "k1", "checksum": "{SHA-256}" + DIGEST}]) == "{SHA-256}" + DIGEST
+
+
+def test_byte_split_and_the_report_table_tell_origin_from_peers():
+    sources = [{"url": "http://o/x", "bytes": 10, "peer": False}, {"url": "https://k1/x", "bytes": 70, "peer": True},
+               {"url": "https://k2/x", "bytes": 20, "peer": True}]
+    assert _fanout.byte_split(sources) == (10, 90)
+    assert _fanout.byte_split([], total=5) == (5, 0)
+    row = {"host": "k2", "pool": "local", "status": "downloaded", "downloaded_on": "k2", "bytes": 3 * 1024 * 1024,
+           "seconds": 1.0, "rate_mb_s": 3.1, "source": "http://o/x", "origin_bytes": 1024 * 1024,
+           "peer_bytes": 2 * 1024 * 1024, "attempts": []}
+    assert report_table([row])[1].endswith("http://o/x (origin 1.0 MiB, peers 2.0 MiB)")

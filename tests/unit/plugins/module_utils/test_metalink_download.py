@@ -374,7 +374,7 @@ def test_single_connection_with_pieces_refetches_from_another_mirror(image, serv
     by_url = {entry["url"]: entry for entry in result["sources"]}
     assert by_url[corrupt.url(NAME)]["pieces_rejected"] == 1 and "piece 3" in by_url[corrupt.url(NAME)]["error"]
     assert by_url[corrupt.url(NAME)]["bytes"] == 4 * PIECE
-    assert by_url[good.url(NAME)] == dict(url=good.url(NAME), bytes=SIZE - 3 * PIECE, pieces_rejected=0, error=None)
+    assert by_url[good.url(NAME)] == dict(url=good.url(NAME), bytes=SIZE - 3 * PIECE, pieces_rejected=0, error=None, peer=False)
     with open(image.part, "rb") as handle:
         assert handle.read() == image.data
 

@@ -60,7 +60,7 @@ def test_a_rejected_piece_quarantines_the_source_and_the_report_names_it():
     report = selector.report()
     assert report[0]["url"] != "http://user:pw@a/x" and "pw" not in report[0]["url"]
     assert report[0]["bytes"] == 100 and report[0]["pieces_rejected"] == 1 and "piece 1" in report[0]["error"]
-    assert report[1] == {"url": "http://b/x", "bytes": 300, "pieces_rejected": 0, "error": None}
+    assert report[1] == {"url": "http://b/x", "bytes": 300, "pieces_rejected": 0, "error": None, "peer": False}
 
 
 def test_merge_takes_in_what_a_transfer_saw():

@@ -76,6 +76,7 @@ def test_a_url_with_mirrors_is_one_multi_source_and_a_metalink_ignores_them_with
         '</file></metalink>')
     metalink = open_source(server.url("x.meta4"), request)
     assert [m.url for m in metalink.mirrors()] == ["http://c.example/x.qcow2"]
+    # (the conformant parser also notes that this document gives no hash)
     assert "ignored the mirrors option: the Metalink document lists the sources of the file" in metalink.notes
     plain = open_source("http://a.example/x.qcow2", types.SimpleNamespace(**dict(vars(request), mirrors=[])))
     assert isinstance(plain, HttpSource) and not plain.segmented and plain.may_answer_metalink
