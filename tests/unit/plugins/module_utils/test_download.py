@@ -28,7 +28,6 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._http import So
 from ansible_collections.directdownload.kvm.plugins.module_utils._source import Source
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_source
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
-from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 MiB = 1024 * 1024
 
@@ -41,17 +40,7 @@ def www(tmp_path):
     return root
 
 
-@pytest.fixture
-def pool(tmp_path):
-    path = tmp_path / "pool"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def server(www):
-    with ImageServer(www) as srv:
-        yield srv
+# pool and server: tests/unit/conftest.py (server serves this module's www)
 
 
 def request_for(server, pool, path="disk.qcow2", **kwargs):

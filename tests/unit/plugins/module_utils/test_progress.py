@@ -35,17 +35,7 @@ def www(tmp_path):
     return root
 
 
-@pytest.fixture
-def pool(tmp_path):
-    path = tmp_path / "pool"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def server(www):
-    with ImageServer(www) as srv:
-        yield srv
+# pool and server: tests/unit/conftest.py (server serves this module's www)
 
 
 def request_for(url, pool, **kwargs):

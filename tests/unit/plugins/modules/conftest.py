@@ -6,23 +6,20 @@ read back from stdout."""
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
-from ansible.module_utils import basic
+
+from ansible_collections.directdownload.kvm.tests.unit.lib.modules import log_messages, run_module
 
 
 @pytest.fixture(name="run")
 def run_fixture(capsys, monkeypatch):
     def run(module, args, check_mode=False, diff=False):
-        args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
-        monkeypatch.setattr(basic, "_ANSIBLE_ARGS", json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode())
-        monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy")
-        monkeypatch.setenv("DIRECTDOWNLOAD_SETTINGS", os.devnull + ".absent")
-        capsys.readouterr()
-        with pytest.raises(SystemExit):
-            module.main()
-        return json.loads(capsys.readouterr().out)
+        return run_module(module, args, capsys, monkeypatch, check=check_mode, diff=diff)[0]
 
     return run
+
+
+@pytest.fixture
+def logged(monkeypatch):
+    """The messages the module logs on the host."""
+    return log_messages(monkeypatch)

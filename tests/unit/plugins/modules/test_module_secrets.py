@@ -19,12 +19,12 @@ import os
 import sys
 
 import pytest
-from ansible.module_utils import basic
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _download
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import url_without_secrets
 from ansible_collections.directdownload.kvm.plugins.modules import download, template, url_check
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
+from ansible_collections.directdownload.kvm.tests.unit.lib.modules import run_module
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 SIGNATURE = "c2lnbmF0dXJlLXZhbHVlLTk4NzY1NDMyMQ"
@@ -34,26 +34,6 @@ PROXY_PASSWORD = "pr0xy-pa55-77aa"
 # 16 MiB: its size has 8 digits, as long as the signatures that used to be masked (any value of 8+ characters).
 SIZE = 16 * images.MiB
 SECRETS = (SIGNATURE, CREDENTIAL, CREDENTIAL.replace("%2F", "/"), URL_PASSWORD, PROXY_PASSWORD)
-
-
-@pytest.fixture
-def logged(monkeypatch):
-    messages = []
-    monkeypatch.setattr(basic, "has_journal", False)
-    monkeypatch.setattr(basic.AnsibleModule, "_log_to_syslog", lambda self, msg: messages.append(msg))
-    return messages
-
-
-def run_module(module, args, capsys, monkeypatch):
-    """Run ``module.main()`` with ``args`` as Ansible does; return (result dict, raw stdout)."""
-    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode())
-    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy")
-    monkeypatch.setenv("DIRECTDOWNLOAD_SETTINGS", os.devnull + ".absent")
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        module.main()
-    out = capsys.readouterr().out
-    return json.loads(out), out
 
 
 def signed_url(srv, name):

@@ -11,34 +11,14 @@ import os
 import socket
 
 import pytest
-from ansible.module_utils import basic
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _peer
 from ansible_collections.directdownload.kvm.plugins.modules import download, peer_server
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
+from ansible_collections.directdownload.kvm.tests.unit.lib.modules import run_module
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 TOKEN = "unit-peer-token-5e2b110f2f0d"
-
-
-@pytest.fixture
-def logged(monkeypatch):
-    messages = []
-    monkeypatch.setattr(basic, "has_journal", False)
-    monkeypatch.setattr(basic.AnsibleModule, "_log_to_syslog", lambda self, msg: messages.append(msg))
-    return messages
-
-
-def run_module(module, args, capsys, monkeypatch, check=False, diff=False):
-    args = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
-    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode())
-    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy")
-    monkeypatch.setenv("DIRECTDOWNLOAD_SETTINGS", os.devnull + ".absent")
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        module.main()
-    out = capsys.readouterr().out
-    return json.loads(out), out
 
 
 def _free_port():
