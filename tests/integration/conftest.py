@@ -39,6 +39,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.directdownload.kvm.tests.integration.hosts.kvmhosts import KvmHosts, can_run
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import missing
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COLLECTIONS_PATH = REPO_ROOT / ".build" / "collections"
 CALLBACK_DIR = Path(__file__).resolve().parent / "callback_plugins"
@@ -213,6 +216,21 @@ def kill_tree(proc):
         except ProcessLookupError:
             pass
     proc.wait()
+
+
+def namespaced_hosts(tmp_path_factory, name, count, **options):
+    """Start ``count`` namespaced KVM hosts (tests/integration/hosts) under a fresh directory called ``name``, yield
+    them and stop them: the body of a module-scoped ``kvm_hosts`` fixture (``yield from``). Not root: skipped here,
+    failed under ``CI=true``; any other missing part fails."""
+    reason = can_run()
+    if reason == "needs root (network namespaces, mounts)":
+        missing(reason)
+    if reason:
+        pytest.fail(f"the namespaced KVM hosts cannot start: {reason} (see bindep.txt)")
+    hosts = KvmHosts(tmp_path_factory.mktemp(name), count=count, **options)
+    hosts.start()
+    yield hosts
+    hosts.stop()
 
 
 @pytest.fixture

@@ -26,8 +26,7 @@ import time
 import pytest
 import yaml
 
-from ansible_collections.directdownload.kvm.tests.integration.conftest import kill_tree, playbook_env
-from ansible_collections.directdownload.kvm.tests.integration.hosts.kvmhosts import KvmHosts, can_run
+from ansible_collections.directdownload.kvm.tests.integration.conftest import kill_tree, namespaced_hosts, playbook_env
 from ansible_collections.directdownload.kvm.plugins.module_utils import _peer
 from ansible_collections.directdownload.kvm.tests.integration.test_peer import _files_with, _port_open, _running
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
@@ -42,15 +41,7 @@ PLAYBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path
 
 @pytest.fixture(scope="module")
 def kvm_hosts(tmp_path_factory):
-    reason = can_run()
-    if reason == "needs root (network namespaces, mounts)":
-        pytest.skip(reason)
-    if reason:
-        pytest.fail(f"the namespaced KVM hosts cannot start: {reason} (see bindep.txt)")
-    hosts = KvmHosts(tmp_path_factory.mktemp("fanouthosts"), count=HOST_COUNT, libvirt=False)
-    hosts.start()
-    yield hosts
-    hosts.stop()
+    yield from namespaced_hosts(tmp_path_factory, "fanouthosts", HOST_COUNT, libvirt=False)
 
 
 @pytest.fixture(scope="module")

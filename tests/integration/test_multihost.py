@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.directdownload.kvm.tests.integration.hosts.kvmhosts import KvmHosts, can_run
+from ansible_collections.directdownload.kvm.tests.integration.conftest import namespaced_hosts
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
-from ansible_collections.directdownload.kvm.tests.unit.lib.require import missing
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 from ansible_collections.directdownload.kvm.tests.unit.lib.tls import TestCA
 
@@ -34,15 +33,7 @@ KEYSTORE_SECRET = "test-keystore-secret"
 
 @pytest.fixture(scope="module")
 def kvm_hosts(tmp_path_factory):
-    reason = can_run()
-    if reason == "needs root (network namespaces, mounts)":
-        missing(reason)
-    if reason:
-        pytest.fail(f"the namespaced KVM hosts cannot start: {reason} (see bindep.txt)")
-    hosts = KvmHosts(tmp_path_factory.mktemp("kvmhosts"), count=HOST_COUNT)
-    hosts.start()
-    yield hosts
-    hosts.stop()
+    yield from namespaced_hosts(tmp_path_factory, "kvmhosts", HOST_COUNT)
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,7 @@ import pytest
 import yaml
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _peer
-from ansible_collections.directdownload.kvm.tests.integration.conftest import kill_tree, playbook_env
-from ansible_collections.directdownload.kvm.tests.integration.hosts.kvmhosts import KvmHosts, can_run
+from ansible_collections.directdownload.kvm.tests.integration.conftest import kill_tree, namespaced_hosts, playbook_env
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
 
 PLAYBOOK_TIMEOUT = 300
@@ -34,15 +33,7 @@ PORT = 8473
 
 @pytest.fixture(scope="module")
 def kvm_hosts(tmp_path_factory):
-    reason = can_run()
-    if reason == "needs root (network namespaces, mounts)":
-        pytest.skip(reason)
-    if reason:
-        pytest.fail(f"the namespaced KVM hosts cannot start: {reason} (see bindep.txt)")
-    hosts = KvmHosts(tmp_path_factory.mktemp("peerhosts"), count=2, libvirt=False)
-    hosts.start()
-    yield hosts
-    hosts.stop()
+    yield from namespaced_hosts(tmp_path_factory, "peerhosts", 2, libvirt=False)
 
 
 def _port_open(address, port):

@@ -50,6 +50,24 @@ def server(www):
         yield srv
 
 
+@pytest.fixture
+def servers(image):
+    """``start(**fault)`` starts one more :class:`ImageServer` over ``image.root`` (the test module's own ``image``
+    fixture), with an optional fault on ``image.name``; all are closed at the end."""
+    started = []
+
+    def start(**fault):
+        srv = ImageServer(image.root)
+        started.append(srv)
+        if fault:
+            srv.set_fault("/" + image.name, **fault)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.close()
+
+
 @pytest.fixture(scope="session")
 def ca():
     """The run's private test CA."""

@@ -37,7 +37,6 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._transfer impor
     sidecar_path,
 )
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_url
-from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 NAME = "img.raw"
 PIECE = 256 * 1024
@@ -55,24 +54,11 @@ def image(tmp_path):
     data = bytes(data)
     (root / NAME).write_bytes(data)
     (root / "other.raw").write_bytes(os.urandom(SIZE - 1))
-    return types.SimpleNamespace(root=root, data=data, sha256=hashlib.sha256(data).hexdigest(),
+    return types.SimpleNamespace(root=root, name=NAME, data=data, sha256=hashlib.sha256(data).hexdigest(),
                                  part=str(tmp_path / (".%s.part" % NAME)))
 
 
-@pytest.fixture()
-def servers(image):
-    started = []
-
-    def start(**fault):
-        server = ImageServer(image.root)
-        started.append(server)
-        if fault:
-            server.set_fault("/" + NAME, **fault)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
+# servers: tests/unit/conftest.py (loopback servers over this module's image)
 
 
 @pytest.fixture()

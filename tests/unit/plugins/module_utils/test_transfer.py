@@ -30,7 +30,6 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._transfer impor
     segmented_download,
     sidecar_path,
 )
-from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 NAME = "img.raw"
 SIZE = 6 * 1024 * 1024 + 4321
@@ -50,24 +49,11 @@ def image(tmp_path):
     (root / NAME).write_bytes(data)
     pool = tmp_path / "pool"
     pool.mkdir()
-    return types.SimpleNamespace(root=root, data=data, sha256=hashlib.sha256(data).hexdigest(), pool=pool,
+    return types.SimpleNamespace(root=root, name=NAME, data=data, sha256=hashlib.sha256(data).hexdigest(), pool=pool,
                                  part=str(tmp_path / (".%s.part" % NAME)))
 
 
-@pytest.fixture()
-def servers(image):
-    started = []
-
-    def start(**fault):
-        server = ImageServer(image.root)
-        started.append(server)
-        if fault:
-            server.set_fault("/" + NAME, **fault)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
+# servers: tests/unit/conftest.py (loopback servers over this module's image)
 
 
 def description(image, *servers_, **kwargs):
