@@ -25,6 +25,7 @@ options:
         C(--max-download-limit) write them, 1024-based (V(10M) is 10485760 bytes per second); C(B), C(iB) or
         C(/s) after the suffix are accepted.
     type: str
+    version_added: 0.2.0
   lowest_speed:
     description:
       - A connection that stays below this many bytes per second for O(lowest_speed_time) seconds is closed and
@@ -34,10 +35,12 @@ options:
       - Like aria2's C(--lowest-speed-limit) and curl's C(--speed-limit)/C(--speed-time). Must be below
         O(max_rate) (per connection) when both are set.
     type: str
+    version_added: 0.2.0
   lowest_speed_time:
     description:
       - Seconds over which the speed of a connection is measured for O(lowest_speed).
     type: float
+    version_added: 0.2.0
     default: 30.0
   mismatch_retries:
     description:
@@ -45,6 +48,7 @@ options:
         not match is not asked again in the same run while another mirror is left.
       - The failure shows the expected and the actual digest and the bytes transferred in all.
     type: int
+    version_added: 0.2.0
     default: 1
   timeout:
     description:
@@ -53,4 +57,5 @@ options:
       - Not the per-request timeout of M(ansible.builtin.get_url); for that use O(read_timeout) (and
         O(connect_timeout)).
     type: float
+    version_added: 0.2.0
 """

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: fanout_files
 short_description: What a fan-out holder serves, or the reference checksum, from its deployment report rows
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - From the report rows of the C(directdownload.kvm.deploy) role (C(deploy_report)), the verified copies a host
     holds (status V(downloaded) or V(present)) as M(directdownload.kvm.peer_server) O(directdownload.kvm.peer_server#module:files)

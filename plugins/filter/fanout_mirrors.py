@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: fanout_mirrors
 short_description: The peer mirrors of a fan-out receiver, from the peer_server results of its peers
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - For the hosts a receiver fetches from in its wave (the C(peers) of C(directdownload.kvm.fanout_waves)) and their
     M(directdownload.kvm.peer_server) results, the O(directdownload.kvm.download#module:mirrors) entries

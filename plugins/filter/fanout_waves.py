@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: fanout_waves
 short_description: Plan the waves of a fan-out deployment, and the peers of each receiving host
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Doubling waves with multi-source receivers, as C(docs/fanout.md) recommends. Per cluster, the first O(seeds)
     hosts fetch from the origin (wave 0, unless hosts of the cluster already hold a verified copy). In each later

@@ -52,7 +52,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._trust import (
     normalize_fingerprint)
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, split_url
 
-COLLECTION_VERSION = "0.1.0"  # galaxy.yml is the truth; tests/unit/test_collection_version.py checks they agree
+COLLECTION_VERSION = "0.2.0"  # galaxy.yml is the truth; tests/unit/test_collection_version.py checks they agree
 DEFAULT_USER_AGENT = "directdownload.kvm/" + COLLECTION_VERSION
 DEFAULT_MAX_REDIRECTS = 10
 

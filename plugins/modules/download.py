@@ -178,6 +178,7 @@ options:
         checksum together, the peers are the sources set aside.
       - Never logged; in results only their passwords and signatures are masked, as for O(url).
     type: list
+    version_added: 0.2.0
     elements: raw
     default: []
   block_size:
@@ -237,6 +238,7 @@ options:
       - The per-deployment bearer token of the fan-out peers (M(directdownload.kvm.peer_server)). Sent in
         the C(Authorization) header (C(Bearer) scheme) to peer sources only, never to the origin.
     type: str
+    version_added: 0.2.0
   peer_fingerprint:
     description:
       - The SHA-256 fingerprint of the peers' certificate (RV(directdownload.kvm.peer_server#module:fingerprint)),
@@ -245,12 +247,14 @@ options:
       - The fingerprint of the peer O(url) with O(url_is_peer=true), and of every peer source that does not name
         its own.
     type: str
+    version_added: 0.2.0
   url_is_peer:
     description:
       - O(url) is a peer (a URL from RV(directdownload.kvm.peer_server#module:urls)), not the origin. It is
         reached with O(peer_token) and O(peer_fingerprint) and none of the origin's headers, credentials, CA
         options or proxy. Needs O(peer_token) and O(peer_fingerprint).
     type: bool
+    version_added: 0.2.0
     default: false
 notes:
   - "Progress in the play output: while the image downloads, a line such as

@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: peer_server
 short_description: Serve verified template copies of a KVM host to the other hosts of a deployment (fan-out)
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Starts or stops a small HTTPS file server on a KVM host that already holds verified copies of the templates
     being deployed, so that the other hosts fetch them from it (and from other peers) instead of from the origin.

@@ -69,6 +69,7 @@ options:
       - Each a URL or a dict with C(url), optional C(priority) and C(location); every URL is checked as O(url) is.
       - Stored in the registry (mode 0600). Never logged; shown redacted in results.
     type: list
+    version_added: 0.2.0
     elements: raw
   format:
     description:
