@@ -16,13 +16,9 @@ description:
     none), the reference for a template registered without a checksum.
 author:
   - directdownload.kvm maintainers (@directdownload)
-positional: _input
+extends_documentation_fragment:
+  - directdownload.kvm._report_rows
 options:
-  _input:
-    description: The report rows.
-    type: list
-    elements: dict
-    required: true
   reference:
     description: Return the checksum of the first verified copy instead of the files.
     type: bool

@@ -17,13 +17,8 @@ description:
     transfer started, and the URL that served the bytes, or for a pool that failed the error of each host tried.
 author:
   - directdownload.kvm maintainers (@directdownload)
-positional: _input
-options:
-  _input:
-    description: The report rows.
-    type: list
-    elements: dict
-    required: true
+extends_documentation_fragment:
+  - directdownload.kvm._report_rows
 seealso:
   - module: directdownload.kvm.template_copy
 """

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
 import fcntl
 import glob
@@ -400,16 +401,14 @@ def store_type_for_new(path: str, requested: str = "auto") -> str:
     return "JKS" if path.lower().endswith((".jks", ".keystore")) else "PKCS12"
 
 
+@dataclasses.dataclass(eq=False, repr=False)
 class KeystoreEntry:
     """One entry of a keystore listing. ``certificate`` is the entry's (first) certificate, None for a secret key."""
 
-    __slots__ = ("alias", "entry_type", "certificate", "chain_length")
-
-    def __init__(self, alias, entry_type, certificate=None, chain_length=0):
-        self.alias = alias
-        self.entry_type = entry_type
-        self.certificate = certificate
-        self.chain_length = chain_length
+    alias: str
+    entry_type: str
+    certificate: object = None
+    chain_length: int = 0
 
     @property
     def fingerprint(self):

@@ -13,6 +13,7 @@ result summary have this one home; the Metalink adds only its own refusal.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import strongest
@@ -54,28 +55,33 @@ class SourceRef:
         return "SourceRef(%s, rank=%d)" % (self.redacted, self.rank)
 
 
+@dataclasses.dataclass(eq=False, repr=False)
 class FileDescription:
     """What to fetch (``name``, ``size`` or None), how to verify it (``hashes``: file-level checksums; ``pieces``:
     a ``_metalink.Pieces``-like object with ``length``, ``algorithm``, ``hashes`` or None) and from where
     (``sources``, in the order to try). ``max_connections`` caps the connections of the whole file (None: no cap);
     ``notes`` are operator warnings from the conversion; ``document_url`` names the description's origin."""
 
-    def __init__(self, name, size=None, hashes=(), pieces=None, sources=(), max_connections=None, notes=(),
-                 version=None, document_url=None, probe_size=False, verification=None):
-        self.name = name
-        self.size = size
-        self.hashes = list(hashes)
-        self.pieces = pieces
-        self.sources = list(sources)
-        self.max_connections = max_connections
-        self.notes = list(notes)
-        self.version = version
-        self.document_url = document_url
-        # No size is known before the transfer: a segmented transfer asks the sources (a URL with mirrors).
-        self.probe_size = probe_size
-        # What decides the expected checksums when the description comes from a document with rules of its own (a
-        # MetalinkFile: e.g. a document whose hashes are all unusable is refused without a user checksum).
-        self.verification = verification
+    name: str
+    size: int | None = None
+    hashes: list = ()
+    pieces: object = None
+    sources: list = ()
+    max_connections: int | None = None
+    notes: list = ()
+    version: str | None = None
+    document_url: str | None = None
+    # No size is known before the transfer: a segmented transfer asks the sources (a URL with mirrors).
+    probe_size: bool = False
+    # What decides the expected checksums when the description comes from a document with rules of its own (a
+    # MetalinkFile: e.g. a document whose hashes are all unusable is refused without a user checksum).
+    verification: object = None
+
+    def __post_init__(self):
+        # Each description owns its lists (the conversions append notes and reorder sources).
+        self.hashes = list(self.hashes)
+        self.sources = list(self.sources)
+        self.notes = list(self.notes)
 
     @property
     def mirrors(self):

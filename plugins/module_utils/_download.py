@@ -25,6 +25,7 @@ Every one of these names is ours: anything but a regular file there (a FIFO, a d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -256,15 +257,15 @@ def check_pool(pool_path):
         raise InvalidInput("the pool directory %s is not writable by this user" % pool_path)
 
 
+@dataclasses.dataclass
 class Plan:
     """What ``run`` would do. ``action``: ``none`` (installed and current), ``adopt`` (a file without record
     matches the checksum: only the record is written), ``download``, ``replace``."""
 
-    def __init__(self, action, reason, before, record=None):
-        self.action = action
-        self.reason = reason
-        self.before = before
-        self.record = record
+    action: str
+    reason: str
+    before: dict | None
+    record: dict | None = None
 
     @property
     def changes(self):

@@ -309,46 +309,63 @@ def _last_line(text):
 # Error classification
 
 
+# A rule: (needles, also, reason, retryable, explanation). It matches when the text holds one of ``needles`` and
+# every one of ``also``. A needle matches as written, and an all-lower-case needle also matches the text in lower
+# case. The first rule that matches wins; the last one of a table has no needles and always matches.
+_LIBNFS_RULES = (
+    # Also what a server answers to a client that its export rules leave out: another host may pass.
+    (("MNT3ERR_ACCES", "MNT3ERR_NOENT", "MNT3ERR_PERM"), (),
+     "export_not_found", True, "export not found, or this host may not mount it"),
+    (("NFS4ERR_NOENT",), ("Failed to mount nfs share",),
+     "export_not_found", True, "export not found (no such path in the server's NFSv4 namespace)"),
+    (("NFS3ERR_NOENT", "NFS4ERR_NOENT"), (), "file_missing", False, "file not found on the server"),
+    (("ACCES", "NFS3ERR_PERM", "NFS4ERR_PERM", "Permission denied"), (),
+     "permission_denied", True, "permission denied by the server"),
+    (("NFS3ERR_ISDIR", "NFS4ERR_ISDIR"), (), "not_a_file", False, "the URL names a directory, not a file"),
+    (("Can not resolv", "resolve"), (), "unreachable", True, "cannot resolve the server name"),
+    (("Program is not available", "nfs_service failed", "Failed to start connection", "connect"), (),
+     "unreachable", True, "server unreachable (no NFS service answered)"),
+    (("Failed to read from file",), (),
+     "interrupted", True, "the transfer broke off (server stopped or connection lost)"),
+    (None, (), "nfs_error", True, "NFS error"),
+)
+
+_MOUNT_RULES = (
+    (("access denied by server",), (),
+     "export_not_found", True, "access denied by the server: export not found, or this host may not mount it"),
+    (("no such file or directory",), ("reason given by server",),
+     "export_not_found", True, "export directory not found on the server"),
+    (("permission denied", "operation not permitted", "only root"), (),
+     "permission_denied", True, "not permitted to mount"),
+    (("protocol not supported", "requested nfs version"), (),
+     "version_unsupported", True, "the server does not offer the requested NFS version"),
+    (("unknown filesystem type", "no such device"), (), "no_transport", True, "the kernel has no NFS client"),
+    (("connection refused", "timed out", "no route to host", "resolve", "network is unreachable",
+      "program not registered"), (), "unreachable", True, "server unreachable"),
+    (None, (), "mount_failed", True, "mount failed"),
+)
+
+
+def _classify(text, rules):
+    low = text.lower()
+
+    def holds(needle):
+        return needle in text or (needle.islower() and needle in low)
+
+    for needles, also, reason, retryable, explanation in rules:
+        if (needles is None or any(holds(n) for n in needles)) and all(holds(n) for n in also):
+            return reason, retryable, explanation
+    raise AssertionError("a rule table ends with a rule that always matches")
+
+
 def classify_libnfs_error(text: str) -> tuple[str, bool, str]:
     """(reason, retryable, explanation) for the stderr/stdout of nfs-ls or nfs-cat."""
-    if "MNT3ERR_ACCES" in text or "MNT3ERR_NOENT" in text or "MNT3ERR_PERM" in text:
-        # Also what a server answers to a client that its export rules leave out: another host may pass.
-        return "export_not_found", True, "export not found, or this host may not mount it"
-    if "Failed to mount nfs share" in text and "NFS4ERR_NOENT" in text:
-        return "export_not_found", True, "export not found (no such path in the server's NFSv4 namespace)"
-    if "NFS3ERR_NOENT" in text or "NFS4ERR_NOENT" in text:
-        return "file_missing", False, "file not found on the server"
-    if "ACCES" in text or "NFS3ERR_PERM" in text or "NFS4ERR_PERM" in text or "Permission denied" in text:
-        return "permission_denied", True, "permission denied by the server"
-    if "NFS3ERR_ISDIR" in text or "NFS4ERR_ISDIR" in text:
-        return "not_a_file", False, "the URL names a directory, not a file"
-    if "Can not resolv" in text or "resolve" in text.lower():
-        return "unreachable", True, "cannot resolve the server name"
-    if ("Program is not available" in text or "nfs_service failed" in text or "Failed to start connection" in text
-            or "connect" in text.lower()):
-        return "unreachable", True, "server unreachable (no NFS service answered)"
-    if "Failed to read from file" in text:
-        return "interrupted", True, "the transfer broke off (server stopped or connection lost)"
-    return "nfs_error", True, "NFS error"
+    return _classify(text or "", _LIBNFS_RULES)
 
 
 def classify_mount_error(text: str) -> tuple[str, bool, str]:
     """(reason, retryable, explanation) for mount(8)/mount.nfs output."""
-    low = text.lower()
-    if "access denied by server" in low:
-        return "export_not_found", True, "access denied by the server: export not found, or this host may not mount it"
-    if "no such file or directory" in low and "reason given by server" in low:
-        return "export_not_found", True, "export directory not found on the server"
-    if "permission denied" in low or "operation not permitted" in low or "only root" in low:
-        return "permission_denied", True, "not permitted to mount"
-    if "protocol not supported" in low or "requested nfs version" in low:
-        return "version_unsupported", True, "the server does not offer the requested NFS version"
-    if "unknown filesystem type" in low or "no such device" in low:
-        return "no_transport", True, "the kernel has no NFS client"
-    if ("connection refused" in low or "timed out" in low or "no route to host" in low or "resolve" in low
-            or "network is unreachable" in low or "program not registered" in low):
-        return "unreachable", True, "server unreachable"
-    return "mount_failed", True, "mount failed"
+    return _classify(text or "", _MOUNT_RULES)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import hashlib
 import os
 import threading
 import time
+from operator import attrgetter
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import (
@@ -101,17 +102,9 @@ class MultiSource(Source):
 
     # -- what the engine asks before and after a transfer
 
-    @property
-    def mirror_errors(self):
-        return self.selector.errors
-
-    @property
-    def notes(self):
-        return self.file.notes
-
-    @property
-    def size(self):
-        return self.file.size
+    mirror_errors = property(attrgetter("selector.errors"))
+    notes = property(attrgetter("file.notes"))
+    size = property(attrgetter("file.size"))
 
     def expected_checksums(self, user_checksum=None):
         """See :meth:`FileDescription.expected_checksums`: every digest in the list must match."""
@@ -519,21 +512,13 @@ class _SegmentedDownload:
 
     # -- the piece map (read under self.cond)
 
-    @property
-    def done(self):
-        return self.map.done
-
-    @property
-    def done_count(self):
-        return self.map.done_count
+    done = property(attrgetter("map.done"))
+    done_count = property(attrgetter("map.done_count"))
+    errors = property(attrgetter("selector.errors"))
 
     @property
     def done_bytes(self):
         return self.map.done_bytes if self.map is not None else 0
-
-    @property
-    def errors(self):
-        return self.selector.errors
 
     # -- setup
 
