@@ -21,6 +21,7 @@ import pytest
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import NS_V4
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
+from ansible_collections.directdownload.kvm.tests.unit.lib.procs import pid_alive
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 from ansible_collections.directdownload.kvm.tests.integration.conftest import (
@@ -171,11 +172,11 @@ def test_a_vanished_job_file_is_asked_of_async_status(tmp_path, www, pool, run_p
         pid = _sidecar(pool)["pid"]
         try:
             deadline = time.monotonic() + 15  # its next progress update (2 s), not the lease's 60 s
-            while _alive(pid):
+            while pid_alive(pid):
                 assert time.monotonic() < deadline, "the unwatched download did not stop"
                 time.sleep(0.2)
         finally:
-            if _alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         assert os.path.exists(pool / ".slow.raw.part") and not os.path.exists(pool / "slow.raw")
 
@@ -206,15 +207,6 @@ def _sidecar(pool):
         return {}
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open("/proc/%d/stat" % pid) as handle:  # a zombie has finished too
-        return handle.read().split(") ")[-1][:1] != "Z"
-
-
 def test_a_killed_controller_stops_the_download_by_its_lease(tmp_path, www, pool, run_playbook):
     images.random_raw(str(www / "slow.raw"), size=24 * MiB)
     with ImageServer(www) as srv:
@@ -240,11 +232,11 @@ def test_a_killed_controller_stops_the_download_by_its_lease(tmp_path, www, pool
             # The job is daemonized: it outlives the controller, until its lease (5 s) runs out; without the lease
             # it would go on for 20 s more and install the image.
             deadline = time.monotonic() + 15
-            while _alive(pid):
+            while pid_alive(pid):
                 assert time.monotonic() < deadline, "the abandoned download did not stop"
                 time.sleep(0.2)
         finally:
-            if _alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         assert os.path.exists(pool / ".slow.raw.part") and not os.path.exists(pool / "slow.raw")
         stopped_at = _sidecar(pool)["bytes_done"]
@@ -283,11 +275,11 @@ def test_ctrl_c_of_ansible_playbook_stops_the_job_at_once(tmp_path, www, pool, r
         pid = _sidecar(pool)["pid"]
         try:
             deadline = time.monotonic() + 10
-            while _alive(pid):
+            while pid_alive(pid):
                 assert time.monotonic() < deadline, "the download went on after the controller was interrupted"
                 time.sleep(0.1)
         finally:
-            if _alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         assert os.path.exists(pool / ".slow.raw.part") and not os.path.exists(pool / "slow.raw")
         assert 2 * MiB <= _sidecar(pool)["bytes_done"] < 24 * MiB

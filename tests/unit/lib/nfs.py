@@ -43,6 +43,7 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.directdownload.kvm.tests.unit.lib.procs import cmdline, pid_alive, stop_pid
 from ansible_collections.directdownload.kvm.tests.unit.lib.require import require
 
 GANESHA = shutil.which("ganesha.nfsd") or "/usr/bin/ganesha.nfsd"
@@ -83,37 +84,6 @@ def _spawn_detached(argv, log_path, env=None):
     out = subprocess.run(["sh", "-c", shell, "sh"] + [str(a) for a in argv], env=run_env, capture_output=True,
                          text=True, check=True)
     return int(out.stdout.strip())
-
-
-def _pid_alive(pid):
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def stop_pid(pid, must_contain, timeout=10):
-    """SIGTERM ``pid`` (then SIGKILL) if its command line still contains ``must_contain``; wait until it is gone."""
-    if not pid or not _pid_alive(pid) or must_contain not in _cmdline(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    os.kill(pid, signal.SIGCONT)  # a frozen server (freeze()) takes the SIGTERM only once it runs again
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + timeout
-        time.sleep(0.05)
 
 
 def _port_open(host, port):
@@ -240,14 +210,14 @@ class GaneshaServer:
         script.write_text("\n".join(lines) + "\n")
         self.ganesha_pid = _spawn_detached(
             ["unshare", "--net", "--mount", "--propagation", "private", "sh", script], self.workdir / "ganesha.stdout")
-        self._wait(lambda: "ganesha.nfsd" in _cmdline(self.ganesha_pid), "the namespace to start ganesha")
+        self._wait(lambda: "ganesha.nfsd" in cmdline(self.ganesha_pid), "the namespace to start ganesha")
         self._netns_fd = os.open("/proc/%d/ns/net" % self.ganesha_pid, os.O_RDONLY)
         if 3 in self.versions:
             self._wait(rpcbind_pid_file.exists, "the private rpcbind")
             self.rpcbind_pid = int(rpcbind_pid_file.read_text().strip())
 
     def _answers(self):
-        if not _pid_alive(self.ganesha_pid):
+        if not pid_alive(self.ganesha_pid):
             raise RuntimeError("nfs-ganesha exited during start-up:\n%s" % self.log_tail())
         for version in self.versions:
             argv = [NFS_LS, "nfs://%s%s?version=%d" % (HOST, self.export_dir, version)]
@@ -273,7 +243,7 @@ class GaneshaServer:
 
     def freeze(self):
         """SIGSTOP the NFS server: clients stall until it is stopped (or sent SIGCONT)."""
-        if self.ganesha_pid and "ganesha.nfsd" in _cmdline(self.ganesha_pid):
+        if self.ganesha_pid and "ganesha.nfsd" in cmdline(self.ganesha_pid):
             os.kill(self.ganesha_pid, signal.SIGSTOP)
 
     def stop_ganesha(self):
@@ -365,7 +335,7 @@ class SharedGanesha:
                 pid = int(entry.name.split("-", 1)[0])
             except ValueError:
                 pid = 0
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 live.append(entry)
             else:
                 entry.unlink()  # a crashed test process: its claim is void
@@ -388,7 +358,7 @@ class SharedGanesha:
             self._live_users()
             state = self._state()
             server = self._server_from(state) if state else None
-            if server is None or not _pid_alive(server.ganesha_pid) or not server._answers():
+            if server is None or not pid_alive(server.ganesha_pid) or not server._answers():
                 if server is not None:
                     server.close()
                 server = GaneshaServer(self.export_dir, versions=(3, 4), workdir=self.root / "run",

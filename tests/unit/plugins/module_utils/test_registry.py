@@ -455,6 +455,7 @@ KILLED_WRITER = textwrap.dedent("""
     import sys
     from ansible_collections.directdownload.kvm.plugins.module_utils import _registry as reg
     path, writer = sys.argv[1], sys.argv[2]
+    print("ready", flush=True)  # imported: the kill window starts now, not during a slow interpreter start
     i = 0
     while True:
         with reg.Registry(path).transaction() as doc:
@@ -482,6 +483,8 @@ def test_kill_9_during_writes_leaves_valid_file_with_every_committed_record(tmp_
                                     stderr=subprocess.DEVNULL, env=_child_env(), text=True)
             writers.append((name, proc))
         try:
+            for _name, proc in writers:
+                assert proc.stdout.readline().strip() == "ready"
             time.sleep(0.4 + 0.05 * round_number)  # kill at varying points
         finally:
             for _name, proc in writers:
