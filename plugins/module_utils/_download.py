@@ -128,10 +128,8 @@ class DownloadRequest:
         # Further URLs of the same file (strings or {url, priority, location}): checked here, used by _sources.
         _description.parse_mirrors(mirrors)
         self.mirrors = list(mirrors or ())
-        try:  # the safety gate's caps (_gate.Limits); None: the documented defaults
-            self.limits = _gate.Limits(max_size, max_virtual_size, max_expansion, allow_encrypted)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(str(exc)) from None
+        # The safety gate's caps (_gate.Limits, InvalidInput for a bad one); None: the documented defaults.
+        self.limits = _gate.Limits(max_size, max_virtual_size, max_expansion, allow_encrypted)
         self.mode = DEFAULT_IMAGE_MODE if mode is None else mode
         # The progress sidecar: readable by this group (agent settings progress_group); the controller's lease.
         self.progress_gid = _progress.group_id(progress_group)

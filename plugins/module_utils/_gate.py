@@ -41,6 +41,7 @@ from typing import Any, Optional, Sequence
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     DirectDownloadError,
     ImageRejected,
+    InvalidInput,
     human_size,
     printable,
 )
@@ -99,14 +100,18 @@ class Limits:
     """
 
     def __init__(self, max_size=None, max_virtual_size=None, max_expansion=None, allow_encrypted=False):
-        self.max_size = DEFAULT_MAX_SIZE if max_size is None else int(max_size)
-        self.max_virtual_size = DEFAULT_MAX_VIRTUAL_SIZE if max_virtual_size is None else int(max_virtual_size)
-        self.max_expansion = DEFAULT_MAX_EXPANSION if max_expansion is None else float(max_expansion)
         self.allow_encrypted = bool(allow_encrypted)
-        for name in ("max_size", "max_virtual_size", "max_expansion"):
-            value = getattr(self, name)
-            if not 0 < value < float("inf"):  # NaN fails this too
-                raise ValueError("%s must be a number greater than 0, got %r" % (name, value))
+        for name, value, default, kind in (("max_size", max_size, DEFAULT_MAX_SIZE, int),
+                                           ("max_virtual_size", max_virtual_size, DEFAULT_MAX_VIRTUAL_SIZE, int),
+                                           ("max_expansion", max_expansion, DEFAULT_MAX_EXPANSION, float)):
+            try:
+                value = default if value is None else kind(value)
+                valid = 0 < value < float("inf")  # NaN fails this too
+            except (TypeError, ValueError, OverflowError):
+                valid = False
+            if not valid:
+                raise InvalidInput("%s must be a number greater than 0, got %r" % (name, value))
+            setattr(self, name, value)
 
     def extraction_cap(self, compressed_size):
         """``(bytes, option)``: the most an extraction of ``compressed_size`` bytes may produce, and the option

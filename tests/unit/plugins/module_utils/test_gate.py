@@ -445,7 +445,7 @@ def test_max_virtual_size_and_allow_encrypted_are_raisable(server, www, tmp_path
 def test_limits_validation():
     for bad in (dict(max_size=0), dict(max_virtual_size=-1), dict(max_expansion=float("nan")),
                 dict(max_expansion=float("inf")), dict(max_expansion=0)):
-        with pytest.raises(ValueError, match="greater than 0"):
+        with pytest.raises(InvalidInput, match="greater than 0"):
             _gate.Limits(**bad)
         with pytest.raises(InvalidInput, match="greater than 0"):
             _download.DownloadRequest("http://127.0.0.1:9/d.qcow2", "/pool", **bad)
