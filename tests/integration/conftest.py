@@ -34,13 +34,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ansible_collections.directdownload.kvm.tests.integration.hosts.kvmhosts import KvmHosts, can_run
+from ansible_collections.directdownload.kvm.tests.unit.lib.procs import pid_alive
 from ansible_collections.directdownload.kvm.tests.unit.lib.require import missing
+# The fixtures both levels share (an empty pool, a www directory) are the unit level's, not copies.
+from ansible_collections.directdownload.kvm.tests.unit.conftest import pool, www  # noqa: F401 pylint: disable=unused-import
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COLLECTIONS_PATH = REPO_ROOT / ".build" / "collections"
@@ -218,6 +222,73 @@ def kill_tree(proc):
     proc.wait()
 
 
+# --------------------------------------------------------------------------------------------------------------
+# A download the test interrupts: ansible-playbook in the background, the module seen through its sidecar
+
+
+def start_playbook(workdir, playbook, env=None, results_file=None, output=False):
+    """ansible-playbook in the background (a Popen), in a session of its own, so that the test can SIGKILL the whole
+    tree (:func:`kill_tree`) or signal its process group as a terminal's Ctrl-C does. ``output``: stdout and
+    stderr in one text pipe (read them with ``communicate``), else neither is kept."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "ansible.cfg").touch()
+    argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
+            str(_write_playbook(playbook, workdir))]
+    pipe = subprocess.PIPE if output else subprocess.DEVNULL
+    return subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir, results_file, env),  # pylint: disable=consider-using-with
+                            stdin=subprocess.DEVNULL, stdout=pipe, stderr=subprocess.STDOUT if output else pipe,
+                            text=True, start_new_session=True)
+
+
+def sidecar(pool_dir, name):
+    """The progress sidecar (``.<name>.part.json``) of the download of ``name`` into ``pool_dir``; {} until there is
+    one (or while it is being replaced)."""
+    try:
+        return json.loads((Path(pool_dir) / (".%s.part.json" % name)).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for_progress(proc, pool_dir, name, at_least, timeout=60):
+    """Wait until the download of ``name`` has kept ``at_least`` bytes (its sidecar says so) while ``proc`` (the
+    background ansible-playbook) still runs; the sidecar then."""
+    deadline = time.monotonic() + timeout
+    state = sidecar(pool_dir, name)
+    while state.get("bytes_done", 0) < at_least:
+        assert time.monotonic() < deadline, "the download never got going: %r" % state
+        assert proc.poll() is None, "ansible-playbook ended before the test could interrupt it"
+        time.sleep(0.05)
+        state = sidecar(pool_dir, name)
+    return state
+
+
+def kill_module(pool_dir, name):
+    """SIGKILL the download module by the pid its sidecar names: it runs as an async job of the download action
+    plugin, which its wrapper daemonised, so it is not below ansible-playbook."""
+    pid = sidecar(pool_dir, name).get("pid")
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_until_gone(pid, timeout, what):
+    """Fail with ``what`` unless ``pid`` ends within ``timeout`` seconds; SIGKILL it at the end in any case."""
+    try:
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+    finally:
+        if pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def namespaced_hosts(tmp_path_factory, name, count, **options):
     """Start ``count`` namespaced KVM hosts (tests/integration/hosts) under a fresh directory called ``name``, yield
     them and stop them: the body of a module-scoped ``kvm_hosts`` fixture (``yield from``). Not root: skipped here,
@@ -231,22 +302,6 @@ def namespaced_hosts(tmp_path_factory, name, count, **options):
     hosts.start()
     yield hosts
     hosts.stop()
-
-
-@pytest.fixture
-def www(tmp_path):
-    """An empty directory for a test's loopback server to serve."""
-    root = tmp_path / "www"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def pool(tmp_path):
-    """An empty pool directory."""
-    path = tmp_path / "pool"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture

@@ -23,12 +23,12 @@ from ansible_collections.directdownload.kvm.tests.unit.lib.tls import TestCA
 
 from ansible_collections.directdownload.kvm.tests.integration.conftest import (
     COLLECTIONS_PATH,
-    _venv_tool,
-    _write_inventory,
-    _write_playbook,
+    kill_module,
     kill_tree,
-    playbook_env,
     run_playbook_in,
+    sidecar,
+    start_playbook,
+    wait_for_progress,
 )
 
 MiB = 1024 * 1024
@@ -45,16 +45,6 @@ def qcow2_image(www):
     path = www / "disk.qcow2"
     images.qcow2(str(path), size=64 * MiB, writes=[(0, 3 * MiB, 0x11), (32 * MiB, 2 * MiB, 0x22)])
     return path
-
-
-def start_playbook(workdir, play):
-    """ansible-playbook in the background, in its own session so the test can SIGKILL the whole tree."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "ansible.cfg").touch()
-    argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
-            str(_write_playbook(play, workdir))]
-    return subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir), stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def sha256(path):
@@ -380,14 +370,6 @@ def test_enospc_on_a_small_pool(run_module, server, www, small_tmpfs):
     assert os.listdir(small_tmpfs) == []
 
 
-def _pool_state(pool_dir):
-    sidecar = pool_dir / ".slow.raw.part.json"
-    try:
-        return json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def test_kill_9_mid_download_leaves_no_image_and_resumes(tmp_path, www, pool):
     images.random_raw(str(www / "slow.raw"), size=24 * MiB)
     good = sha256(www / "slow.raw")
@@ -398,21 +380,10 @@ def test_kill_9_mid_download_leaves_no_image_and_resumes(tmp_path, www, pool):
                 srv, "slow.raw", pool, checksum="sha256:" + good)}]}]
         proc = start_playbook(tmp_path / "killed", play)
         try:
-            deadline = time.monotonic() + 60
-            while _pool_state(pool).get("bytes_done", 0) < 4 * MiB:
-                assert time.monotonic() < deadline, "the download never started"
-                assert proc.poll() is None, "ansible-playbook ended before it could be killed"
-                time.sleep(0.1)
+            wait_for_progress(proc, pool, "slow.raw", 4 * MiB)
         finally:
             kill_tree(proc)
-            # The module runs as an async job of the download action plugin (not below ansible-playbook): kill it
-            # by the pid its sidecar names.
-            module_pid = _pool_state(pool).get("pid")
-            if module_pid:
-                try:
-                    os.kill(module_pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_module(pool, "slow.raw")
         assert visible(pool) == [], "a killed download must not leave an image in the pool"
         assert os.path.exists(pool / ".slow.raw.part")
         srv.clear_faults()
@@ -481,19 +452,11 @@ def test_sigint_and_sigterm_keep_the_part_and_the_next_run_resumes(tmp_path, www
                 srv, "slow.raw", pool, checksum="sha256:" + good, format="raw")}]}]
         workdir = tmp_path / "interrupted"
         workdir.mkdir()
-        (workdir / "ansible.cfg").touch()
         results_file = workdir / "results.jsonl"
         results_file.touch()
-        argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
-                str(_write_playbook(play, workdir))]
-        with subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir, results_file), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        with start_playbook(workdir, play, results_file=results_file, output=True) as proc:
             try:
-                deadline = time.monotonic() + 60
-                while _pool_state(pool).get("bytes_done", 0) < 4 * MiB:
-                    assert time.monotonic() < deadline, "the download never started"
-                    assert proc.poll() is None, "ansible-playbook ended before it could be interrupted"
-                    time.sleep(0.05)
+                wait_for_progress(proc, pool, "slow.raw", 4 * MiB)
                 targets = module_processes(workdir)
                 assert len(targets) == 1, targets
                 os.kill(targets[0], signum)
@@ -510,7 +473,7 @@ def test_sigint_and_sigterm_keep_the_part_and_the_next_run_resumes(tmp_path, www
         assert result["signal"] == signum.name and result["bytes_done"] >= 4 * MiB and result["retry_elsewhere"] is True
         assert "%d%%" % int(100 * result["bytes_done"] / (24 * MiB)) in result["msg"]
         assert visible(pool) == [], "an interrupted download must not leave an image in the pool"
-        assert os.path.exists(pool / ".slow.raw.part") and _pool_state(pool)["bytes_done"] == result["bytes_done"]
+        assert os.path.exists(pool / ".slow.raw.part") and sidecar(pool, "slow.raw")["bytes_done"] == result["bytes_done"]
         assert not module_processes(workdir), "the module process ended"
 
         srv.clear_faults()
@@ -573,13 +536,7 @@ def test_killed_during_inspection_then_the_next_run_installs(tmp_path, server, p
         "name": "Deploy", "directdownload.kvm.download": args_for(
             server, served, pool, checksum="sha256:" + sha256(www / served))}]}]
     workdir = tmp_path / "killed"
-    workdir.mkdir()
-    (workdir / "ansible.cfg").touch()
-    argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
-            str(_write_playbook(play, workdir))]
-    env = playbook_env(workdir, env={"PATH": "%s:%s" % (bin_dir, os.environ["PATH"])})
-    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,  # pylint: disable=consider-using-with
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_playbook(workdir, play, env={"PATH": "%s:%s" % (bin_dir, os.environ["PATH"])})
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
@@ -588,8 +545,8 @@ def test_killed_during_inspection_then_the_next_run_installs(tmp_path, server, p
             time.sleep(0.1)
     finally:
         kill_run(proc, workdir)  # the module process and the hanging qemu-img, each by its PID
-    sidecar = json.loads((pool / ".disk.qcow2.part.json").read_text())
-    assert sidecar["bytes_done"] == sidecar["total"] == size and visible(pool) == []
+    state = sidecar(pool, "disk.qcow2")
+    assert state["bytes_done"] == state["total"] == size and visible(pool) == []
     assert (pool / ".disk.qcow2.extracting").exists() == bool(kind)
 
     server.clear_requests()

@@ -9,10 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import socket
-import subprocess
-import time
 
 import pytest
 
@@ -21,12 +18,12 @@ from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 from ansible_collections.directdownload.kvm.tests.integration.conftest import (
-    _venv_tool,
-    _write_inventory,
-    _write_playbook,
+    kill_module,
     kill_tree,
-    playbook_env,
     run_playbook_in,
+    sidecar,
+    start_playbook,
+    wait_for_progress,
 )
 
 MiB = 1024 * 1024
@@ -197,13 +194,6 @@ def test_a_metalink_behind_a_redirect_is_a_metalink_for_download_and_url_check(r
     assert result["format_detected"] == "qcow2" and result["size"] == os.path.getsize(image)
 
 
-def _sidecar(pool):
-    try:
-        return json.loads((pool / ".disk.raw.part.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def test_kill_9_of_a_segmented_download_then_a_rerun_resumes(tmp_path, mirrors, pool, www):
     """The module process (an async job of the action plugin) is killed with SIGKILL in the middle of a download in
     ranges from two mirrors: the one sidecar .part.json holds progress figures and the piece map, and the next run
@@ -217,37 +207,19 @@ def test_kill_9_of_a_segmented_download_then_a_rerun_resumes(tmp_path, mirrors, 
                    name="disk.raw")
     play = [{"hosts": "all", "gather_facts": False, "tasks": [{
         "name": "Segmented", MODULE: args_for(first.url("disk.raw.meta4"), pool, connections=2, format="raw")}]}]
-    workdir = tmp_path / "killed"
-    workdir.mkdir()
-    (workdir / "ansible.cfg").touch()
-    argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
-            str(_write_playbook(play, workdir))]
-    proc = subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir), stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    seen = {}
+    proc = start_playbook(tmp_path / "killed", play)
     try:
-        deadline = time.monotonic() + 90
-        while seen.get("bytes_done", 0) < 6 * MiB:
-            assert time.monotonic() < deadline, "the segmented download never got going: %r" % seen
-            assert proc.poll() is None, "ansible-playbook ended before it could be killed"
-            time.sleep(0.1)
-            seen = _sidecar(pool)
+        seen = wait_for_progress(proc, pool, "disk.raw", 6 * MiB, timeout=90)
     finally:
         kill_tree(proc)
-        # The module runs as an async job of the download action plugin: kill it by the pid its sidecar names.
-        module_pid = _sidecar(pool).get("pid")
-        if module_pid:
-            try:
-                os.kill(module_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_module(pool, "disk.raw")
     # One sidecar, the same figures as one stream, and the piece map of the transfer in ranges.
     assert seen["total"] == len(data) and seen["connections"] == 2
     assert {"rate", "eta", "percent", "progress", "segments"} <= set(seen)
     assert seen["segments"]["done"] and "identity" not in seen
     # (the lock file of a killed run stays: the next run takes it over)
     assert sorted(set(os.listdir(pool)) - {".disk.raw.lock"}) == [".disk.raw.part", ".disk.raw.part.json"]
-    killed_at = _sidecar(pool)["bytes_done"]
+    killed_at = sidecar(pool, "disk.raw")["bytes_done"]
 
     for server in (first, second):
         server.clear_faults()

@@ -21,16 +21,15 @@ import pytest
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import NS_V4
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
-from ansible_collections.directdownload.kvm.tests.unit.lib.procs import pid_alive
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 from ansible_collections.directdownload.kvm.tests.integration.conftest import (
     VENV_PYTHON,
-    _venv_tool,
-    _write_inventory,
-    _write_playbook,
     kill_tree,
-    playbook_env,
+    sidecar,
+    start_playbook,
+    wait_for_progress,
+    wait_until_gone,
 )
 
 MiB = 1024 * 1024
@@ -149,18 +148,9 @@ def test_a_vanished_job_file_is_asked_of_async_status(tmp_path, www, pool, run_p
     with ImageServer(www) as srv:
         srv.set_fault("/slow.raw", rate=MiB)
         play = download_play(args_for(srv, pool), vars={"directdownload_progress_lease": 60})
-        workdir = tmp_path / "vanished"
-        workdir.mkdir()
-        (workdir / "ansible.cfg").touch()
-        argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
-                str(_write_playbook(play, workdir))]
-        with subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir, env=dirs), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        with start_playbook(tmp_path / "vanished", play, env=dirs, output=True) as proc:
             try:
-                deadline = time.monotonic() + 60
-                while _sidecar(pool).get("bytes_done", 0) < MiB:
-                    assert time.monotonic() < deadline and proc.poll() is None, "the download never started"
-                    time.sleep(0.1)
+                wait_for_progress(proc, pool, "slow.raw", MiB)
                 jobs = list(dirs["ANSIBLE_ASYNC_DIR"].iterdir())
                 assert len(jobs) == 1, jobs
                 jobs[0].unlink()
@@ -169,15 +159,8 @@ def test_a_vanished_job_file_is_asked_of_async_status(tmp_path, www, pool, run_p
                 if proc.poll() is None:
                     kill_tree(proc)
         assert proc.returncode == 2 and "could not find job" in output, output
-        pid = _sidecar(pool)["pid"]
-        try:
-            deadline = time.monotonic() + 15  # its next progress update (2 s), not the lease's 60 s
-            while pid_alive(pid):
-                assert time.monotonic() < deadline, "the unwatched download did not stop"
-                time.sleep(0.2)
-        finally:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        # its next progress update (2 s), not the lease's 60 s
+        wait_until_gone(_sidecar(pool)["pid"], 15, "the unwatched download did not stop")
         assert os.path.exists(pool / ".slow.raw.part") and not os.path.exists(pool / "slow.raw")
 
 
@@ -201,10 +184,17 @@ def test_segmented_metalink_download_shows_progress(run_playbook, www, pool, tmp
 
 
 def _sidecar(pool):
-    try:
-        return json.loads((pool / ".slow.raw.part.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return sidecar(pool, "slow.raw")
+
+
+def _kept_part_resumes(srv, pool, run_playbook):
+    """After an interrupted run: no image, the resumable .part with at least 2 MiB of 24, and the next run (at
+    full speed) resumes from it."""
+    assert os.path.exists(pool / ".slow.raw.part") and not os.path.exists(pool / "slow.raw")
+    assert 2 * MiB <= _sidecar(pool)["bytes_done"] < 24 * MiB
+    srv.clear_faults()
+    again = run_playbook(download_play(args_for(srv, pool)))
+    assert again.task("Download")["result"]["resumed_from"] >= 2 * MiB
 
 
 def test_a_killed_controller_stops_the_download_by_its_lease(tmp_path, www, pool, run_playbook):
@@ -213,37 +203,15 @@ def test_a_killed_controller_stops_the_download_by_its_lease(tmp_path, www, pool
         srv.set_fault("/slow.raw", rate=MiB)
         play = download_play(args_for(srv, pool), vars={"directdownload_progress_interval": 1,
                                                         "directdownload_progress_lease": 5})
-        workdir = tmp_path / "killed"
-        workdir.mkdir()
-        (workdir / "ansible.cfg").touch()
-        argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
-                str(_write_playbook(play, workdir))]
-        proc = subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir), stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = start_playbook(tmp_path / "killed", play)
         try:
-            deadline = time.monotonic() + 60
-            while _sidecar(pool).get("bytes_done", 0) < 2 * MiB:
-                assert time.monotonic() < deadline and proc.poll() is None, "the download never started"
-                time.sleep(0.1)
+            wait_for_progress(proc, pool, "slow.raw", 2 * MiB)
         finally:
             kill_tree(proc)
-        pid = _sidecar(pool)["pid"]
-        try:
-            # The job is daemonized: it outlives the controller, until its lease (5 s) runs out; without the lease
-            # it would go on for 20 s more and install the image.
-            deadline = time.monotonic() + 15
-            while pid_alive(pid):
-                assert time.monotonic() < deadline, "the abandoned download did not stop"
-                time.sleep(0.2)
-        finally:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        assert os.path.exists(pool / ".slow.raw.part") and not os.path.exists(pool / "slow.raw")
-        stopped_at = _sidecar(pool)["bytes_done"]
-        assert 2 * MiB <= stopped_at < 24 * MiB
-        srv.clear_faults()
-        again = run_playbook(download_play(args_for(srv, pool)))
-        assert again.task("Download")["result"]["resumed_from"] >= 2 * MiB
+        # The job is daemonized: it outlives the controller, until its lease (5 s) runs out; without the lease it
+        # would go on for 20 s more and install the image.
+        wait_until_gone(_sidecar(pool)["pid"], 15, "the abandoned download did not stop")
+        _kept_part_resumes(srv, pool, run_playbook)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -254,38 +222,17 @@ def test_ctrl_c_of_ansible_playbook_stops_the_job_at_once(tmp_path, www, pool, r
     images.random_raw(str(www / "slow.raw"), size=24 * MiB)
     with ImageServer(www) as srv:
         srv.set_fault("/slow.raw", rate=MiB)
-        workdir = tmp_path / "interrupted"
-        workdir.mkdir()
-        (workdir / "ansible.cfg").touch()
-        argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
-                str(_write_playbook(download_play(args_for(srv, pool)), workdir))]
-        proc = subprocess.Popen(argv, cwd=workdir, env=playbook_env(workdir), stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = start_playbook(tmp_path / "interrupted", download_play(args_for(srv, pool)))
         try:
-            deadline = time.monotonic() + 60
-            while _sidecar(pool).get("bytes_done", 0) < 2 * MiB:
-                assert time.monotonic() < deadline and proc.poll() is None, "the download never started"
-                time.sleep(0.1)
+            wait_for_progress(proc, pool, "slow.raw", 2 * MiB)
             time.sleep(1)  # the plugin has seen this run's sidecar (the module's pid)
             os.killpg(proc.pid, signum)
             assert proc.wait(30) != 0
         finally:
             if proc.poll() is None:
                 kill_tree(proc)
-        pid = _sidecar(pool)["pid"]
-        try:
-            deadline = time.monotonic() + 10
-            while pid_alive(pid):
-                assert time.monotonic() < deadline, "the download went on after the controller was interrupted"
-                time.sleep(0.1)
-        finally:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        assert os.path.exists(pool / ".slow.raw.part") and not os.path.exists(pool / "slow.raw")
-        assert 2 * MiB <= _sidecar(pool)["bytes_done"] < 24 * MiB
-        srv.clear_faults()
-        again = run_playbook(download_play(args_for(srv, pool)))
-        assert again.task("Download")["result"]["resumed_from"] >= 2 * MiB
+        wait_until_gone(_sidecar(pool)["pid"], 10, "the download went on after the controller was interrupted")
+        _kept_part_resumes(srv, pool, run_playbook)
 
 
 def test_the_agent_roles_operator_group_reads_the_sidecar(run_playbook, slow, pool, tmp_path):
@@ -296,18 +243,12 @@ def test_the_agent_roles_operator_group_reads_the_sidecar(run_playbook, slow, po
         run_playbook([{"hosts": "all", "gather_facts": False, "tasks": [{
             "name": "Apply the agent role", "ansible.builtin.include_role": {"name": "directdownload.kvm.agent"},
             "vars": {"agent_install_packages": False, "agent_config_dir": str(etc),
-                     "agent_tmp_dir": str(tmp_path / "agent-tmp"), "agent_progress_group": group}}]}])
+                     "agent_progress_group": group}}]}])
         assert json.loads((etc / "agent.json").read_text())["progress_group"] == group
         gid = grp.getgrnam(group).gr_gid
         play = download_play(args_for(slow, pool), vars={"directdownload_progress_interval": 0})
-        workdir = tmp_path / "watched"
-        workdir.mkdir()
-        (workdir / "ansible.cfg").touch()
-        argv = [_venv_tool("ansible-playbook"), "-i", str(_write_inventory(None, workdir)),
-                str(_write_playbook(play, workdir))]
-        env = playbook_env(workdir, env={"DIRECTDOWNLOAD_SETTINGS": str(etc / "agent.json")})
-        with subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) as proc:
+        settings = {"DIRECTDOWNLOAD_SETTINGS": str(etc / "agent.json")}
+        with start_playbook(tmp_path / "watched", play, env=settings) as proc:
             seen = None
             deadline = time.monotonic() + 60
             while seen is None and proc.poll() is None and time.monotonic() < deadline:
