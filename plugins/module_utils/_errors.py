@@ -14,7 +14,8 @@ retry scope, two booleans that the error class sets (an instance may narrow them
   verification failure is retryable elsewhere (that host may hold the uploaded CA) though not here; a checksum
   mismatch or an image refused by policy is retryable nowhere (every host fetches the same bytes).
 
-``retryable`` is a deprecated alias: reading it gives ``retry_elsewhere``, setting it sets both.
+Whoever raises an error that does not fit its class default says so with ``retry_scope(here, elsewhere)``; there
+is no single "retryable" flag, because "not here" and "nowhere" are different answers.
 Modules turn these errors into ``fail_json`` in one place, ``_module.failures``.
 """
 
@@ -69,15 +70,6 @@ class DirectDownloadError(Exception):
         self.retry_here = bool(here)
         self.retry_elsewhere = bool(elsewhere)
         return self
-
-    @property
-    def retryable(self) -> bool:
-        """Deprecated alias of ``retry_elsewhere`` (setting it sets both flags)."""
-        return self.retry_elsewhere
-
-    @retryable.setter
-    def retryable(self, value: bool) -> None:
-        self.retry_scope(value, value)
 
 
 def human_size(count: int) -> str:

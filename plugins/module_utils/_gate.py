@@ -345,8 +345,9 @@ def run_qemu_img(args: Sequence[str], qemu_img: str = "qemu-img",
                  timeout: float = QEMU_IMG_TIMEOUT) -> tuple[int, bytes, bytes]:
     """Run ``qemu-img ARGS`` on a leash (see the module docstring) and return ``(returncode, stdout, stderr)``.
 
-    Raises DirectDownloadError (retryable) when qemu-img is missing or does not answer within ``timeout`` seconds;
-    the whole process group is killed first.
+    Raises DirectDownloadError when qemu-img is missing (retryable elsewhere only: another host may have it) or
+    does not answer within ``timeout`` seconds (retryable here and elsewhere; the whole process group is killed
+    first).
     """
     env = dict(os.environ, LC_ALL="C")
     try:
@@ -358,8 +359,8 @@ def run_qemu_img(args: Sequence[str], qemu_img: str = "qemu-img",
     except FileNotFoundError:
         raise DirectDownloadError(
             "%s not found: install the package that provides it (qemu-utils on Debian/Ubuntu, qemu-img on "
-            "RHEL/Rocky/Alma)" % qemu_img
-        ) from None
+            "RHEL/Rocky/Alma)" % qemu_img, reason="qemu_img_missing"
+        ).retry_scope(False, True) from None
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

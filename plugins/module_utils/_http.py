@@ -343,7 +343,8 @@ def _accepts_ranges(response):
 
 
 def status_error(url: str, status: int, reason: str = "", retry_after: Optional[str] = None) -> HTTPStatusError:
-    """HTTPStatusError for an unusable answer: 5xx, 408 and 429 are retryable, other 4xx are not."""
+    """HTTPStatusError for an unusable answer: 5xx, 408 and 429 are retryable here and elsewhere, other 4xx
+    nowhere (the same URL is asked the same way from every host)."""
     hint = ""
     if status in (401, 403):
         hint = " (check the credentials and headers)"
@@ -351,8 +352,8 @@ def status_error(url: str, status: int, reason: str = "", retry_after: Optional[
         hint = " (check the URL)"
     error = HTTPStatusError("%s answered HTTP %d %s%s" % (redact_url(url), status, reason or "", hint), status,
                             url=redact_url(url), retry_after=retry_after)
-    error.retryable = status >= 500 or status in RETRYABLE_STATUSES
-    return error
+    temporary = status >= 500 or status in RETRYABLE_STATUSES
+    return error.retry_scope(temporary, temporary)
 
 
 def _retry_after(response):
@@ -361,10 +362,11 @@ def _retry_after(response):
     return int(value) if value.isdigit() else (value or None)
 
 
-def _fail(msg, url, retryable=True, **details):
+def _fail(msg, url, final=False, **details):
+    """A SourceError; ``final``: retryable nowhere (a refused redirect, a server that cannot serve ranges: every
+    host and every later attempt gets the same answer)."""
     error = SourceError(msg, url=redact_url(url), **details)
-    error.retryable = retryable
-    return error
+    return error.retry_scope(False, False) if final else error
 
 
 class HttpBody:
@@ -485,7 +487,8 @@ class HttpSource(Source):
         With a range, ``If-Range`` carries the strong ETag or else Last-Modified of ``validators``; without
         validators the range is asked for unconditionally (the checksum is then the only guard). A 200 answer to an
         open-ended range is a restart (``body.offset == 0``); to a segment (``end``) it raises SourceError
-        (reason ``no_range``); a 416 raises HTTPStatusError (reason ``range_not_satisfiable``, retryable).
+        (reason ``no_range``); a 416 raises HTTPStatusError (reason ``range_not_satisfiable``,
+        retryable: the engine starts over).
         """
         offset = int(offset)
         if offset < 0 or (end is not None and end <= offset):
@@ -570,7 +573,7 @@ class HttpSource(Source):
             # The resource is shorter than the .part: it changed. Retryable: the engine starts over from byte 0.
             error = status_error(url, 416, "Range Not Satisfiable: the resource ends before byte %d; start over"
                                  % offset)
-            error.retryable = True
+            error.retry_scope(True, True)
             error.details["reason"] = "range_not_satisfiable"
             raise error
         if status not in (200, 206):
@@ -579,7 +582,7 @@ class HttpSource(Source):
             length = _content_length(response)
             if end is not None and not (offset == 0 and length == end):
                 raise _fail("%s ignored the request for bytes %d-%d (answered 200 with the whole resource): it "
-                            "cannot serve segments" % (redact_url(url), offset, end - 1), url, retryable=False,
+                            "cannot serve segments" % (redact_url(url), offset, end - 1), url, final=True,
                             reason="no_range")
             return 0, length
         if not ranged:
@@ -629,22 +632,20 @@ class HttpSource(Source):
             response.close()
             connection.close()
             if not options.follow_redirects:
-                error = status_error(url, status, "(a redirect to %s; follow_redirects is off)"
-                                     % redact_url(urljoin(url, location or "")))
-                error.retryable = False
-                raise error
+                raise status_error(url, status, "(a redirect to %s; follow_redirects is off)"
+                                   % redact_url(urljoin(url, location or ""))).retry_scope(False, False)
             if not location:
-                raise _fail("%s answered %d without a Location" % (redact_url(url), status), url, retryable=False,
+                raise _fail("%s answered %d without a Location" % (redact_url(url), status), url, final=True,
                             reason="redirect")
             next_url = urljoin(url, location.strip())
             try:
                 next_target = _Target(next_url)
             except InvalidInput as exc:
                 raise _fail("%s redirects to an unusable URL: %s" % (redact_url(url), exc.msg), url,
-                            retryable=False, reason="redirect") from None
+                            final=True, reason="redirect") from None
             if target.scheme == "https" and next_target.scheme == "http":
                 raise _fail("refusing the redirect from %s to %s: https must not downgrade to http"
-                            % (redact_url(url), redact_url(next_url)), url, retryable=False, reason="redirect")
+                            % (redact_url(url), redact_url(next_url)), url, final=True, reason="redirect")
             if hop == options.max_redirects:
                 break
             if next_target.origin != origin and not (
@@ -652,7 +653,7 @@ class HttpSource(Source):
                 keep_credentials = False  # another origin: no user header but the allowed ones, now or on later hops
             url, target = next_url, next_target
         raise _fail("too many redirects (more than %d) starting at %s" % (options.max_redirects, redact_url(self.url)),
-                    self.url, retryable=False, reason="redirect")
+                    self.url, final=True, reason="redirect")
 
     def _send(self, method, target, headers):
         """One request on a new connection: connect within connect_timeout, then read with read_timeout."""

@@ -197,11 +197,30 @@ def _checked_transport(transport):
     return transport
 
 
-def _nfs_error(msg, reason, retryable=True, **details):
-    """A SourceError with a ``reason`` detail; ``retryable`` False when every host would see the same."""
-    error = SourceError(msg, reason=reason, **details)
-    error.retryable = retryable
-    return error
+# Where another attempt may succeed, by reason: (retry_here, retry_elsewhere); docs/nfs.md, "Errors".
+# A missing file is missing for every host. An export or permission rule that leaves out this host, or a client side
+# this host lacks, gives the same answer here again but may not on another host. A server that went away, a stall,
+# a failure nobody recognised: another attempt anywhere may succeed.
+NOWHERE, ELSEWHERE, ANYWHERE = (False, False), (False, True), (True, True)
+RETRY_SCOPES = {
+    "file_missing": NOWHERE,
+    "not_a_file": NOWHERE,
+    "export_not_found": ELSEWHERE,
+    "permission_denied": ELSEWHERE,
+    "no_transport": ELSEWHERE,
+    "version_unsupported": ELSEWHERE,
+    "no_range": ELSEWHERE,  # another mirror, over HTTP, may serve ranges
+}
+
+
+def retry_scope(reason: str) -> tuple[bool, bool]:
+    """``(retry_here, retry_elsewhere)`` of an NFS failure with this ``reason`` (``RETRY_SCOPES``, else both)."""
+    return RETRY_SCOPES.get(reason, ANYWHERE)
+
+
+def _nfs_error(msg, reason, **details):
+    """A SourceError with a ``reason`` detail, and the retry scope of that reason."""
+    return SourceError(msg, reason=reason, **details).retry_scope(*retry_scope(reason))
 
 
 def _which(name, sbin=False):
@@ -309,40 +328,40 @@ def _last_line(text):
 # Error classification
 
 
-# A rule: (needles, also, reason, retryable, explanation). It matches when the text holds one of ``needles`` and
+# A rule: (needles, also, reason, explanation). It matches when the text holds one of ``needles`` and
 # every one of ``also``. A needle matches as written, and an all-lower-case needle also matches the text in lower
 # case. The first rule that matches wins; the last one of a table has no needles and always matches.
 _LIBNFS_RULES = (
     # Also what a server answers to a client that its export rules leave out: another host may pass.
     (("MNT3ERR_ACCES", "MNT3ERR_NOENT", "MNT3ERR_PERM"), (),
-     "export_not_found", True, "export not found, or this host may not mount it"),
+     "export_not_found", "export not found, or this host may not mount it"),
     (("NFS4ERR_NOENT",), ("Failed to mount nfs share",),
-     "export_not_found", True, "export not found (no such path in the server's NFSv4 namespace)"),
-    (("NFS3ERR_NOENT", "NFS4ERR_NOENT"), (), "file_missing", False, "file not found on the server"),
+     "export_not_found", "export not found (no such path in the server's NFSv4 namespace)"),
+    (("NFS3ERR_NOENT", "NFS4ERR_NOENT"), (), "file_missing", "file not found on the server"),
     (("ACCES", "NFS3ERR_PERM", "NFS4ERR_PERM", "Permission denied"), (),
-     "permission_denied", True, "permission denied by the server"),
-    (("NFS3ERR_ISDIR", "NFS4ERR_ISDIR"), (), "not_a_file", False, "the URL names a directory, not a file"),
-    (("Can not resolv", "resolve"), (), "unreachable", True, "cannot resolve the server name"),
+     "permission_denied", "permission denied by the server"),
+    (("NFS3ERR_ISDIR", "NFS4ERR_ISDIR"), (), "not_a_file", "the URL names a directory, not a file"),
+    (("Can not resolv", "resolve"), (), "unreachable", "cannot resolve the server name"),
     (("Program is not available", "nfs_service failed", "Failed to start connection", "connect"), (),
-     "unreachable", True, "server unreachable (no NFS service answered)"),
+     "unreachable", "server unreachable (no NFS service answered)"),
     (("Failed to read from file",), (),
-     "interrupted", True, "the transfer broke off (server stopped or connection lost)"),
-    (None, (), "nfs_error", True, "NFS error"),
+     "interrupted", "the transfer broke off (server stopped or connection lost)"),
+    (None, (), "nfs_error", "NFS error"),
 )
 
 _MOUNT_RULES = (
     (("access denied by server",), (),
-     "export_not_found", True, "access denied by the server: export not found, or this host may not mount it"),
+     "export_not_found", "access denied by the server: export not found, or this host may not mount it"),
     (("no such file or directory",), ("reason given by server",),
-     "export_not_found", True, "export directory not found on the server"),
+     "export_not_found", "export directory not found on the server"),
     (("permission denied", "operation not permitted", "only root"), (),
-     "permission_denied", True, "not permitted to mount"),
+     "permission_denied", "not permitted to mount"),
     (("protocol not supported", "requested nfs version"), (),
-     "version_unsupported", True, "the server does not offer the requested NFS version"),
-    (("unknown filesystem type", "no such device"), (), "no_transport", True, "the kernel has no NFS client"),
+     "version_unsupported", "the server does not offer the requested NFS version"),
+    (("unknown filesystem type", "no such device"), (), "no_transport", "the kernel has no NFS client"),
     (("connection refused", "timed out", "no route to host", "resolve", "network is unreachable",
-      "program not registered"), (), "unreachable", True, "server unreachable"),
-    (None, (), "mount_failed", True, "mount failed"),
+      "program not registered"), (), "unreachable", "server unreachable"),
+    (None, (), "mount_failed", "mount failed"),
 )
 
 
@@ -352,19 +371,20 @@ def _classify(text, rules):
     def holds(needle):
         return needle in text or (needle.islower() and needle in low)
 
-    for needles, also, reason, retryable, explanation in rules:
+    for needles, also, reason, explanation in rules:
         if (needles is None or any(holds(n) for n in needles)) and all(holds(n) for n in also):
-            return reason, retryable, explanation
+            return reason, explanation
     raise AssertionError("a rule table ends with a rule that always matches")
 
 
-def classify_libnfs_error(text: str) -> tuple[str, bool, str]:
-    """(reason, retryable, explanation) for the stderr/stdout of nfs-ls or nfs-cat."""
+def classify_libnfs_error(text: str) -> tuple[str, str]:
+    """(reason, explanation) for the stderr/stdout of nfs-ls or nfs-cat (``retry_scope(reason)`` says where to
+    retry)."""
     return _classify(text or "", _LIBNFS_RULES)
 
 
-def classify_mount_error(text: str) -> tuple[str, bool, str]:
-    """(reason, retryable, explanation) for mount(8)/mount.nfs output."""
+def classify_mount_error(text: str) -> tuple[str, str]:
+    """(reason, explanation) for mount(8)/mount.nfs output."""
     return _classify(text or "", _MOUNT_RULES)
 
 
@@ -428,10 +448,10 @@ class KernelMount:
             raise _nfs_error("mounting %s timed out after %ss" % (shown, self._mount_timeout()), "timeout")
         if rc != 0:
             self._remove_mountpoint()
-            reason, retryable, explanation = classify_mount_error(out + "\n" + err)
+            reason, explanation = classify_mount_error(out + "\n" + err)
             raise _nfs_error("cannot mount %s for %s: %s (mount exit %d: %s)"
                              % (self.location.mount_spec(), shown, explanation, rc, _last_line(err or out)),
-                             reason, retryable, rc=rc)
+                             reason, rc=rc)
         self.mounted = True
         return self.mountpoint
 
@@ -477,9 +497,9 @@ def _validators_from_stat(st):
 def _file_error(location, exc, doing):
     shown = redact_url(location.url)
     if isinstance(exc, FileNotFoundError):
-        return _nfs_error("%s: file not found on the server" % shown, "file_missing", False)
+        return _nfs_error("%s: file not found on the server" % shown, "file_missing")
     if isinstance(exc, IsADirectoryError):
-        return _nfs_error("%s: the URL names a directory, not a file" % shown, "not_a_file", False)
+        return _nfs_error("%s: the URL names a directory, not a file" % shown, "not_a_file")
     if isinstance(exc, PermissionError):
         return _nfs_error("%s: permission denied by the server" % shown, "permission_denied")
     if exc.errno == errno.ESTALE:
@@ -665,11 +685,11 @@ class PipeBody(_GuardedBody):
         shown = redact_url(self.url)
         if rc != 0:
             text = self._stderr_text()
-            reason, retryable, explanation = classify_libnfs_error(text)
+            reason, explanation = classify_libnfs_error(text)
             if reason == "nfs_error":
                 reason, explanation = "interrupted", "the transfer broke off"
             raise _nfs_error("%s: %s after %d bytes (nfs-cat exit %d: %s)"
-                             % (shown, explanation, self.received, rc, _last_line(text)), reason, retryable,
+                             % (shown, explanation, self.received, rc, _last_line(text)), reason,
                              received=self.received)
         if self.size is not None and self.received != self.size:
             raise _nfs_error("%s: received %d bytes, the server lists %d (short stream or file changed)"
@@ -714,23 +734,23 @@ class _LibnfsClient:
             argv = [_which("nfs-ls"), self.location.libnfs_url(self.location.directory, version)]
             rc, out, err, timed_out = _run(argv, self._listing_timeout())
             if timed_out:
-                failures.append((version, "unreachable", True, "no answer within %ss" % self._listing_timeout(), ""))
+                failures.append((version, "unreachable", "no answer within %ss" % self._listing_timeout(), ""))
                 continue
             if rc != 0:
                 text = err + "\n" + out
-                reason, retryable, explanation = classify_libnfs_error(text)
+                reason, explanation = classify_libnfs_error(text)
                 if "Failed to opendir" in out and reason == "file_missing":
                     # The export mounted but the directory inside it is missing: the file cannot be there.
-                    reason, retryable, explanation = "file_missing", False, "directory not found on the server"
-                failures.append((version, reason, retryable, explanation, _last_line(text)))
+                    explanation = "directory not found on the server"
+                failures.append((version, reason, explanation, _last_line(text)))
                 continue
             self.version = version
             entry = parse_nfs_ls(out).get(self.location.file_name)
             if entry is None:
-                raise _nfs_error("%s: file not found on the server (NFSv%d)" % (shown, version), "file_missing", False)
+                raise _nfs_error("%s: file not found on the server (NFSv%d)" % (shown, version), "file_missing")
             kind, size = entry
             if kind == "d":
-                raise _nfs_error("%s: the URL names a directory, not a file" % shown, "not_a_file", False)
+                raise _nfs_error("%s: the URL names a directory, not a file" % shown, "not_a_file")
             # A symbolic link lists its own length: the target's size is unknown until nfs-cat follows it.
             return kind, (size if kind == "-" else None)
         raise self._failure(failures)
@@ -740,9 +760,9 @@ class _LibnfsClient:
         rank = ("file_missing", "not_a_file", "permission_denied", "export_not_found", "interrupted", "nfs_error",
                 "unreachable")
         failures.sort(key=lambda item: rank.index(item[1]) if item[1] in rank else len(rank))
-        version, reason, retryable, explanation, detail = failures[0]
-        tried = "; ".join("NFSv%d: %s" % (item[0], item[4] or item[3]) for item in failures)
-        return _nfs_error("%s: %s (%s)" % (redact_url(self.location.url), explanation, tried), reason, retryable,
+        version, reason, explanation, _detail = failures[0]
+        tried = "; ".join("NFSv%d: %s" % (item[0], item[3] or item[2]) for item in failures)
+        return _nfs_error("%s: %s (%s)" % (redact_url(self.location.url), explanation, tried), reason,
                           nfs_version=version)
 
     def cat(self, size, version=None):
@@ -818,7 +838,7 @@ class NfsSource(Source):
             except OSError as exc:
                 raise _file_error(self.location, exc, "opening") from exc
             if not _stat_is_file(st):
-                raise _nfs_error("%s: the URL names a directory, not a file" % redact_url(self.url), "not_a_file", False)
+                raise _nfs_error("%s: the URL names a directory, not a file" % redact_url(self.url), "not_a_file")
             if end is not None and end > st.st_size:
                 raise _nfs_error("%s: range end %d beyond the file size %d" % (redact_url(self.url), end, st.st_size),
                                  "range_not_satisfiable", False)
@@ -862,7 +882,7 @@ class NfsSource(Source):
             finally:
                 mount.unmount()
             if not _stat_is_file(st):
-                raise _nfs_error("%s: the URL names a directory, not a file" % redact_url(self.url), "not_a_file", False)
+                raise _nfs_error("%s: the URL names a directory, not a file" % redact_url(self.url), "not_a_file")
             size, validators, version = st.st_size, _validators_from_stat(st), mount.version
         else:
             client = self._client()

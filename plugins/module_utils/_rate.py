@@ -194,9 +194,8 @@ class Connection:
 
 
 def _limit_error(msg, url, reason, **details):
-    error = SourceError(msg, url=url, reason=reason, **details)
-    error.retryable = True  # another host (another network path) may well be faster
-    return error
+    # A SourceError's default scope, here and elsewhere: another host (another network path) may well be faster.
+    return SourceError(msg, url=url, reason=reason, **details)
 
 
 # The options of ``download`` that limit a transfer and its retries; documented by the doc fragment

@@ -49,19 +49,19 @@ def is_busy(exc):
 
 def refuses_peer(ref, exc):
     """True when ``exc`` from the peer ``ref`` means it will not serve this download: 401/403/404/410, a pin
-    mismatch or another TLS failure, any error that is not retryable."""
+    mismatch or another TLS failure, any error not retryable elsewhere."""
     if not getattr(ref, "peer", False):
         return False
     details = getattr(exc, "details", None) or {}
     return (getattr(exc, "status", None) in PEER_REFUSALS or details.get("reason") == "tls"
-            or getattr(exc, "retryable", True) is False)
+            or getattr(exc, "retry_elsewhere", True) is False)
 
 
 class SourceSelector:
     """The sources of one file (``_description.SourceRef`` in try order) and what happened to each.
 
     ``errors`` lists ``{"url": redacted, "error": message}`` for every failure, in order (the ``mirror_errors``
-    result); ``retryable`` runs parallel to it (could another attempt succeed?)."""
+    result); ``scopes`` runs parallel to it: each failure's ``(retry_here, retry_elsewhere)``."""
 
     def __init__(self, refs, max_failures=3):
         self.refs = list(refs)
@@ -70,7 +70,7 @@ class SourceSelector:
         for ref in self.refs:
             self._state.setdefault(ref.url, _State(ref))
         self.errors = []
-        self.retryable = []
+        self.scopes = []
 
     def state(self, url):
         return self._state[url]
@@ -83,9 +83,12 @@ class SourceSelector:
         refs.sort(key=lambda r: self._state[r.url].slow)
         return refs
 
-    def record_error(self, ref, exc, retryable=None):
+    def record_error(self, ref, exc, scope=None):
+        """One failure of ``ref``; ``scope`` ``(retry_here, retry_elsewhere)`` instead of the error's own."""
         self.errors.append(dict(url=ref.redacted, error=error_text(exc)))
-        self.retryable.append(getattr(exc, "retryable", True) if retryable is None else retryable)
+        if scope is None:
+            scope = (getattr(exc, "retry_here", True), getattr(exc, "retry_elsewhere", True))
+        self.scopes.append(tuple(scope))
         if refuses_peer(ref, exc):
             state = self._state.get(ref.url)
             if state is not None and not state.quarantined:
@@ -105,7 +108,7 @@ class SourceSelector:
         state.quarantined = True
         state.error = why
         self.errors.append(dict(url=state.ref.redacted, error=why))
-        self.retryable.append(False)
+        self.scopes.append((False, False))
         return True
 
     def count_bytes(self, url, count):
@@ -118,7 +121,7 @@ class SourceSelector:
         """A connection to ``ref`` failed. Returns True when the source is set aside now (``fatal``: it can take no
         part at all, e.g. no exact ranges; else after ``max_failures`` failures)."""
         state = self._state[ref.url]
-        self.record_error(ref, exc, retryable=True)
+        self.record_error(ref, exc, scope=(True, True))
         if state.quarantined:  # a peer that refused us (refuses_peer)
             state.set_aside = True
             return True
@@ -183,7 +186,7 @@ class SourceSelector:
         """Take in what a transfer's own selector (over some of these sources) saw: errors, bytes, rejected pieces,
         quarantines; a source it set aside keeps its error (it may be tried again by a later attempt)."""
         self.errors.extend(other.errors)
-        self.retryable.extend(other.retryable)
+        self.scopes.extend(other.scopes)
         for url, theirs in other._state.items():  # pylint: disable=protected-access
             mine = self._state.get(url)
             if mine is None:

@@ -28,7 +28,7 @@ _STATE = {"installed": 0, "deferred": 0, "pending": None}
 
 
 class Interrupted(DirectDownloadError):
-    """The run was stopped by a signal. ``retryable``: the next run (here or elsewhere) resumes."""
+    """The run was stopped by a signal. Retryable here and elsewhere: the next run resumes."""
 
     def __init__(self, signum, msg=None, **details):
         try:

@@ -300,9 +300,11 @@ class MultiSource(Source):
         summary = "; ".join("%s: %s" % (e["url"], e["error"]) for e in errors[-10:])
         error = SourceError("metalink %s: %s%s" % (self.file.name, what, " (%s)" % summary if summary else ""),
                             mirror_errors=list(errors))
-        # Retryable unless every source failed for good (404s, refused ranges): then retries only waste time.
-        flags = self.selector.retryable[since:] or self.selector.retryable
-        error.retryable = any(flags) if flags else True
+        # Retryable here (elsewhere) when one of the failures was: when every source failed for good (404s, refused
+        # ranges), retries only waste time.
+        scopes = self.selector.scopes[since:] or self.selector.scopes
+        if scopes:
+            error.retry_scope(any(here for here, _ in scopes), any(elsewhere for _, elsewhere in scopes))
         return error
 
     def count_bytes(self, mirror, count):

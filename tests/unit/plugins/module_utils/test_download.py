@@ -125,7 +125,7 @@ def test_progress_sidecar_and_resume_identity(server, pool, www):
         "sha256:" + images.sha256_file(str(www / "disk.qcow2"))))
     with pytest.raises(SourceError) as failure:
         _download.run(request, open_source)
-    assert failure.value.retryable and failure.value.details["attempts"] == 1
+    assert (failure.value.retry_here, failure.value.retry_elsewhere) == (True, True) and failure.value.details["attempts"] == 1
     sidecar = json.loads((pool / ".disk.qcow2.part.json").read_text())
     assert sidecar["bytes_done"] > 0 and sidecar["total"] == size
     assert sidecar["source"] == server.url("disk.qcow2") and len(sidecar["identity"]) == 64
@@ -142,7 +142,7 @@ def test_mismatch_is_bounded_and_leaves_nothing(server, pool):
     request = request_for(server, pool, checksum=parse_checksum("{MD5}" + "a" * 32))
     with pytest.raises(ChecksumMismatch) as failure:
         _download.run(request, open_source)
-    assert failure.value.expected == "{MD5}" + "a" * 32 and not failure.value.retryable
+    assert failure.value.expected == "{MD5}" + "a" * 32 and (failure.value.retry_here, failure.value.retry_elsewhere) == (False, False)
     assert "after 2 downloads" in failure.value.msg, "mismatch_retries defaults to 1: two downloads in all"
     assert "bytes transferred in all" in failure.value.msg and failure.value.details["downloads"] == 2
     assert os.listdir(pool) == []
@@ -154,7 +154,7 @@ def test_an_announced_size_above_max_size_is_refused_before_the_transfer(server,
     with pytest.raises(ImageRejected) as failure:
         _download.run(request, open_source)
     assert failure.value.details["rule"] == "max_size" and "before the transfer" in failure.value.msg
-    assert not failure.value.retryable
+    assert (failure.value.retry_here, failure.value.retry_elsewhere) == (False, False)
     assert os.listdir(pool) == [], "nothing written, no .part kept"
     assert len(server.requests_for("/disk.qcow2")) == 1, "refused on the first answer, never retried"
     assert _download.run(request_for(server, pool, max_size=size), open_source)["changed"]

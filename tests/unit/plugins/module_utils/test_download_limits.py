@@ -29,7 +29,7 @@ def test_out_of_bounds_is_refused_with_one_clear_message(option, value, words):
     with pytest.raises(InvalidInput) as err:
         DownloadRequest(URL, "/pool", **{option: value})
     assert words in err.value.msg
-    assert err.value.retryable is False
+    assert (err.value.retry_here, err.value.retry_elsewhere) == (False, False)
 
 
 @pytest.mark.parametrize("option, value", [

@@ -26,13 +26,12 @@ def test_each_class_sets_its_retry_scope(error, here, elsewhere):
     assert (error.retry_here, error.retry_elsewhere) == (here, elsewhere)
 
 
-def test_an_instance_narrows_its_scope_and_the_alias_follows():
+def test_an_instance_narrows_its_scope():
     error = _errors.SourceError("HTTP 404").retry_scope(False, False)
-    assert (error.retry_here, error.retry_elsewhere, error.retryable) == (False, False, False)
-    error.retryable = True  # the deprecated setter sets both
-    assert (error.retry_here, error.retry_elsewhere) == (True, True)
-    assert _errors.TLSVerificationError("untrusted").retryable is True, "the alias reads retry_elsewhere"
+    assert (error.retry_here, error.retry_elsewhere) == (False, False)
+    assert error.retry_scope(False, True) is error and (error.retry_here, error.retry_elsewhere) == (False, True)
     assert _errors.SourceError("x").retry_here is True, "an instance's change stays on the instance"
+    assert not hasattr(error, "retryable"), "one flag for two questions is gone: retry_here and retry_elsewhere"
 
 
 def test_messages_and_details_are_escaped():

@@ -39,9 +39,9 @@ def ok(host, changed=True, moved=1000, **extra):
     return result
 
 
-def failed(host, msg="connection refused", retryable=True):
+def failed(host, msg="connection refused", elsewhere=True):
     return {"ansible_loop_var": "__deploy_candidate", "__deploy_candidate": host, "failed": True, "msg": msg,
-            "retry_elsewhere": retryable}
+            "retry_elsewhere": elsewhere}
 
 
 def unreachable(host):
@@ -178,7 +178,7 @@ def test_finish_after_no_success_releases_the_claim_and_summarises_every_host():
 
 def test_finish_says_when_a_non_retryable_error_stopped_the_rotation():
     doc = document()
-    outcome = finish(doc, take(doc), [failed("kvm1", "checksum mismatch", retryable=False)])
+    outcome = finish(doc, take(doc), [failed("kvm1", "checksum mismatch", elsewhere=False)])
     assert "after trying kvm1 (stopped: the error is not retryable on another host)" in outcome["row"]["error"]
 
 

@@ -160,7 +160,7 @@ def test_hostile_image_is_refused_by_its_rule_and_leaves_the_pool_empty(server, 
     with pytest.raises(ImageRejected) as caught:
         _download.run(_request(server, pool, filename, image_format=declared), open_source)
     assert caught.value.details.get("rule") == rule, caught.value.msg
-    assert not caught.value.retryable
+    assert (caught.value.retry_here, caught.value.retry_elsewhere) == (False, False)
     assert "\n" not in caught.value.msg
     assert os.listdir(str(pool)) == [], "the refusal left files in the pool"
     assert time.monotonic() - started < 30  # nothing blocked on the FIFO
@@ -460,13 +460,13 @@ GIB_100 = 100 * 1024 * MiB
 # ---------------------------------------------------------------- corrupt images and text in messages
 
 def test_a_corrupt_qcow2_is_refused_not_an_io_error(server, www, tmp_path):
-    # The backing-file offset 2**63+5 made Python's seek fail with EINVAL: "I/O error", retryable, before.
+    # The backing-file offset 2**63+5 made Python's seek fail with EINVAL: "I/O error", retryable anywhere, before.
     root, corpus = www
     pool = tmp_path / "pool"
     pool.mkdir()
     with pytest.raises(ImageRejected) as caught:
         _download.run(_request(server, pool, corpus["qcow2-backing-offset-2^63"][0]), open_source)
-    assert not caught.value.retryable and "outside the header" in caught.value.msg
+    assert (caught.value.retry_here, caught.value.retry_elsewhere) == (False, False) and "outside the header" in caught.value.msg
 
 
 def test_text_from_an_image_cannot_forge_lines(tmp_path):

@@ -179,13 +179,13 @@ def test_segment_refused_without_range_support(server):
     server.set_fault("/f.bin", no_range=True)
     with pytest.raises(SourceError) as info:
         HttpSource(server.url("f.bin"), opts()).open(offset=10, end=20)
-    assert info.value.details["reason"] == "no_range" and not info.value.retryable
+    assert info.value.details["reason"] == "no_range" and (info.value.retry_here, info.value.retry_elsewhere) == (False, False)
 
 
 def test_range_past_the_end_is_416(server):
     with pytest.raises(HTTPStatusError) as info:
         HttpSource(server.url("f.bin"), opts()).open(offset=SIZE + 5)
-    assert info.value.status == 416 and info.value.retryable
+    assert info.value.status == 416 and (info.value.retry_here, info.value.retry_elsewhere) == (True, True)
 
 
 def test_wrong_content_range_start():
@@ -222,7 +222,7 @@ def test_truncated_body(any_server, data):
     body = HttpSource(any_server.url("f.bin"), any_server.options).open()
     with pytest.raises(SourceError, match="truncated") as info:
         read_all(body)
-    assert info.value.retryable and info.value.details["reason"] == "truncated"
+    assert (info.value.retry_here, info.value.retry_elsewhere) == (True, True) and info.value.details["reason"] == "truncated"
     assert "300000 of %d" % SIZE in info.value.msg
 
 
@@ -237,7 +237,7 @@ def test_stall_gives_read_timeout(server):
     # The open is inside the check too: on a loaded machine the answer's headers may be what outlasts the timeout.
     with pytest.raises(SourceError, match="read_timeout") as info:
         read_all(HttpSource(server.url("f.bin"), opts(read_timeout=1.0)).open())
-    assert info.value.retryable and info.value.details["reason"] == "read_timeout"
+    assert (info.value.retry_here, info.value.retry_elsewhere) == (True, True) and info.value.details["reason"] == "read_timeout"
 
 
 def test_no_answer_gives_read_timeout():
@@ -246,13 +246,13 @@ def test_no_answer_gives_read_timeout():
             HttpSource(canned.url(), opts(read_timeout=0.3)).open()
 
 
-@pytest.mark.parametrize("status,retryable", [(500, True), (503, True), (429, True), (408, True), (404, False),
+@pytest.mark.parametrize("status,temporary", [(500, True), (503, True), (429, True), (408, True), (404, False),
                                               (403, False)])
-def test_status_errors(server, status, retryable):
+def test_status_errors(server, status, temporary):
     server.set_fault("/f.bin", status=status, headers={"Retry-After": "7"})
     with pytest.raises(HTTPStatusError) as info:
         HttpSource(server.url("f.bin") + "?sig=topsecret", opts()).open()
-    assert info.value.status == status and info.value.retryable is retryable
+    assert info.value.status == status and (info.value.retry_here, info.value.retry_elsewhere) == (temporary, temporary)
     assert "HTTP %d" % status in info.value.msg and "topsecret" not in info.value.msg
     assert info.value.details["retry_after"] == 7
 
@@ -268,7 +268,7 @@ def test_500_then_ok(server, data):
 def test_connection_refused():
     with pytest.raises(SourceError, match="connection refused") as info:
         HttpSource("http://127.0.0.1:%d/x" % free_port(), opts()).open()
-    assert info.value.retryable and info.value.details["reason"] == "refused"
+    assert (info.value.retry_here, info.value.retry_elsewhere) == (True, True) and info.value.details["reason"] == "refused"
 
 
 def test_server_closes_without_answer(server):
@@ -405,14 +405,14 @@ def test_redirect_refused_when_not_allowed(server):
     server.set_fault("/old", redirect_to="/f.bin")
     with pytest.raises(HTTPStatusError, match="follow_redirects is off") as info:
         HttpSource(server.url("old"), opts()).open()
-    assert info.value.status == 302 and not info.value.retryable
+    assert info.value.status == 302 and (info.value.retry_here, info.value.retry_elsewhere) == (False, False)
 
 
 def test_too_many_redirects(server):
     server.set_fault("/loop", redirect_to="/loop")
     with pytest.raises(SourceError, match="too many redirects") as info:
         HttpSource(server.url("loop"), opts(follow_redirects=True)).open()
-    assert not info.value.retryable and len(server.requests_for("/loop")) == 11
+    assert (info.value.retry_here, info.value.retry_elsewhere) == (False, False) and len(server.requests_for("/loop")) == 11
     server.clear_requests()
     with pytest.raises(SourceError, match="more than 2"):
         HttpSource(server.url("loop"), opts(follow_redirects=True, max_redirects=2)).open()
@@ -425,7 +425,7 @@ def test_https_to_http_refused(www, data, ca, tmp_path):
         options = opts(follow_redirects=True, ca_path=ca.ca_pem_path(tmp_path))
         with pytest.raises(SourceError, match="must not downgrade") as info:
             HttpSource(secure.url("f.bin"), options).open()
-        assert not info.value.retryable and plain.requests == []
+        assert (info.value.retry_here, info.value.retry_elsewhere) == (False, False) and plain.requests == []
         plain.set_fault("/up", redirect_to=secure.url("f.bin"))  # the other way is fine
         secure.clear_faults()
         assert read_all(HttpSource(plain.url("up"), options).open()) == data
@@ -610,7 +610,7 @@ def test_probe_fallback_without_range_support(server):
 def test_probe_errors(server):
     with pytest.raises(HTTPStatusError) as info:
         HttpSource(server.url("missing"), opts()).probe()
-    assert info.value.status == 404 and not info.value.retryable
+    assert info.value.status == 404 and (info.value.retry_here, info.value.retry_elsewhere) == (False, False)
 
 
 def test_read_head(any_server, data, www):

@@ -205,7 +205,7 @@ def test_truncated_archive_is_refused_and_removed(tmp_path, kind):
 
 def test_zip_with_an_offset_before_the_file_is_refused_not_an_io_error(tmp_path):
     # The central directory says where the member is; one pointing before byte 0 made zipfile's seek fail with
-    # EINVAL, which was reported as a retryable I/O error (another host would get the same bytes).
+    # EINVAL, which was reported as an I/O error retryable anywhere (another host would get the same bytes).
     src = tmp_path / "s"
     src.write_bytes(bytes(4096))
     packed = tmp_path / "z.zip"
@@ -218,7 +218,7 @@ def test_zip_with_an_offset_before_the_file_is_refused_not_an_io_error(tmp_path)
     packed.write_bytes(bytes(data))
     with pytest.raises(ImageRejected) as caught:
         _install.extract(str(packed), str(tmp_path / "out"), "zip")
-    assert not caught.value.retryable
+    assert (caught.value.retry_here, caught.value.retry_elsewhere) == (False, False)
     assert not (tmp_path / "out").exists()
 
 
@@ -358,7 +358,7 @@ def test_backing_file_is_refused_without_running_qemu_img(tmp_path):
     assert info.backing_file == base
     with pytest.raises(ImageRejected, match="backing file") as caught:
         _gate.check_policy(info, "qcow2")
-    assert base in caught.value.msg and not caught.value.retryable
+    assert base in caught.value.msg and (caught.value.retry_here, caught.value.retry_elsewhere) == (False, False)
 
 
 def test_backing_file_reported_by_qemu_img_is_refused_too(tmp_path):
@@ -420,7 +420,7 @@ def test_missing_qemu_img_names_the_package(tmp_path):
     disk = images.qcow2(tmp_path / "disk", 16 * MiB)  # raw and ISO never need qemu-img: their size is their size
     with pytest.raises(DirectDownloadError, match="qemu-utils on Debian/Ubuntu, qemu-img on RHEL") as caught:
         _gate.inspect_image(disk, qemu_img=str(tmp_path / "no-such-qemu-img"))
-    assert caught.value.retryable  # another host may have it
+    assert (caught.value.retry_here, caught.value.retry_elsewhere) == (False, True)  # another host may have it
     raw = images.random_raw(tmp_path / "disk.raw", 64 * KiB, seed=11)
     assert _gate.inspect_image(raw, qemu_img=str(tmp_path / "no-such-qemu-img")).format == "raw"
 
@@ -433,7 +433,7 @@ def test_qemu_img_failure_carries_its_stderr(tmp_path):
     with pytest.raises(ImageRejected, match="qemu-img could not read") as caught:
         _gate.inspect_image(disk)
     assert "l1 table" in caught.value.details["stderr"].lower()
-    assert not caught.value.retryable and caught.value.details["rule"] == "qemu_img"
+    assert (caught.value.retry_here, caught.value.retry_elsewhere) == (False, False) and caught.value.details["rule"] == "qemu_img"
 
 
 # ---------------------------------------------------------------- atomic install

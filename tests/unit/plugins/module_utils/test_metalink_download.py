@@ -232,13 +232,13 @@ def test_every_mirror_failing_is_one_clear_error(image, servers, refused_url):
         source.open()
     assert "every mirror failed" in info.value.msg and "404" in info.value.msg and "410" in info.value.msg
     assert len(info.value.details["mirror_errors"]) == 3
-    # A refused connection may heal: the whole failure is retryable.
-    assert info.value.retryable
+    # A refused connection may heal: the whole failure is retryable, here and elsewhere.
+    assert (info.value.retry_here, info.value.retry_elsewhere) == (True, True)
     only_missing = MultiSource(describe(metalink([missing.url(NAME), gone.url(NAME)], image.data)),
                                open_source)
     with pytest.raises(SourceError) as info:
         only_missing.open()
-    assert not info.value.retryable
+    assert (info.value.retry_here, info.value.retry_elsewhere) == (False, False)
 
 
 def test_probe_and_read_head_fail_over(image, servers, refused_url):

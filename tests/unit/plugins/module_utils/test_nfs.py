@@ -34,7 +34,7 @@ import pytest
 from ansible_collections.directdownload.kvm.plugins.module_utils import _nfs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput, SourceError
 from ansible_collections.directdownload.kvm.plugins.module_utils._nfs import (
-    NfsOptions, NfsSource, classify_libnfs_error, classify_mount_error, parse_nfs_ls, parse_nfs_url)
+    NfsOptions, NfsSource, classify_libnfs_error, classify_mount_error, parse_nfs_ls, parse_nfs_url, retry_scope)
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
 from ansible_collections.directdownload.kvm.tests.unit.lib import nfs as nfs_lib
 from ansible_collections.directdownload.kvm.tests.unit.lib.nfs import GaneshaServer, ganesha_available
@@ -164,25 +164,25 @@ def test_parse_nfs_ls():
         "disk.img": ("-", 5242880), "images": ("d", 4096), "link.qcow2": ("l", 10), "name with  spaces.iso": ("-", 3)}
 
 
-@pytest.mark.parametrize("text, reason, retryable", [
+@pytest.mark.parametrize("text, reason, scope", [
     ("Failed to mount nfs share : mount_cb: RPC error: Mount failed with error MNT3ERR_ACCES(13) Permission denied(13)",
-     "export_not_found", True),
-    ("Failed to mount nfs share : mount_cb: NFS4: (path /wrong) failed with NFS4ERR_NOENT(-2)", "export_not_found", True),
+     "export_not_found", (False, True)),
+    ("Failed to mount nfs share : mount_cb: NFS4: (path /wrong) failed with NFS4ERR_NOENT(-2)", "export_not_found", (False, True)),
     ('Failed to open file /nope.img: open call failed with "NFS: Lookup of /nope.img failed with NFS3ERR_NOENT(-2)"',
-     "file_missing", False),
+     "file_missing", (False, False)),
     ('Failed to open file /nope.img: open call failed with "NFS4: (path /) failed with NFS4ERR_NOENT(-2)"',
-     "file_missing", False),
+     "file_missing", (False, False)),
     ('Failed to open file /s.img: open call failed with "NFS: ACCESS denied. Required access r--. Allowed access ---"',
-     "permission_denied", True),
-    ("Failed to mount nfs share : mount_cb: RPC error. Program is not available on 127.0.0.1", "unreachable", True),
-    ("Failed to mount nfs share : nfs_service failed", "unreachable", True),
+     "permission_denied", (False, True)),
+    ("Failed to mount nfs share : mount_cb: RPC error. Program is not available on 127.0.0.1", "unreachable", (True, True)),
+    ("Failed to mount nfs share : nfs_service failed", "unreachable", (True, True)),
     ("Failed to mount nfs share : nfs_mount_async failed. Failed to start connection. Invalid address:x.invalid. "
-     "Can not resolv into IPv4/v6 structure.", "unreachable", True),
-    ("Failed to read from file", "interrupted", True),
+     "Can not resolv into IPv4/v6 structure.", "unreachable", (True, True)),
+    ("Failed to read from file", "interrupted", (True, True)),
 ])
-def test_classify_libnfs_messages(text, reason, retryable):
-    """Messages as libnfs-utils 4.0 prints them (seen against ganesha)."""
-    assert classify_libnfs_error(text)[:2] == (reason, retryable)
+def test_classify_libnfs_messages(text, reason, scope):
+    """Messages as libnfs-utils 4.0 prints them (seen against ganesha); the reason decides the retry scope."""
+    assert classify_libnfs_error(text)[0] == reason and retry_scope(reason) == scope
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -197,6 +197,21 @@ def test_classify_libnfs_messages(text, reason, retryable):
 ])
 def test_classify_mount_messages(text, reason):
     assert classify_mount_error(text)[0] == reason
+
+
+@pytest.mark.parametrize("reason, scope", [
+    ("file_missing", (False, False)), ("not_a_file", (False, False)),
+    ("export_not_found", (False, True)), ("permission_denied", (False, True)), ("no_transport", (False, True)),
+    ("version_unsupported", (False, True)), ("no_range", (False, True)),
+    ("unreachable", (True, True)), ("interrupted", (True, True)), ("timeout", (True, True)),
+    ("mount_failed", (True, True)), ("nfs_error", (True, True)), ("a reason nobody named", (True, True)),
+])
+def test_the_reason_decides_the_retry_scope(reason, scope):
+    """docs/nfs.md, "Errors": asking this host again is useless where only its export rules or client side stand
+    in the way; a missing file is missing for every host."""
+    assert retry_scope(reason) == scope
+    error = _nfs._nfs_error("x", reason)  # pylint: disable=protected-access
+    assert (error.retry_here, error.retry_elsewhere) == scope and error.details["reason"] == reason
 
 
 def test_no_client_at_all_says_what_to_install(tmp_path, monkeypatch):
@@ -295,7 +310,7 @@ def test_missing_file_is_not_retryable(nfs_export, version):
         with pytest.raises(SourceError) as info:
             call()
         assert info.value.details["reason"] == "file_missing"
-        assert info.value.retryable is False
+        assert (info.value.retry_here, info.value.retry_elsewhere) == (False, False)
         assert "file not found" in info.value.msg
 
 
@@ -306,8 +321,8 @@ def test_wrong_export(nfs_server, version):
     with pytest.raises(SourceError) as info:
         source.open()
     assert info.value.details["reason"] == "export_not_found"
-    # A server's export rules may leave out this host only: another host may succeed.
-    assert info.value.retryable is True
+    # A server's export rules may leave out this host only: another host may succeed, this one will not.
+    assert (info.value.retry_here, info.value.retry_elsewhere) == (False, True)
     assert ("MNT3ERR_ACCES" if version == 3 else "NFS4ERR_NOENT") in info.value.msg
 
 
@@ -341,7 +356,7 @@ def test_unreachable_server(nfs_server):
     source = NfsSource("nfs://127.0.0.1:9/export/disk.qcow2?version=4", transport="libnfs")
     with pytest.raises(SourceError) as info:
         source.probe()
-    assert info.value.details["reason"] == "unreachable" and info.value.retryable is True
+    assert info.value.details["reason"] == "unreachable" and (info.value.retry_here, info.value.retry_elsewhere) == (True, True)
 
 
 def test_resume_restarts_and_ranges_are_refused(nfs_export):
@@ -446,7 +461,7 @@ def test_server_stopped_mid_transfer(tmp_path, version):
             body.close()
         assert received < len(data)
         assert info.value.details["reason"] in ("interrupted", "timeout")
-        assert info.value.retryable is True
+        assert (info.value.retry_here, info.value.retry_elsewhere) == (True, True)
         assert body._proc.returncode is not None
 
 
@@ -647,7 +662,7 @@ def test_missing_file_after_mount_unmounts(fake_mount, served):
     for call in (source.open, source.probe):
         with pytest.raises(SourceError) as info:
             call()
-        assert info.value.details["reason"] == "file_missing" and info.value.retryable is False
+        assert info.value.details["reason"] == "file_missing" and (info.value.retry_here, info.value.retry_elsewhere) == (False, False)
     assert len(fake_mount.calls("umount")) == 2
     assert fake_mount.leftovers() == ([], [])
 

@@ -123,7 +123,7 @@ def test_a_stale_lease_stops_the_download_and_keeps_the_part(server, pool, www, 
     lease = _progress.Lease(str(lease_path), 60)
     with pytest.raises(_progress.ControllerGone, match="not been watching") as failure:
         _download.run(request_for(server.url("big.raw"), pool, lease=lease), open_source)
-    assert not failure.value.retryable
+    assert (failure.value.retry_here, failure.value.retry_elsewhere) == (False, False)
     assert sorted(os.listdir(pool)) == [".big.raw.part", ".big.raw.part.json"]
     # A renewed (or vanished) lease lets the next run resume and finish.
     lease_path.unlink()

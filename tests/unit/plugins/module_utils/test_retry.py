@@ -26,10 +26,8 @@ from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageS
 MiB = 1024 * 1024
 
 
-def source_error(reason, retryable=True, **details):
-    error = SourceError("failed: %s" % reason, reason=reason, **details)
-    error.retryable = retryable
-    return error
+def source_error(reason, here=True, **details):
+    return SourceError("failed: %s" % reason, reason=reason, **details).retry_scope(here, True)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 405, 451])
@@ -44,7 +42,7 @@ def test_timeouts_rate_limits_and_server_errors_are_temporary(status):
 
 def test_a_404_stays_permanent_here_even_if_another_host_may_help():
     error = status_error("http://h/x", 404)
-    error.retryable = True  # "another host may help" is the error's retry scope, not this host's
+    error.retry_scope(True, True)  # the error's own scope does not decide a status the table knows
     assert _retry.classify(error) == _retry.PERMANENT
 
 
@@ -55,8 +53,8 @@ def test_transport_failures_are_temporary(reason):
 
 
 def test_permanent_transport_failures():
-    assert _retry.classify(source_error("tls", retryable=False)) == _retry.PERMANENT
-    assert _retry.classify(source_error("redirect", retryable=False)) == _retry.PERMANENT
+    assert _retry.classify(source_error("tls", here=False)) == _retry.PERMANENT
+    assert _retry.classify(source_error("redirect", here=False)) == _retry.PERMANENT
     assert _retry.classify(source_error("timeout")) == _retry.PERMANENT  # the budget is spent
     assert _retry.classify(source_error("resume_refused")) == _retry.PERMANENT
     assert _retry.classify(ChecksumMismatch("m", "a", "b")) == _retry.PERMANENT

@@ -23,7 +23,7 @@ def test_candidates_keep_the_order_put_slow_sources_last_and_drop_quarantined_on
     assert selector.quarantine("http://b/x", "again") is False
     assert [r.url for r in selector.candidates()] == ["http://c/x", "http://a/x"]
     assert selector.errors == [{"url": "http://b/x", "error": "checksum mismatch"}]
-    assert selector.retryable == [False]
+    assert selector.scopes == [(False, False)]
 
 
 def test_pick_spreads_connections_and_honours_server_caps():

@@ -48,7 +48,7 @@ def test_interruptible_raises_and_restores_the_handlers(signum):
         with _signals.interruptible():
             os.kill(os.getpid(), signum)
             time.sleep(5)  # the handler raises in the main thread, here
-    assert failure.value.signal_name == signum.name and failure.value.retryable
+    assert failure.value.signal_name == signum.name and (failure.value.retry_here, failure.value.retry_elsewhere) == (True, True)
     assert signal.getsignal(signum) is before
 
 
