@@ -30,6 +30,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from typing import Any
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import DirectDownloadError, InvalidInput
@@ -128,7 +129,7 @@ def canonical_alias(alias: str) -> str:
     return validate_alias(alias).lower()
 
 
-def load_certificate(data: str | bytes):
+def load_certificate(data: str | bytes) -> Any:
     """Parse one X.509 certificate from PEM, bare base64 (a PEM body without its markers, as CloudStack accepts) or DER.
 
     Raises InvalidInput when nothing parses, when the text holds several certificates (one alias, one certificate),
@@ -170,30 +171,30 @@ def load_certificate(data: str | bytes):
         raise InvalidInput("cannot parse the certificate: %s" % _short(exc)) from exc
 
 
-def to_pem(cert) -> bytes:
+def to_pem(cert: Any) -> bytes:
     return cert.public_bytes(Encoding.PEM)
 
 
-def fingerprint(cert) -> str:
+def fingerprint(cert: Any) -> str:
     """SHA-256 of the DER certificate as ``AB:CD:...``: the form keytool and ``openssl x509 -fingerprint`` print."""
     return ":".join("%02X" % byte for byte in bytearray(cert.fingerprint(hashes.SHA256())))
 
 
-def utc_now():
+def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def format_time(moment):
+def format_time(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def not_before(cert):
+def not_before(cert: Any) -> datetime.datetime:
     # cryptography >= 42 has the *_utc properties; older ones return naive datetimes that are UTC.
     value = getattr(cert, "not_valid_before_utc", None)
     return value if value is not None else cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
 
 
-def not_after(cert):
+def not_after(cert: Any) -> datetime.datetime:
     value = getattr(cert, "not_valid_after_utc", None)
     return value if value is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
 
@@ -205,7 +206,7 @@ def _is_ca(cert):
         return False
 
 
-def describe(cert, now: datetime.datetime | None = None, warning_days: int = 30) -> dict:
+def describe(cert: Any, now: datetime.datetime | None = None, warning_days: int = 30) -> dict:
     """What operators want to see about a certificate (no secret in here: it is all public).
 
     ``days_until_expiry`` counts whole days left (negative once expired); ``expiring_soon`` is true when fewer
@@ -230,7 +231,7 @@ def describe(cert, now: datetime.datetime | None = None, warning_days: int = 30)
     }
 
 
-def check_validity(cert, now: datetime.datetime | None = None) -> None:
+def check_validity(cert: Any, now: datetime.datetime | None = None) -> None:
     """Raise InvalidInput when ``cert`` is not valid at ``now`` (expired or not yet valid), with the dates."""
     now = now or utc_now()
     start, end = not_before(cert), not_after(cert)
@@ -244,7 +245,7 @@ def check_validity(cert, now: datetime.datetime | None = None) -> None:
         )
 
 
-def signing_problem(cert) -> str | None:
+def signing_problem(cert: Any) -> str | None:
     """Why ``cert`` cannot sign other certificates (None when it can): basicConstraints absent or CA:FALSE, or a
     keyUsage extension without keyCertSign (RFC 5280 4.2.1.3 and 4.2.1.9)."""
     try:
@@ -262,7 +263,7 @@ def signing_problem(cert) -> str | None:
     return None
 
 
-def check_can_sign(cert, allow_non_ca: bool = False) -> None:
+def check_can_sign(cert: Any, allow_non_ca: bool = False) -> None:
     """Refuse a certificate that cannot sign (InvalidInput), unless ``allow_non_ca`` (pinning a server certificate)."""
     problem = signing_problem(cert)
     if problem and not allow_non_ca:
@@ -411,7 +412,7 @@ class KeystoreEntry:
     chain_length: int = 0
 
     @property
-    def fingerprint(self):
+    def fingerprint(self) -> str | None:
         return fingerprint(self.certificate) if self.certificate is not None else None
 
     def __repr__(self):
@@ -447,7 +448,7 @@ class Keytool:
     the password redacted from it.
     """
 
-    def __init__(self, executable, password, requested=None):
+    def __init__(self, executable: str | None, password: str | None, requested: str | None = None) -> None:
         if not executable:
             where = "%s is not an executable" % requested if requested else "not on PATH, in $JAVA_HOME/bin or /usr/lib/jvm"
             raise KeystoreError("keytool was not found (%s): %s" % (where, JAVA_HINT))
@@ -485,11 +486,11 @@ class Keytool:
             )
         return out
 
-    def redact(self, text):
+    def redact(self, text: str) -> str:
         return text.replace(self.password, REDACTED) if self.password else text
 
     @staticmethod
-    def explain(output):
+    def explain(output: str) -> str:
         """keytool's message without the JKS migration advice; the wrong-password case said plainly."""
         lines = [line.strip() for line in output.splitlines() if line.strip()]
         lines = [line for line in lines if not any(noise.match(line) for noise in _KEYTOOL_NOISE)]
@@ -498,17 +499,17 @@ class Keytool:
             return "wrong keystore password (keytool: %s)" % message
         return message
 
-    def list(self, keystore, alias=None):
+    def list(self, keystore: str, alias: str | None = None) -> list[KeystoreEntry]:
         args = ["-rfc"] + (["-alias", alias] if alias else [])
         return parse_keytool_list(self._run("-list", keystore, *args))
 
-    def import_certificate(self, keystore, alias, pem_path, store_type=None):
+    def import_certificate(self, keystore: str, alias: str, pem_path: str, store_type: str | None = None) -> None:
         args = ["-noprompt", "-alias", alias, "-file", pem_path]
         if store_type:
             args += ["-storetype", store_type]
         self._run("-importcert", keystore, *args, expect="Certificate was added to keystore")
 
-    def delete(self, keystore, alias):
+    def delete(self, keystore: str, alias: str) -> None:
         self._run("-delete", keystore, "-alias", alias)
 
 
@@ -516,12 +517,12 @@ class Keytool:
 # Trust directory
 
 
-def trust_file_path(trust_dir, alias):
+def trust_file_path(trust_dir: str, alias: str) -> str:
     """``<trust_dir>/<alias>.pem``, alias in lower case (keystore aliases are case-insensitive too)."""
     return os.path.join(trust_dir, canonical_alias(alias) + ".pem")
 
 
-def read_trust_file(path):
+def read_trust_file(path: str) -> Any:
     """The certificate in a trust-directory file; None when the file does not exist.
 
     A file that does not parse is returned as the exception text (str) so callers can report or replace it.
@@ -539,7 +540,7 @@ def read_trust_file(path):
         return exc.msg
 
 
-def write_trust_file(trust_dir, alias, cert):
+def write_trust_file(trust_dir: str, alias: str, cert: Any) -> str:
     """Write the PEM atomically (temporary file, fsync, rename, fsync of the directory); file 0644, new dir 0755."""
     if not os.path.isdir(trust_dir):
         os.makedirs(trust_dir, mode=0o755, exist_ok=True)
@@ -551,14 +552,14 @@ def write_trust_file(trust_dir, alias, cert):
     return final
 
 
-def remove_trust_file(trust_dir, alias):
+def remove_trust_file(trust_dir: str, alias: str) -> bool:
     if not _fs.unlink_if_present(trust_file_path(trust_dir, alias)):
         return False
     _fs.fsync_directory(trust_dir)
     return True
 
 
-def list_trust_dir(trust_dir):
+def list_trust_dir(trust_dir: str) -> list[tuple[str, str, Any]] | None:
     """``[(alias, path, certificate or error text)]`` for every certificate file, sorted by name; None when the
     directory does not exist. The files are the ones ``download`` trusts (``_trust.certificate_files``)."""
     if not os.path.isdir(trust_dir):
@@ -576,7 +577,8 @@ def list_trust_dir(trust_dir):
 class KeystoreTarget:
     """Which keystore to manage and how: path, password, type (auto/JKS/PKCS12), whether to create it, keytool path."""
 
-    def __init__(self, path, password, store_type="auto", create=False, keytool=None):
+    def __init__(self, path: str, password: str | None, store_type: str = "auto", create: bool = False,
+                 keytool: str | None = None) -> None:
         self.path = path
         self.password = password
         self.store_type = store_type or "auto"
@@ -585,7 +587,7 @@ class KeystoreTarget:
         self.keytool = find_keytool(keytool)
         self.keytool_requested = keytool
 
-    def existing_type(self):
+    def existing_type(self) -> str | None:
         """The type of the keystore on disk (None when absent); refuses one that contradicts ``store_type``."""
         found = detect_store_type(self.path)
         if found == "JCEKS":
@@ -878,7 +880,7 @@ def _trust_change(trust_dir, alias, cert, state, check_mode):
     return word, before, after
 
 
-def ensure_certificate(alias: str, cert, state: str = "present", keystore: KeystoreTarget | None = None,
+def ensure_certificate(alias: str, cert: Any, state: str = "present", keystore: KeystoreTarget | None = None,
                        trust_dir: str | None = None, check_mode: bool = False, now: datetime.datetime | None = None,
                        allow_non_ca: bool = False) -> dict:
     """Make both stores hold ``cert`` under ``alias`` (``present``) or not hold the alias (``absent``).

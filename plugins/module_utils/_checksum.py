@@ -92,19 +92,19 @@ class Checksum:
         self.hexdigest = digest.lower()
 
     @property
-    def cloudstack(self):
+    def cloudstack(self) -> str:
         """CloudStack form, ``{SHA-256}hex``: what results and the registry show."""
         return "{%s}%s" % (ALGORITHMS[self.algorithm][0], self.hexdigest)
 
     @property
-    def ansible(self):
+    def ansible(self) -> str:
         """Ansible form, ``sha256:hex``."""
         return "%s:%s" % (self.algorithm, self.hexdigest)
 
-    def new_hash(self):
+    def new_hash(self) -> Any:
         return new_hash(self.algorithm)
 
-    def matches(self, hexdigest):
+    def matches(self, hexdigest: Optional[str]) -> bool:
         return (hexdigest or "").lower() == self.hexdigest
 
     def __eq__(self, other):

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Iterable
 
-from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import strongest
+from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import Checksum, strongest
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_scheme, url_secret_values
 
@@ -44,10 +45,10 @@ class SourceRef:
         self.fingerprint = fingerprint
 
     @property
-    def redacted(self):
+    def redacted(self) -> str:
         return redact_url(self.url)
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return dict(url=self.redacted, rank=self.rank, priority=self.priority, preference=self.preference,
                     location=self.location, type=self.type, max_connections=self.max_connections, peer=self.peer)
 
@@ -84,21 +85,21 @@ class FileDescription:
         self.notes = list(self.notes)
 
     @property
-    def mirrors(self):
+    def mirrors(self) -> list[SourceRef]:
         """The sources (the name a Metalink gives them)."""
         return self.sources
 
     @property
-    def checksum(self):
+    def checksum(self) -> Checksum | None:
         """The strongest file-level hash (SHA-512 > SHA-384 > SHA-256 > SHA-224 > SHA-1 > MD5), or None."""
         return strongest(self.hashes)
 
     @property
-    def verifiable(self):
+    def verifiable(self) -> bool:
         """True when the bytes can be checked against the description (a file hash or a full piece list)."""
         return bool(self.hashes or self.pieces)
 
-    def expected_checksums(self, user_checksum=None):
+    def expected_checksums(self, user_checksum: Checksum | None = None) -> list[Checksum]:
         """The digests the file must match: the user's checksum when given and the strongest file-level hash (both
         must match). Refuses at once a user checksum that contradicts the description. A description converted from
         a Metalink asks the parsed document (its rules stay in one place, the parser)."""
@@ -119,7 +120,7 @@ class FileDescription:
             expected.append(best)
         return expected
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         """A summary for module results (URLs redacted)."""
         return dict(
             name=self.name, size=self.size, version=self.version,
@@ -135,7 +136,7 @@ class FileDescription:
         return "FileDescription(%r, size=%r, %d sources)" % (self.name, self.size, len(self.sources))
 
 
-def from_metalink(metalink_file, document_url=None):
+def from_metalink(metalink_file: FileDescription, document_url: str | None = None) -> FileDescription:
     """The description of a parsed ``_metalink.MetalinkFile`` (its mirrors in the parser's order)."""
     sources = [SourceRef(m.url, m.rank, priority=m.priority, preference=m.preference, location=m.location,
                          type=m.type, max_connections=m.max_connections) for m in metalink_file.mirrors]
@@ -150,7 +151,7 @@ _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0", "")
 
 
-def parse_mirrors(mirrors, peers=False):
+def parse_mirrors(mirrors: Iterable[str | dict[str, Any]] | None, peers: bool = False) -> list[tuple[Any, ...]]:
     """The ``mirrors`` option: strings or ``{url, priority, location, peer, fingerprint}`` dicts, as
     ``[(url, priority, location)]``, or with ``peers=True`` as ``[(url, priority, location, peer, fingerprint)]``.
     Raises InvalidInput for anything else (the URL is never shown unredacted)."""
@@ -205,7 +206,7 @@ def _boolean(value, what):
     raise InvalidInput("%s must be true or false" % what)
 
 
-def protect_mirrors(module):
+def protect_mirrors(module: Any) -> None:
     """For the modules with a ``mirrors`` option (download, template): ``mirrors`` is no_log like ``url``: Ansible
     would mask every string in it (locations and priorities too) in every result. Keep only the secret parts of
     each mirror URL masked (``_urls.url_secret_values``)."""
@@ -220,7 +221,8 @@ def protect_mirrors(module):
             module.no_log_values.update(url_secret_values(url))
 
 
-def from_urls(url, name, mirrors=(), location_preference=()):
+def from_urls(url: str, name: str, mirrors: Iterable[str | dict[str, Any]] | None = (),
+              location_preference: Iterable[str] | None = ()) -> FileDescription:
     """The description of ``url`` and its further ``mirrors`` (see :func:`parse_mirrors`): the URL first, then the
     mirrors by priority (lower first, none last), then the caller's location preference, then the order given.
     Size and hashes are unknown (the user's checksum verifies the file)."""

@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import time
+from typing import Any, Callable, Iterable
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import (
     _description, _formats, _fs, _gate, _install, _progress, _rate, _retry, _signals, _sources)
@@ -51,6 +52,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._sink import (
     SparseWriter,
     stream_to_file,
 )
+from ansible_collections.directdownload.kvm.plugins.module_utils._source import Source
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     METALINK_SUFFIXES,
     SUPPORTED_SCHEMES,
@@ -145,18 +147,18 @@ class DownloadRequest:
         _rate.Limits.for_request(self)
 
     @property
-    def final_path(self):
+    def final_path(self) -> str:
         return os.path.join(self.pool_path, self.name)
 
     @property
-    def url_id(self):
+    def url_id(self) -> str:
         """Identity of the URL without storing it, in world-readable records: SHA-256 of the URL with its secrets
         removed (password, signature and token values: ``_urls.url_without_secrets``), so the same URL gives the
         same id on every run and a rotated password or signature names the same image."""
         return hashlib.sha256(url_without_secrets(self.url).encode("utf-8")).hexdigest()
 
 
-def default_name(url):
+def default_name(url: str) -> str:
     """The file name an image gets when the user names none: the URL's last segment, with a compression or
     metalink suffix removed (``disk.qcow2.gz`` -> ``disk.qcow2``; ``disk.qcow2.meta4`` -> ``disk.qcow2``)."""
     name = file_name_from_url(url)
@@ -168,7 +170,7 @@ def default_name(url):
     return safe_file_name(strip_compression_suffix(name))
 
 
-def file_facts(path):
+def file_facts(path: str) -> dict[str, Any]:
     """What is at ``path`` now, for diffs and results (no hashing; ``lstat`` only, nothing is opened).
     ``type``: ``file``, ``symlink``, ``directory``, ``FIFO``, ``socket``, ``character device``, ``block device``."""
     try:
@@ -179,11 +181,11 @@ def file_facts(path):
             "mtime": int(st.st_mtime), "type": _fs.file_kind(st.st_mode)}
 
 
-def lock_path(pool_path, name):
+def lock_path(pool_path: str, name: str) -> str:
     return os.path.join(pool_path, ".%s.lock" % name)
 
 
-def helper_files(pool_path, name):
+def helper_files(pool_path: str, name: str) -> dict[str, bool]:
     """Every file a run may create beside the image ``name``, as ``{path: written through a temporary file}``."""
     final = os.path.join(pool_path, name)
     part = PartFile(pool_path, name)
@@ -196,7 +198,7 @@ def helper_files(pool_path, name):
     }
 
 
-def name_max(pool_path):
+def name_max(pool_path: str) -> int:
     """The longest file name the pool's file system takes (``PC_NAME_MAX``; 255 when it does not say)."""
     try:
         limit = os.pathconf(pool_path, "PC_NAME_MAX")
@@ -205,7 +207,7 @@ def name_max(pool_path):
     return limit if limit and limit > 0 else _fs.DEFAULT_NAME_MAX
 
 
-def check_name_fits(pool_path, name):
+def check_name_fits(pool_path: str, name: str) -> None:
     """Refuse a name whose longest helper file (a temporary file of a sidecar included) would not fit the file
     system's name limit: found late, it fails after the install (the record cannot be written)."""
     limit = name_max(pool_path)
@@ -224,7 +226,7 @@ def check_name_fits(pool_path, name):
             name_max=limit, max_name_length=limit - extra)
 
 
-def not_a_regular_file(path, kind):
+def not_a_regular_file(path: str, kind: str) -> InvalidInput:
     if kind == "hard link":
         what = "a hard link (the file has another name too), not a file of its own"
     else:
@@ -232,7 +234,7 @@ def not_a_regular_file(path, kind):
     return InvalidInput("refusing to use %s: it is %s (remove it)" % (path, what), path=path)
 
 
-def check_helper_files(pool_path, name):
+def check_helper_files(pool_path: str, name: str) -> None:
     """Refuse anything but a regular file at one of our helper names (``lstat`` only: a FIFO is never opened), and
     a hard link at the names opened in place (the part, the lock); the others are replaced by a rename or removed
     first, which never writes another name's file."""
@@ -245,7 +247,7 @@ def check_helper_files(pool_path, name):
             raise not_a_regular_file(path, kind)
 
 
-def check_pool(pool_path):
+def check_pool(pool_path: str) -> None:
     if not pool_path:
         raise InvalidInput("pool_path is required")
     if not os.path.isdir(pool_path):
@@ -266,11 +268,11 @@ class Plan:
     record: dict | None = None
 
     @property
-    def changes(self):
+    def changes(self) -> bool:
         return self.action != "none"
 
 
-def plan(request):
+def plan(request: DownloadRequest) -> Plan:
     """Decide without network and without writing. May hash an existing file once when it has no usable record."""
     check_pool(request.pool_path)
     check_name_fits(request.pool_path, request.name)
@@ -311,7 +313,8 @@ class DownloadResult(dict):
     """The result a module returns, as a dict (see the download module's RETURN)."""
 
 
-def run(request, open_source, log=None, now=time.time):
+def run(request: DownloadRequest, open_source: Callable[[str, DownloadRequest], Source],
+        log: Callable[[str], None] | None = None, now: Callable[[], float] = time.time) -> DownloadResult:
     """Do what ``plan`` says. ``open_source(url, request)`` returns a Source for the URL (see architecture.md).
 
     Serialised per image by a lock file in the pool: a second concurrent run waits, then re-plans and finds the
@@ -649,7 +652,7 @@ def _prepare_image(request, part):
     return ready, info, kind
 
 
-def part_identity(request, expected):
+def part_identity(request: DownloadRequest, expected: Iterable[Checksum]) -> str:
     """What must not have changed for a ``.part`` to be resumed (the URL, the expected checksums), as one digest:
     one line in the sidecar."""
     return hashlib.sha256(json.dumps({

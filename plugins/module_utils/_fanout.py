@@ -15,6 +15,7 @@ locality). Waves of different clusters with the same index run together.
 from __future__ import annotations
 
 import os
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import parse_checksum
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
@@ -23,7 +24,8 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._errors import 
 HOLDING = ("downloaded", "present")
 
 
-def plan_waves(clusters, holders=(), per_holder=1, max_uploads=4, seeds=1):
+def plan_waves(clusters: Union[dict[str, Any], list[str], tuple[str, ...]], holders: Optional[Iterable[str]] = (),
+               per_holder: int = 1, max_uploads: int = 4, seeds: int = 1) -> list[dict[str, Any]]:
     """The waves as a list of ``{"wave": k, "hosts": {host: {"cluster": name, "peers": [hosts]}}}``.
 
     ``clusters``: ``{cluster: [hosts in order]}`` (or a plain list: one cluster named ``""``); ``holders``: hosts
@@ -69,7 +71,7 @@ def plan_waves(clusters, holders=(), per_holder=1, max_uploads=4, seeds=1):
     return waves
 
 
-def by_cluster(host_clusters):
+def by_cluster(host_clusters: Mapping[str, Any]) -> dict[str, list[str]]:
     """``{host: cluster}`` (in play order; an empty or missing cluster is ``""``) as ``{cluster: [hosts]}``."""
     clusters = {}
     for host, cluster in host_clusters.items():
@@ -77,7 +79,7 @@ def by_cluster(host_clusters):
     return clusters
 
 
-def peer_mirrors(peers, served, name):
+def peer_mirrors(peers: Optional[Iterable[str]], served: Optional[Iterable[Any]], name: str) -> list[dict[str, Any]]:
     """The ``mirrors`` entries of a receiver: one ``{url, peer: true, fingerprint}`` per peer host whose
     ``peer_server`` result in ``served`` (parallel to ``peers``) serves ``name``. A peer that did not start a server
     (skipped, failed, nothing to serve) is left out: the origin stays the fallback."""
@@ -92,7 +94,7 @@ def peer_mirrors(peers, served, name):
     return mirrors
 
 
-def served_files(rows):
+def served_files(rows: Optional[Iterable[Mapping[str, Any]]]) -> list[dict[str, str]]:
     """The ``files`` of a holder's ``peer_server``: each verified copy of its report rows (``_fleet.finish``) as
     ``{path, sha256}`` (the SHA-256 when the verified checksum is one, so every peer's ETag is the same), one per
     file name (a peer serves files by name)."""
@@ -113,7 +115,7 @@ def served_files(rows):
     return files
 
 
-def reference_checksum(rows):
+def reference_checksum(rows: Optional[Iterable[Mapping[str, Any]]]) -> Optional[str]:
     """The checksum of the first verified copy among report ``rows`` (or the registry's copy records, which have no
     ``status``), for a template registered without one (the reference every later copy is verified against); None
     when no row holds a copy with a checksum."""
@@ -123,7 +125,7 @@ def reference_checksum(rows):
     return None
 
 
-def byte_split(sources, total=0):
+def byte_split(sources: Optional[Sequence[Mapping[str, Any]]], total: Optional[int] = 0) -> tuple[int, int]:
     """``(origin_bytes, peer_bytes)`` from a download's ``sources`` result (without one: ``total`` from the
     origin)."""
     if not sources:

@@ -113,7 +113,7 @@ class Limits:
                 raise InvalidInput("%s must be a number greater than 0, got %r" % (name, value))
             setattr(self, name, value)
 
-    def extraction_cap(self, compressed_size):
+    def extraction_cap(self, compressed_size: int) -> tuple[int, str]:
         """``(bytes, option)``: the most an extraction of ``compressed_size`` bytes may produce, and the option
         that sets it."""
         by_ratio = max(EXPANSION_FLOOR, int(compressed_size * self.max_expansion))

@@ -41,7 +41,7 @@ import ssl
 import threading
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     HTTPStatusError, InvalidInput, SourceError, TLSVerificationError)
@@ -163,7 +163,7 @@ class SourceOptions:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_params(cls, params, settings=None):
+    def from_params(cls, params: Mapping[str, Any], settings: Optional[Mapping[str, Any]] = None) -> SourceOptions:
         """Build from module parameters; a missing or None parameter falls back to ``settings`` (the agent
         settings from ``_settings.load_settings``), then to the built-in default."""
         settings = settings or BUILTIN_DEFAULTS
@@ -188,7 +188,7 @@ class SourceOptions:
         )
 
     @classmethod
-    def for_peer(cls, base, token, fingerprint):
+    def for_peer(cls, base: Optional[SourceOptions], token: Optional[str], fingerprint: Optional[str]) -> SourceOptions:
         """The options for a fan-out peer (``peer_server`` on another host of the deployment): its certificate
         pinned by ``fingerprint``, ``Authorization: Bearer <token>``, and nothing of the origin's: no user
         headers, credentials, CA material, client certificate or proxy (peers are inside the cluster), no
@@ -200,7 +200,7 @@ class SourceOptions:
                    connect_timeout=base.connect_timeout, read_timeout=base.read_timeout, follow_redirects=False,
                    proxy="", user_agent=base.user_agent, trust_dir=None)
 
-    def ssl_context(self):
+    def ssl_context(self) -> ssl.SSLContext:
         """The client SSL context, built on first use (so trust problems only matter for https URLs)."""
         with self._lock:
             if self._ssl_context is None and self.pin_sha256:
@@ -388,7 +388,7 @@ class HttpBody:
         self._read_timeout = read_timeout
         self._finished = False  # the whole body was read (a later readinto returns 0, not an error)
 
-    def readinto(self, buf):
+    def readinto(self, buf: Union[bytearray, memoryview]) -> int:
         """Fill ``buf`` (all of it unless the body ends); return the count, 0 at the end of the body."""
         response = self._response
         if response is None:
@@ -439,7 +439,7 @@ class HttpBody:
         return _fail("the transfer from %s was stopped at byte %d" % (redact_url(self.url), self.offset + self.received),
                      self.url, reason="closed")
 
-    def close(self):
+    def close(self) -> None:
         """Release the connection. Safe from another thread: a readinto blocked there raises SourceError."""
         response, connection = self._response, self._connection
         self._response = self._connection = None
@@ -481,7 +481,8 @@ class HttpSource(Source):
 
     # -- the Source contract -------------------------------------------------------------------------------------
 
-    def open(self, offset=0, validators=None, end=None):
+    def open(self, offset: int = 0, validators: Optional[Mapping[str, Optional[str]]] = None,
+             end: Optional[int] = None) -> HttpBody:
         """GET the body from ``offset`` (to ``end``, exclusive, when given). See the Source contract.
 
         With a range, ``If-Range`` carries the strong ETag or else Last-Modified of ``validators``; without
@@ -511,7 +512,7 @@ class HttpSource(Source):
             raise
         return HttpBody(connection, response, url, body_offset, size, self.options.read_timeout)
 
-    def probe(self):
+    def probe(self) -> dict[str, Any]:
         """HEAD (or a one-byte GET where HEAD is refused): what ``url_check`` reports. Non-2xx raises."""
         method = "HEAD"
         try:
@@ -545,7 +546,7 @@ class HttpSource(Source):
             response.close()
             connection.close()
 
-    def read_head(self, count):
+    def read_head(self, count: int) -> bytes:
         """The first ``count`` bytes (fewer when the resource is shorter), with a ranged GET."""
         connection, response, url = self._fetch("GET", {"Range": "bytes=0-%d" % (max(1, count) - 1)})
         if response.status not in (200, 206):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from typing import Any, Callable, Iterable, Optional
 from urllib.parse import urljoin, urlsplit, urlunsplit, uses_netloc, uses_relative
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import (
@@ -33,6 +34,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._checksum impor
 from ansible_collections.directdownload.kvm.plugins.module_utils._description import FileDescription, SourceRef
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import read_bounded
+from ansible_collections.directdownload.kvm.plugins.module_utils._source import Source
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
     METALINK_SUFFIXES,
     SUPPORTED_SCHEMES,
@@ -84,7 +86,7 @@ class Pieces:
         self.algorithm = algorithm
         self.hashes = hashes
 
-    def count_for(self, size):
+    def count_for(self, size: int) -> int:
         return (size + self.length - 1) // self.length
 
     def __repr__(self):
@@ -119,7 +121,7 @@ class MetalinkFile(FileDescription):
         super().__init__(name, size, hashes, pieces, mirrors, max_connections=max_connections, notes=notes,
                          version=version)
 
-    def expected_checksums(self, user_checksum=None):
+    def expected_checksums(self, user_checksum: Optional[Checksum] = None) -> list[Checksum]:
         """The digests the downloaded file must match: the strongest file-level hash, and the user's checksum
         when one was given (both must match). Refuses at once a user checksum that contradicts the document, and
         a document whose hashes are all unusable (no type, unknown type, malformed) when the user gave no checksum:
@@ -308,7 +310,8 @@ def _parse_xml(data, max_size):
     return root
 
 
-def parse_metalink(data, name=None, location_preference=(), max_size=DEFAULT_MAX_DOCUMENT_SIZE, base_url=None):
+def parse_metalink(data: bytes, name: Optional[str] = None, location_preference: Iterable[str] = (),
+                   max_size: int = DEFAULT_MAX_DOCUMENT_SIZE, base_url: Optional[str] = None) -> MetalinkFile:
     """Parse a Metalink 4 or 3 document (detected by its namespace) and return the :class:`MetalinkFile` to fetch.
 
     ``name`` picks one ``<file>`` of a document that lists several; with one file it may be omitted (given, it
@@ -617,7 +620,7 @@ def _order_mirrors(urls, version, location_preference, notes):
             for rank, u in enumerate(ordered)]
 
 
-def read_document(body, max_size=DEFAULT_MAX_DOCUMENT_SIZE):
+def read_document(body: Any, max_size: int = DEFAULT_MAX_DOCUMENT_SIZE) -> bytes:
     """Read a metalink document from a Source body (see docs/architecture.md), refusing one above ``max_size``
     bytes before it is all in memory."""
     return read_bounded(body, max_size, lambda: InvalidInput(
@@ -625,7 +628,8 @@ def read_document(body, max_size=DEFAULT_MAX_DOCUMENT_SIZE):
         max_size=max_size))
 
 
-def load_metalink(url, open_source, name=None, location_preference=(), max_size=DEFAULT_MAX_DOCUMENT_SIZE):
+def load_metalink(url: str, open_source: Callable[[str], Source], name: Optional[str] = None,
+                  location_preference: Iterable[str] = (), max_size: int = DEFAULT_MAX_DOCUMENT_SIZE) -> MetalinkFile:
     """Fetch the metalink document at ``url`` with ``open_source(url)`` (an http/https/nfs Source) and parse it."""
     body = open_source(url).open(offset=0)
     try:

@@ -39,6 +39,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+from typing import Any, Mapping, Optional, Union
 from urllib.parse import unquote
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput, SourceError
@@ -82,14 +83,14 @@ class NfsLocation:
         self.version = version
 
     @property
-    def host_for_url(self):
+    def host_for_url(self) -> str:
         return "[%s]" % self.host if ":" in self.host else self.host
 
-    def mount_spec(self):
+    def mount_spec(self) -> str:
         """``server:/directory`` for mount(8): the directory that holds the file, never the file."""
         return "%s:%s" % (self.host_for_url, self.directory)
 
-    def libnfs_url(self, path, version):
+    def libnfs_url(self, path: str, version: int) -> str:
         """A URL for the libnfs-utils tools. libnfs 4.0 takes no ``:port`` in the host part: ``nfsport=`` it is."""
         query = ["version=%d" % version]
         if self.port:
@@ -172,7 +173,7 @@ class NfsOptions:
         self.mount_dir = mount_dir
 
     @classmethod
-    def from_any(cls, options, transport=None):
+    def from_any(cls, options: Any, transport: Optional[str] = None) -> NfsOptions:
         """An ``NfsOptions`` from None, an ``NfsOptions``, or the engine's ``SourceOptions`` (only its
         ``connect_timeout`` and ``read_timeout`` are used; the mount settings keep their defaults);
         ``transport``, when given, wins over the options' own."""
@@ -402,7 +403,7 @@ class KernelMount:
         self.mountpoint = None
         self.mounted = False
 
-    def mount_options(self):
+    def mount_options(self) -> str:
         opts = ["ro", "nosuid", "nodev", "noexec", "proto=tcp", "retry=0"]
         if self.version is not None:
             opts.append("vers=%d" % self.version)
@@ -414,18 +415,18 @@ class KernelMount:
             opts.append("nolock")
         return ",".join(opts)
 
-    def mount_argv(self):
+    def mount_argv(self) -> list[str]:
         return [_which("mount", sbin=True) or "mount", "-t", "nfs", "-o", self.mount_options(),
                 self.location.mount_spec(), self.mountpoint]
 
     @property
-    def file_path(self):
+    def file_path(self) -> str:
         return os.path.join(self.mountpoint, self.location.file_name)
 
     def _mount_timeout(self):
         return max(30, 3 * self.options.connect_timeout)
 
-    def mount(self):
+    def mount(self) -> str:
         shown = redact_url(self.location.url)
         try:
             self.mountpoint = tempfile.mkdtemp(prefix="directdownload-nfs-", dir=self.options.mount_dir)
@@ -455,7 +456,7 @@ class KernelMount:
         self.mounted = True
         return self.mountpoint
 
-    def unmount(self):
+    def unmount(self) -> None:
         """Unmount (plain, then forced, then lazy) and remove the mount point. Raises SourceError if it stays mounted."""
         if self.mountpoint is None:
             return
@@ -804,13 +805,13 @@ class NfsSource(Source):
         self._libnfs = None
 
     @property
-    def transport(self):
+    def transport(self) -> str:
         if self._transport is None:
             self._transport = choose_transport(self.options.transport)
         return self._transport
 
     @property
-    def supports_ranges(self):
+    def supports_ranges(self) -> bool:
         """True when ``open(offset, end=...)`` serves exact ranges (the kernel mount); libnfs restarts from 0."""
         return self.transport == "mount"
 
@@ -820,7 +821,8 @@ class NfsSource(Source):
         return self._libnfs
 
     # -- open ---------------------------------------------------------------------------------------------------
-    def open(self, offset=0, validators=None, end=None):
+    def open(self, offset: int = 0, validators: Optional[Mapping[str, Optional[str]]] = None,
+             end: Optional[int] = None) -> Union[MountedFileBody, PipeBody]:
         if offset < 0 or (end is not None and end <= offset):
             raise InvalidInput("invalid byte range %r-%r" % (offset, end))
         if self.transport == "mount":
@@ -869,7 +871,7 @@ class NfsSource(Source):
         return client.cat(size)
 
     # -- probe / head -------------------------------------------------------------------------------------------
-    def probe(self):
+    def probe(self) -> dict[str, Any]:
         """``status`` is None (NFS has no status codes); ``size`` from stat/listing, no image bytes read."""
         if self.transport == "mount":
             mount = KernelMount(self.location, self.options)
@@ -899,7 +901,7 @@ class NfsSource(Source):
             "nfs_version": version,
         }
 
-    def read_head(self, n):
+    def read_head(self, n: int) -> bytes:
         """The first ``n`` bytes (fewer for a smaller file), e.g. a qcow2 header for its virtual size."""
         if self.transport == "mount":
             body = self.open(0)

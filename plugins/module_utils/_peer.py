@@ -49,6 +49,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterable, Optional, Sequence, Union
 
 DEFAULT_PORT = 8473
 DEFAULT_MAX_UPLOADS = 4
@@ -108,7 +109,7 @@ def _http_date(timestamp):
     return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(timestamp))
 
 
-def parse_range(header, size):
+def parse_range(header: Optional[str], size: int) -> Optional[Union[tuple[int, int], str]]:
     """``(first, last)`` (inclusive) for a single satisfiable byte range; None for no usable range (serve the
     whole file: no header, several ranges, another unit); ``"unsatisfiable"`` for a range past the end."""
     if not header:
@@ -234,8 +235,8 @@ class PeerServer(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address, port, files, token, cert_file, key_file, max_uploads=DEFAULT_MAX_UPLOADS,
-                 log_file=None):
+    def __init__(self, address: str, port: int, files: dict[str, _Entry], token: Union[bytes, str], cert_file: str,
+                 key_file: str, max_uploads: int = DEFAULT_MAX_UPLOADS, log_file: Optional[str] = None) -> None:
         self.address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.files = dict(files)
         self.token = token if isinstance(token, bytes) else token.encode("utf-8")
@@ -254,15 +255,15 @@ class PeerServer(ThreadingHTTPServer):
         super().__init__((address, int(port)), _Handler)
 
     # -- bookkeeping
-    def count(self, status):
+    def count(self, status: int) -> None:
         with self._stats_lock:
             self.statuses[status] = self.statuses.get(status, 0) + 1
 
-    def add_bytes(self, count):
+    def add_bytes(self, count: Optional[int]) -> None:
         with self._stats_lock:
             self.bytes_sent += count or 0
 
-    def log(self, line):
+    def log(self, line: str) -> None:
         if self._log_file is None:
             return
         text = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -274,7 +275,7 @@ class PeerServer(ThreadingHTTPServer):
             pass
 
     # -- connections: a cap on open connections, TLS in the worker thread
-    def process_request(self, request, client_address):
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:
         if not self.connections.acquire(blocking=False):
             self.shutdown_request(request)  # far beyond the upload cap: not even a handshake
             return
@@ -284,13 +285,13 @@ class PeerServer(ThreadingHTTPServer):
             self.connections.release()
             raise
 
-    def process_request_thread(self, request, client_address):
+    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
             self.connections.release()
 
-    def finish_request(self, request, client_address):
+    def finish_request(self, request: socket.socket, client_address: tuple) -> None:
         request.settimeout(HANDSHAKE_TIMEOUT)
         try:
             tls = self.context.wrap_socket(request, server_side=True)
@@ -305,16 +306,16 @@ class PeerServer(ThreadingHTTPServer):
             except OSError:
                 pass
 
-    def handle_error(self, request, client_address):
+    def handle_error(self, request: socket.socket, client_address: tuple) -> None:
         exc = sys.exc_info()[1]
         self.log("%s error %s" % (client_address[0], type(exc).__name__))
 
 
-def entries_from_config(config):
+def entries_from_config(config: dict[str, Any]) -> dict[str, _Entry]:
     return {item["name"]: _Entry.from_dict(item) for item in config["files"]}
 
 
-def serve(state_dir):
+def serve(state_dir: str) -> int:
     """Run the server of ``state_dir`` until SIGTERM/SIGINT or its lifetime ends (the daemon's main)."""
     def path(name):
         return os.path.join(state_dir, name)
@@ -376,7 +377,7 @@ def _unlink(path):
 
 # -- control (what the peer_server module calls) -----------------------------------------------------------------
 
-def read_pid(state_dir):
+def read_pid(state_dir: str) -> Optional[int]:
     try:
         with open(os.path.join(state_dir, PID_FILE), encoding="ascii") as handle:
             return int(handle.read().strip())
@@ -392,7 +393,7 @@ def _cmdline(pid):
         return None
 
 
-def is_our_server(pid, state_dir):
+def is_our_server(pid: int, state_dir: str) -> bool:
     """True when process ``pid`` is the peer server of ``state_dir`` (by its /proc/PID/cmdline)."""
     argv = _cmdline(pid)
     if not argv or SERVER_MARKER not in argv:
@@ -401,7 +402,7 @@ def is_our_server(pid, state_dir):
     return index + 1 < len(argv) and os.path.realpath(argv[index + 1]) == os.path.realpath(state_dir)
 
 
-def find_servers(state_dir):
+def find_servers(state_dir: str) -> list[int]:
     """PIDs of every running peer server of ``state_dir``: its PID file's, and any other (a lost PID file)."""
     found = []
     pid = read_pid(state_dir)
@@ -423,7 +424,7 @@ def _listening(address, port, timeout=0.5):
         return False
 
 
-def describe_files(files):
+def describe_files(files: Optional[Iterable[Union[str, dict[str, Any]]]]) -> list[dict[str, Any]]:
     """The allowlist from the module's ``files`` (paths, or dicts with path, name, sha256) as config entries.
 
     Each must be a regular file, not a symlink; names are URL-safe and unique. Raises PeerError."""
@@ -461,7 +462,7 @@ def describe_files(files):
     return entries
 
 
-def make_certificate(address, days=2):
+def make_certificate(address: str, days: int = 2) -> tuple[bytes, bytes, str]:
     """A per-deployment self-signed certificate: ``(cert_pem, key_pem, fingerprint)``; EC P-256 key."""
     import datetime  # pylint: disable=import-outside-toplevel
     import ipaddress  # pylint: disable=import-outside-toplevel
@@ -492,14 +493,14 @@ def make_certificate(address, days=2):
     return cert_pem, key_pem, fingerprint(der)
 
 
-def fingerprint(der):
+def fingerprint(der: bytes) -> str:
     """SHA-256 of a DER certificate as ``AB:CD:...``."""
     import hashlib  # pylint: disable=import-outside-toplevel
     digest = hashlib.sha256(der).hexdigest().upper()
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
-def certificate_fingerprint(state_dir):
+def certificate_fingerprint(state_dir: str) -> Optional[str]:
     """The fingerprint of the certificate in ``state_dir`` (None when there is none)."""
     try:
         with open(os.path.join(state_dir, CERT_FILE), encoding="ascii") as handle:
@@ -518,7 +519,7 @@ def _prepare_state_dir(state_dir):
     os.chmod(state_dir, 0o700)
 
 
-def url_of(address, port, name):
+def url_of(address: str, port: int, name: str) -> str:
     host = "[%s]" % address if ":" in address else address
     return "https://%s:%d/%s" % (host, port, name)
 
@@ -556,7 +557,7 @@ def _same_deployment(state_dir, wanted, token):
     return current
 
 
-def status(state_dir, address=None, port=None):
+def status(state_dir: str, address: Optional[str] = None, port: Optional[int] = None) -> dict[str, Any]:
     """``{"running", "pid", "fingerprint", "expires_at"}`` for the server of ``state_dir``."""
     pids = find_servers(state_dir) if os.path.isdir(state_dir) else []
     result = {"running": bool(pids), "pid": pids[0] if pids else None}
@@ -565,8 +566,9 @@ def status(state_dir, address=None, port=None):
     return result
 
 
-def start(state_dir, address, port, files, token, max_uploads=DEFAULT_MAX_UPLOADS, lifetime=DEFAULT_LIFETIME,
-          check_mode=False, python=None):
+def start(state_dir: str, address: str, port: int, files: Optional[Iterable[Union[str, dict[str, Any]]]], token: str,
+          max_uploads: int = DEFAULT_MAX_UPLOADS, lifetime: int = DEFAULT_LIFETIME, check_mode: bool = False,
+          python: Optional[str] = None) -> dict[str, Any]:
     """Serve ``files`` from ``state_dir``'s server; a running server of the same deployment is kept (not changed),
     any other server of this state directory (another deployment, a killed play's) is stopped first.
 
@@ -686,7 +688,7 @@ def _alive(pid):
         return False
 
 
-def stop(state_dir, check_mode=False):
+def stop(state_dir: str, check_mode: bool = False) -> dict[str, Any]:
     """Stop every server of ``state_dir`` (verified by /proc/PID/cmdline) and remove the deployment's private
     state (token, key, certificate, config); the log stays. Returns changed, stopped (PIDs), removed (names)."""
     if not os.path.isdir(state_dir):
@@ -704,7 +706,7 @@ def stop(state_dir, check_mode=False):
                                                               else "no peer server was running")}
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] != SERVER_MARKER:
         sys.stderr.write("usage: peer_server.py %s STATE_DIR\n" % SERVER_MARKER)

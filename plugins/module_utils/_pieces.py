@@ -9,6 +9,8 @@ sidecar (``_sink.PartFile``). Pure: no I/O."""
 
 from __future__ import annotations
 
+from typing import AbstractSet, Any, Optional, Sequence
+
 DEFAULT_UNIT_SIZE = 1024 * 1024
 # Bounds the map for very large files without piece hashes (units grow instead).
 MAX_UNITS = 1 << 16
@@ -17,7 +19,7 @@ MIN_RUN_BYTES = 16 * 1024 * 1024
 STATE_VERSION = 2
 
 
-def runs(flags, value=1):
+def runs(flags: Sequence[int], value: int = 1) -> list[list[int]]:
     """``[[start, stop], ...]`` of the runs of ``flags`` equal to ``value``."""
     found, start = [], None
     for index, flag in enumerate(flags):
@@ -31,7 +33,8 @@ def runs(flags, value=1):
     return found
 
 
-def unit_size_for(size, block_size, piece_length=None, unit_size=None):
+def unit_size_for(size: int, block_size: int, piece_length: Optional[int] = None,
+                  unit_size: Optional[int] = None) -> int:
     """The unit of a map: the piece length when there are piece hashes, else ``unit_size`` (1 MiB by default),
     grown so the map has at most MAX_UNITS units, rounded up to whole blocks."""
     if piece_length:
@@ -46,20 +49,20 @@ class Range:
 
     __slots__ = ("start", "stop", "avoid", "clean")
 
-    def __init__(self, start, stop, avoid=frozenset(), clean=True):
+    def __init__(self, start: int, stop: int, avoid: AbstractSet[str] = frozenset(), clean: bool = True) -> None:
         self.start = start
         self.stop = stop
         self.avoid = avoid
         self.clean = clean
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Range(%d, %d)" % (self.start, self.stop)
 
 
 class PieceMap:
     """``size`` bytes in units of ``unit`` bytes; ``done[i]`` is 1 when unit ``i`` is written and verified."""
 
-    def __init__(self, size, unit):
+    def __init__(self, size: int, unit: int) -> None:
         self.size = size
         self.unit = unit
         self.count = -(-size // unit)
@@ -67,37 +70,37 @@ class PieceMap:
         self.done_count = 0
         self.done_bytes = 0
 
-    def span(self, unit):
+    def span(self, unit: int) -> tuple[int, int]:
         start = unit * self.unit
         return start, min(start + self.unit, self.size)
 
-    def length(self, unit):
+    def length(self, unit: int) -> int:
         start, stop = self.span(unit)
         return stop - start
 
-    def mark_done(self, unit):
+    def mark_done(self, unit: int) -> None:
         if not self.done[unit]:
             self.done[unit] = 1
             self.done_count += 1
             self.done_bytes += self.length(unit)
 
-    def mark_pending(self, unit):
+    def mark_pending(self, unit: int) -> None:
         if self.done[unit]:
             self.done[unit] = 0
             self.done_count -= 1
             self.done_bytes -= self.length(unit)
 
     @property
-    def complete(self):
+    def complete(self) -> bool:
         return self.done_count == self.count
 
-    def done_runs(self):
+    def done_runs(self) -> list[list[int]]:
         return runs(self.done, 1)
 
-    def pending_runs(self):
+    def pending_runs(self) -> list[list[int]]:
         return runs(self.done, 0)
 
-    def contiguous_from(self, unit):
+    def contiguous_from(self, unit: int) -> int:
         """The first unit at or after ``unit`` that is not done."""
         while unit < self.count and self.done[unit]:
             unit += 1
@@ -105,11 +108,11 @@ class PieceMap:
 
     # -- resume state
 
-    def state(self, identity):
+    def state(self, identity: dict[str, Any]) -> dict[str, Any]:
         """The resume state (the ``segments`` key of the sidecar)."""
         return dict(version=STATE_VERSION, identity=identity, size=self.size, unit=self.unit, done=self.done_runs())
 
-    def load(self, state, identity):
+    def load(self, state: Any, identity: dict[str, Any]) -> bool:
         """Mark done what ``state`` says, when it is the state of this map (same identity, size, unit). Returns
         True when it was used."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION or state.get("identity") != identity \
@@ -125,7 +128,7 @@ class PieceMap:
         return True
 
 
-def plan_ranges(pending, connections, unit):
+def plan_ranges(pending: list[Range], connections: int, unit: int) -> list[Range]:
     """Cut the largest of ``pending`` (Range list, changed in place) in two until every connection has one, and
     further, down to MIN_RUN_BYTES, up to RUNS_PER_CONNECTION each; then sort by start. Ranges are taken from the
     front, so the finished prefix that the hashing follows stays close behind the connections."""

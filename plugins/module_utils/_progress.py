@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any, Mapping, Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput, SourceError
 from ansible_collections.directdownload.kvm.plugins.module_utils._install import human_size
@@ -27,12 +28,12 @@ LEASE_ENV = "DIRECTDOWNLOAD_LEASE"
 LEASE_SECONDS_ENV = "DIRECTDOWNLOAD_LEASE_SECONDS"
 
 
-def human_rate(bytes_per_second):
+def human_rate(bytes_per_second: float) -> str:
     """``5037663`` -> ``'5.0 MB/s'``; decimal, as network rates are quoted."""
     return "%.1f MB/s" % (float(bytes_per_second) / 1e6)
 
 
-def human_seconds(seconds):
+def human_seconds(seconds: float) -> str:
     """``75`` -> ``'1 min 15 s'``; ``3.72`` -> ``'3.7 s'``."""
     if float(seconds) < 10:
         return "%.1f s" % float(seconds)
@@ -44,7 +45,7 @@ def human_seconds(seconds):
     return "%d h %02d min" % (seconds // 3600, seconds % 3600 // 60)
 
 
-def describe(state):
+def describe(state: Mapping[str, Any]) -> str:
     """The figures of a progress state as one line: ``45.2%, 22.6 MiB of 50.0 MiB, 5.0 MB/s, ETA 4 s``.
 
     Accepts what any sidecar holds (missing keys are left out), so older or partial sidecars still read."""
@@ -64,7 +65,7 @@ def describe(state):
     return ", ".join(parts)
 
 
-def progress_line(host, name, state):
+def progress_line(host: str, name: str, state: Mapping[str, Any]) -> str:
     """The line the action plugin prints: ``[kvm-a] debian-12.qcow2: 45.2%, ..., from http://mirror/...``."""
     line = "[%s] %s: %s" % (host, name, describe(state) or "starting")
     if state.get("source"):
@@ -72,7 +73,7 @@ def progress_line(host, name, state):
     return line
 
 
-def group_id(name):
+def group_id(name: Optional[str]) -> Optional[int]:
     """The gid of the operator group ``name`` (agent settings ``progress_group``), or None when none is set."""
     if not name:
         return None
@@ -108,7 +109,7 @@ class Lease:
         self.clock = clock
 
     @classmethod
-    def from_environment(cls, environ=None):
+    def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> Optional[Lease]:
         environ = os.environ if environ is None else environ
         path = environ.get(LEASE_ENV)
         if not path:
@@ -119,7 +120,7 @@ class Lease:
             seconds = 60.0
         return cls(path, max(seconds, 5.0))
 
-    def check(self):
+    def check(self) -> None:
         try:
             renewed = os.stat(self.path).st_mtime
         except OSError:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput, SourceError
 from ansible_collections.directdownload.kvm.plugins.module_utils._retry import Budget
@@ -66,7 +66,7 @@ class TokenBucket:
         self._lock = threading.Lock()
         self._booked_until = None
 
-    def consume(self, count, wait=time.sleep):
+    def consume(self, count: int, wait: Callable[[float], Any] = time.sleep) -> None:
         """Account ``count`` bytes just received; wait (with ``wait(seconds)``) until they fit the rate."""
         with self._lock:
             now = self._clock()
@@ -90,10 +90,10 @@ class SpeedWatchdog:
         self.received = 0
         self._samples = [(clock(), 0)]
 
-    def add(self, count):
+    def add(self, count: int) -> None:
         self.received += count
 
-    def too_slow(self):
+    def too_slow(self) -> Optional[float]:
         now = self._clock()
         received = self.received
         samples = self._samples
@@ -132,32 +132,32 @@ class Limits:
         self.bucket = TokenBucket(self.max_rate, clock=clock) if self.max_rate else None
 
     @classmethod
-    def for_request(cls, request):
+    def for_request(cls, request: Any) -> Limits:
         return cls(getattr(request, "max_rate", None), getattr(request, "lowest_speed", None),
                    getattr(request, "lowest_speed_time", None), getattr(request, "timeout", None),
                    getattr(request, "connections", 1))
 
     @property
-    def paced(self):
+    def paced(self) -> bool:
         """True when received bytes must be counted (a cap or a minimum speed is set)."""
         return self.bucket is not None or self.lowest_speed is not None
 
     @property
-    def watched(self):
+    def watched(self) -> bool:
         """True when a watcher must look at the connections (a minimum speed or an overall timeout)."""
         return self.lowest_speed is not None or self.budget.timeout is not None
 
-    def read_size(self, default):
+    def read_size(self, default: int) -> int:
         """The read size to use: ``default``, or less under a low cap (about 1/8 s of the rate)."""
         if self.bucket is None:
             return default
         return int(max(PACED_READ_MIN, min(default, self.max_rate // 8)))
 
-    def connection(self, url=None):
+    def connection(self, url: Optional[str] = None) -> Connection:
         """The per-connection state: :class:`Connection`."""
         return Connection(self, url)
 
-    def timeout_error(self, url=None, done=None):
+    def timeout_error(self, url: Optional[str] = None, done: Optional[int] = None) -> SourceError:
         return _limit_error("the download did not finish within timeout=%g s%s" % (
             self.budget.timeout, "" if done is None else " (%d bytes done)" % done), url, "timeout")
 
@@ -172,13 +172,13 @@ class Connection:
         self.watchdog = SpeedWatchdog(limits.lowest_speed, limits.lowest_speed_time, limits.clock) \
             if limits.lowest_speed else None
 
-    def received(self, count, wait=time.sleep):
+    def received(self, count: int, wait: Callable[[float], Any] = time.sleep) -> None:
         if self.watchdog is not None:
             self.watchdog.add(count)
         if self.limits.bucket is not None:
             self.limits.bucket.consume(count, wait)
 
-    def check(self):
+    def check(self) -> Optional[SourceError]:
         limits = self.limits
         if limits.budget.expired():
             return limits.timeout_error(self.url)

@@ -200,7 +200,8 @@ def public_certificate(record: dict | None) -> dict | None:
     return shown
 
 
-def certificate_record(data, allow_non_ca: bool = False, hypervisor_name: str | None = "KVM") -> tuple | None:
+def certificate_record(data: str | bytes | None, allow_non_ca: bool = False,
+                       hypervisor_name: str | None = "KVM") -> tuple | None:
     """``(pem, metadata)`` of the certificate ``data`` (PEM, base64 body or DER), validated as ``certificate``
     validates it (in date, can sign unless ``allow_non_ca``); None when ``data`` is None."""
     if data is None:

@@ -51,7 +51,7 @@ import glob
 import json
 import os
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
@@ -327,7 +327,7 @@ class Registry:
             return change(doc)
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self) -> Iterator[dict]:
         """Exclusive read-modify-write. Yields the document; writes it back atomically when the block ends without
         an exception and the document changed (an unchanged document is not rewritten: idempotent runs leave the
         file and its mtime alone). A corrupt file raises RegistryError before the block runs and is never
@@ -519,7 +519,8 @@ def _claim_matches(record, template_id, host, pool, shared):
     return shared or record.get("shared") or record.get("host") == host
 
 
-def claim_copy(doc, template_id, host, pool, shared=False, holder=None, ttl=DEFAULT_CLAIM_TTL, now=None, token=None):
+def claim_copy(doc: dict, template_id: str, host: str, pool: str, shared: bool = False, holder: str | None = None,
+               ttl: int = DEFAULT_CLAIM_TTL, now: datetime | None = None, token: str | None = None) -> tuple[str, dict]:
     """Claim the download of ``template_id`` onto ``pool`` (for ``host`` when the pool is host-local).
 
     Returns ``(status, record)``:
@@ -578,7 +579,8 @@ def get_certificate(doc: dict, alias: str) -> dict | None:
     return doc["certificates"].get(alias)
 
 
-def upsert_certificate(doc, alias, pem, now=None, **metadata):
+def upsert_certificate(doc: dict, alias: str, pem: str, now: datetime | None = None,
+                       **metadata: Any) -> tuple[dict | None, dict]:
     """Insert or replace the certificate ``alias`` with ``pem`` and any metadata (subject, issuer, not_before,
     not_after, serial, fingerprint_sha256, zone ...). Per-host statuses are kept when the PEM is unchanged and
     dropped when it changes (a new certificate has been pushed nowhere yet). Returns ``(before, after)``."""

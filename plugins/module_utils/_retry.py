@@ -110,16 +110,16 @@ class Budget:
         self._clock = clock
         self.started = clock()
 
-    def elapsed(self):
+    def elapsed(self) -> float:
         return self._clock() - self.started
 
-    def remaining(self):
+    def remaining(self) -> Optional[float]:
         """Seconds left, or None without a limit (never negative)."""
         if self.timeout is None:
             return None
         return max(0.0, self.timeout - self.elapsed())
 
-    def expired(self):
+    def expired(self) -> bool:
         remaining = self.remaining()
         return remaining is not None and remaining <= 0
 
@@ -155,12 +155,12 @@ class RetryPolicy:
         self.max_backoff = max_backoff
         self.max_retry_after = max_retry_after
 
-    def backoff(self, attempts):
+    def backoff(self, attempts: int) -> float:
         """The jittered exponential delay before retry number ``attempts`` (1 = the first retry)."""
         full = min(self.retry_delay * (2 ** max(0, attempts - 1)), self.max_backoff)
         return full / 2.0 + self.rng() * full / 2.0
 
-    def decide(self, exc, attempts):
+    def decide(self, exc: BaseException, attempts: int) -> Decision:
         if classify(exc) == PERMANENT:
             return Decision(False, why="a permanent failure: not retried on this host")
         if attempts > self.retries:

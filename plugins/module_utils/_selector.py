@@ -10,12 +10,14 @@ and quarantine of a source that served bad bytes for the rest of the download. P
 from __future__ import annotations
 
 import time
+from typing import AbstractSet, Any, Iterable, Optional, Union
 
+from ansible_collections.directdownload.kvm.plugins.module_utils._description import SourceRef
 from ansible_collections.directdownload.kvm.plugins.module_utils._retry import parse_retry_after
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url
 
 
-def error_text(exc):
+def error_text(exc: BaseException) -> str:
     return getattr(exc, "msg", None) or str(exc) or exc.__class__.__name__
 
 
@@ -23,7 +25,7 @@ class _State:
     __slots__ = ("ref", "failures", "active", "bytes", "pieces_rejected", "error", "set_aside", "quarantined",
                  "slow", "not_before")
 
-    def __init__(self, ref):
+    def __init__(self, ref: SourceRef) -> None:
         self.ref = ref
         self.failures = 0
         self.active = 0
@@ -43,11 +45,11 @@ BUSY_STATUSES = (429, 503)
 MAX_BUSY_WAIT = 30.0
 
 
-def is_busy(exc):
+def is_busy(exc: BaseException) -> bool:
     return getattr(exc, "status", None) in BUSY_STATUSES
 
 
-def refuses_peer(ref, exc):
+def refuses_peer(ref: SourceRef, exc: BaseException) -> bool:
     """True when ``exc`` from the peer ``ref`` means it will not serve this download: 401/403/404/410, a pin
     mismatch or another TLS failure, any error not retryable elsewhere."""
     if not getattr(ref, "peer", False):
@@ -63,7 +65,7 @@ class SourceSelector:
     ``errors`` lists ``{"url": redacted, "error": message}`` for every failure, in order (the ``mirror_errors``
     result); ``scopes`` runs parallel to it: each failure's ``(retry_here, retry_elsewhere)``."""
 
-    def __init__(self, refs, max_failures=3):
+    def __init__(self, refs: Iterable[SourceRef], max_failures: int = 3) -> None:
         self.refs = list(refs)
         self.max_failures = max(1, int(max_failures))
         self._state = {}
@@ -72,18 +74,18 @@ class SourceSelector:
         self.errors = []
         self.scopes = []
 
-    def state(self, url):
+    def state(self, url: str) -> _State:
         return self._state[url]
 
     # -- failover: one source at a time
 
-    def candidates(self):
+    def candidates(self) -> list[SourceRef]:
         """The sources still worth trying, in order: not quarantined; those set aside as slow last."""
         refs = [r for r in self.refs if not self._state[r.url].quarantined]
         refs.sort(key=lambda r: self._state[r.url].slow)
         return refs
 
-    def record_error(self, ref, exc, scope=None):
+    def record_error(self, ref: SourceRef, exc: BaseException, scope: Optional[tuple[bool, bool]] = None) -> None:
         """One failure of ``ref``; ``scope`` ``(retry_here, retry_elsewhere)`` instead of the error's own."""
         self.errors.append(dict(url=ref.redacted, error=error_text(exc)))
         if scope is None:
@@ -95,11 +97,11 @@ class SourceSelector:
                 state.quarantined = True
                 state.error = error_text(exc)
 
-    def set_aside_slow(self, url):
+    def set_aside_slow(self, url: str) -> None:
         if url in self._state:
             self._state[url].slow = True
 
-    def quarantine(self, url, why):
+    def quarantine(self, url: str, why: str) -> bool:
         """``url`` served bytes that failed a hash: never asked again in this download. Returns False when it
         already was."""
         state = self._state.get(url)
@@ -111,13 +113,13 @@ class SourceSelector:
         self.scopes.append((False, False))
         return True
 
-    def count_bytes(self, url, count):
+    def count_bytes(self, url: str, count: int) -> None:
         if url in self._state:
             self._state[url].bytes += count
 
     # -- several at once: the scheduler's questions
 
-    def failed(self, ref, exc, fatal=False):
+    def failed(self, ref: SourceRef, exc: BaseException, fatal: bool = False) -> bool:
         """A connection to ``ref`` failed. Returns True when the source is set aside now (``fatal``: it can take no
         part at all, e.g. no exact ranges; else after ``max_failures`` failures)."""
         state = self._state[ref.url]
@@ -136,24 +138,24 @@ class SourceSelector:
             return True
         return False
 
-    def piece_rejected(self, ref, why):
+    def piece_rejected(self, ref: SourceRef, why: str) -> None:
         """A piece from ``ref`` failed its hash: counted, and the source is quarantined for the rest of the
         download (its other bytes cannot be trusted more than the piece that failed)."""
         self._state[ref.url].pieces_rejected += 1
         self.quarantine(ref.url, why)
 
-    def alive(self):
+    def alive(self) -> list[SourceRef]:
         """The usable sources. When fan-out peers are among them, only the peers: the origin and its mirrors are
         the fallback of a fan-out receiver, asked once no peer is left (docs/fanout.md)."""
         alive = [r for r in self.refs if self.usable(r.url)]
         peers = [r for r in alive if getattr(r, "peer", False)]
         return peers or alive
 
-    def usable(self, url):
+    def usable(self, url: str) -> bool:
         state = self._state[url]
         return not (state.set_aside or state.quarantined)
 
-    def cap(self, ref, connections, per_source=None):
+    def cap(self, ref: SourceRef, connections: int, per_source: Optional[int] = None) -> int:
         """How many connections ``ref`` may have: an even share of ``connections`` over the live sources (or
         ``per_source``), at most the server's own ``max_connections``."""
         alive = max(1, len(self.alive()))
@@ -162,7 +164,8 @@ class SourceSelector:
             cap = min(cap, ref.max_connections)
         return max(1, cap)
 
-    def pick(self, connections, avoid=frozenset(), per_source=None):
+    def pick(self, connections: int, avoid: AbstractSet[str] = frozenset(),
+             per_source: Optional[int] = None) -> Union[SourceRef, bool, None]:
         """The least busy usable source (not in ``avoid`` unless nothing else is alive); None when every one is at
         its connection cap; False when none is alive."""
         alive = self.alive()
@@ -176,13 +179,13 @@ class SourceSelector:
             return None
         return min(free, key=lambda r: (self._state[r.url].active, r.rank))
 
-    def started(self, ref):
+    def started(self, ref: SourceRef) -> None:
         self._state[ref.url].active += 1
 
-    def stopped(self, ref):
+    def stopped(self, ref: SourceRef) -> None:
         self._state[ref.url].active -= 1
 
-    def merge(self, other):
+    def merge(self, other: SourceSelector) -> None:
         """Take in what a transfer's own selector (over some of these sources) saw: errors, bytes, rejected pieces,
         quarantines; a source it set aside keeps its error (it may be tried again by a later attempt)."""
         self.errors.extend(other.errors)
@@ -198,7 +201,7 @@ class SourceSelector:
 
     # -- the result
 
-    def report(self):
+    def report(self) -> list[dict[str, Any]]:
         """``[{url, bytes, pieces_rejected, error, peer}]``, one entry per source (URLs redacted), in try order;
         ``peer`` tells a fan-out peer from the origin and its mirrors."""
         return [dict(url=redact_url(r.url), bytes=self._state[r.url].bytes,

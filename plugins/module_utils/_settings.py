@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 
@@ -57,7 +58,7 @@ def load_settings(path: str | None = None) -> dict:
     return settings
 
 
-def option_or_setting(params: dict, name: str, settings: dict):
+def option_or_setting(params: dict, name: str, settings: dict) -> Any:
     """The module option ``name`` when the user gave one, else the host setting."""
     value = params.get(name)
     return settings.get(name) if value is None else value

@@ -13,9 +13,11 @@ import os
 import queue
 import threading
 import time
+from typing import Any, Callable, Optional, Sequence
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import NotEnoughSpace
+from ansible_collections.directdownload.kvm.plugins.module_utils._rate import Connection
 
 DEFAULT_BLOCK_SIZE = 64 * 1024
 # The receive buffer of stream_to_file (socket reads; writes stay block_size).
@@ -58,7 +60,7 @@ def _fallocate_function():
 _FALLOCATE = []
 
 
-def punch_hole(fd, offset, length):
+def punch_hole(fd: int, offset: int, length: int) -> bool:
     """Deallocate ``[offset, offset+length)`` so it reads as zeros again without changing the file size (a range
     of a ``.part`` that a transfer in ranges must write again). Returns False where the system or file system
     cannot (the caller then writes that range densely instead)."""
@@ -90,7 +92,7 @@ class SparseWriter:
         self._writeback_every = writeback_every if _SYNC_FILE_RANGE is not None else 0
         self._written_back = offset
 
-    def write(self, buf, count=None):
+    def write(self, buf: bytearray, count: Optional[int] = None) -> None:
         """Write ``buf[:count]`` in blocks aligned to file offsets (so holes line up with the image's clusters
         whatever the read size was)."""
         count = len(buf) if count is None else count
@@ -129,7 +131,7 @@ class SparseWriter:
                 raise NotEnoughSpace("the pool filled up while writing (%s)" % exc.strerror, errno=exc.errno) from exc
             raise
 
-    def finish(self, fsync=True):
+    def finish(self, fsync: bool = True) -> int:
         """Set the file length (a skipped tail leaves a hole) and make the bytes durable."""
         try:
             os.ftruncate(self.fd, self.offset)
@@ -162,10 +164,10 @@ class PartFile:
         self.path = os.path.join(directory, ".%s.part" % name)
         self.sidecar_path = self.path + ".json"
 
-    def exists(self):
+    def exists(self) -> bool:
         return os.path.exists(self.path)
 
-    def resumable_state(self, identity):
+    def resumable_state(self, identity: Any) -> Optional[dict[str, Any]]:
         """The saved state if the part can be resumed for ``identity`` (a dict of what must not have changed)."""
         state = _fs.read_json(self.sidecar_path)
         if not state or _fs.kind_at(self.path) != "file":
@@ -174,7 +176,7 @@ class PartFile:
             return None
         return state if state["bytes_done"] > 0 else None
 
-    def save_state(self, state, gid=None):
+    def save_state(self, state: dict[str, Any], gid: Optional[int] = None) -> None:
         """Replace the sidecar: mode SIDECAR_MODE (0640, exactly), group ``gid`` when given (the operator group of
         the agent settings), so operators can ``cat`` it without root. Not durable: a hint that survives a killed
         process; every byte it vouches for is verified again."""
@@ -182,7 +184,7 @@ class PartFile:
         if gid is not None:
             os.chown(self.sidecar_path, -1, gid, follow_symlinks=False)
 
-    def open_for_write(self, offset):
+    def open_for_write(self, offset: int) -> int:
         """Open the part for writing from ``offset``: the file is cut (or extended with a hole) to exactly that
         length, so everything past it reads as zeros, which the sparse writer relies on."""
         fd = _fs.open_regular(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -193,7 +195,7 @@ class PartFile:
             raise
         return fd
 
-    def discard(self):
+    def discard(self) -> None:
         _fs.unlink_if_present(self.path)
         _fs.unlink_if_present(self.sidecar_path)
 
@@ -219,8 +221,9 @@ class StreamStopped(Exception):
     """Raised inside the pipeline threads when another stage failed first."""
 
 
-def stream_to_file(body, writer, hashers=(), read_size=DEFAULT_READ_SIZE, buffers=16, on_progress=None,
-                   progress_interval=2.0, limit=None):
+def stream_to_file(body: Any, writer: SparseWriter, hashers: Sequence[Any] = (), read_size: int = DEFAULT_READ_SIZE,
+                   buffers: int = 16, on_progress: Optional[Callable[[int], Any]] = None,
+                   progress_interval: float = 2.0, limit: Optional[Connection] = None) -> int:
     """Copy ``body`` into ``writer`` while ``hashers`` digest the same bytes, in one pass.
 
     Three stages overlap on separate threads: receiving (socket reads release the GIL), hashing (hashlib
@@ -330,7 +333,7 @@ def stream_to_file(body, writer, hashers=(), read_size=DEFAULT_READ_SIZE, buffer
     return copied
 
 
-def read_bounded(body, limit, too_large):
+def read_bounded(body: Any, limit: int, too_large: Callable[[], BaseException]) -> bytes:
     """The whole of a small body (a checksum list, a metalink document) as bytes, for what must be held in memory.
     Raises ``too_large()`` (an exception to raise) as soon as more than ``limit`` bytes came, before the rest."""
     data = bytearray()

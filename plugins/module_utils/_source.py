@@ -9,6 +9,10 @@ calls every method directly, whatever the source (one URL, or several sources of
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
+from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import Checksum
+
 
 class Source:
     """Defaults for one plain source (http, https, nfs). Subclasses implement ``open``, ``probe``, ``read_head``."""
@@ -21,34 +25,35 @@ class Source:
     size = None
 
     @property
-    def mirror_errors(self):
+    def mirror_errors(self) -> list[dict[str, str]]:
         """``[{"url": redacted, "error": message}]`` of the sources set aside; one plain source has none."""
         return []
 
     @property
-    def notes(self):
+    def notes(self) -> list[str]:
         """Operator notes about the description of the file (a Metalink's skipped parts); none for a URL."""
         return []
 
-    def expected_checksums(self, user_checksum=None):
+    def expected_checksums(self, user_checksum: Optional[Checksum] = None) -> list[Checksum]:
         """The digests the bytes must match: the user's checksum, when given."""
         return [user_checksum] if user_checksum is not None else []
 
-    def next_mirror_after_mismatch(self, served_url=None, expected=None, actual=None):  # pylint: disable=unused-argument
+    def next_mirror_after_mismatch(self, served_url: Optional[str] = None,  # pylint: disable=unused-argument
+                                   expected: Optional[str] = None, actual: Optional[str] = None) -> Optional[bool]:
         """The bytes failed the checksum: True when another source is left to download them from, False when none
         is; None (one plain source): the engine's mismatch retries decide."""
         return None
 
-    def set_aside_slow_mirror(self, served_url=None):
+    def set_aside_slow_mirror(self, served_url: Optional[str] = None) -> None:
         """The ``lowest_speed`` watchdog closed the connection: another source first, when there is one."""
 
-    def discover_size(self):
+    def discover_size(self) -> Optional[int]:
         """The size of the file, when it is known before the transfer (a description's); None for one URL."""
         return self.size
 
-    def source_report(self, bytes_served):  # pylint: disable=unused-argument
+    def source_report(self, bytes_served: int) -> Optional[list[dict[str, Any]]]:  # pylint: disable=unused-argument
         """The ``sources`` result: one entry per source; None lets the engine describe its one URL itself."""
         return None
 
-    def close(self):
+    def close(self) -> None:
         """Release what the source holds (connections, mounts)."""

@@ -8,10 +8,13 @@ description, or a URL with ``mirrors``), resolved before any transfer starts."""
 
 from __future__ import annotations
 
+from typing import Any, Callable, Mapping, Optional
+
 from ansible_collections.directdownload.kvm.plugins.module_utils import _description, _transfer
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.directdownload.kvm.plugins.module_utils._http import SourceOptions
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import read_bounded
+from ansible_collections.directdownload.kvm.plugins.module_utils._source import Source
 from ansible_collections.directdownload.kvm.plugins.module_utils._urls import is_metalink_url, redact_url, url_scheme
 
 
@@ -44,13 +47,13 @@ TRANSPORT_ARGUMENT_SPEC.update(
 )
 
 
-def source_options_from_params(params, settings):
+def source_options_from_params(params: Mapping[str, Any], settings: Optional[Mapping[str, Any]]) -> SourceOptions:
     """SourceOptions from the transport options of a module; agent settings fill what the user left out.
     ``use_proxy: false`` means "no proxy", even when the environment names one."""
     return SourceOptions.from_params(dict(params, proxy=params["proxy"] if params["use_proxy"] else ""), settings)
 
 
-def read_small_file(url, request, limit):
+def read_small_file(url: str, request: Any, limit: int) -> bytes:
     """The whole body of a small file (a checksum list) at an http(s) or nfs ``url``, read with the request's
     transport options. Raises InvalidInput when it is larger than ``limit`` bytes: it is held in memory."""
     source = open_plain_source(url, request)
@@ -65,7 +68,7 @@ def read_small_file(url, request, limit):
         body.close()
 
 
-def open_source(url, request):
+def open_source(url: str, request: Any) -> Source:
     """Return a Source (see docs/architecture.md) for ``url`` with the request's transport options: a
     :class:`_transfer.MultiSource` for a Metalink URL or a URL with ``mirrors``, else the plain source."""
     if is_metalink_url(url):
@@ -82,7 +85,7 @@ def open_source(url, request):
     return open_plain_source(url, request)
 
 
-def mirror_source_factory(request, description):
+def mirror_source_factory(request: Any, description: _description.FileDescription) -> Callable[[str], Source]:
     """``open_source(url)`` for the sources of a URL with ``mirrors``: each source with its own options. A fan-out
     peer (``peer: true``) gets ``SourceOptions.for_peer`` with the deployment's token and its own fingerprint (or
     the request's ``peer_source_options``); every other source the origin's options, never the token. A peer
@@ -96,7 +99,7 @@ def mirror_source_factory(request, description):
     return open_mirror
 
 
-def source_options_for(ref, request):
+def source_options_for(ref: _description.SourceRef, request: Any) -> Optional[SourceOptions]:
     """The SourceOptions of one source of a URL with ``mirrors`` (see :func:`mirror_source_factory`)."""
     own = getattr(request, "source_options", None)
     origin = getattr(request, "origin_source_options", None) or own
@@ -114,7 +117,7 @@ def source_options_for(ref, request):
     return shared
 
 
-def plain_source_factory(request):
+def plain_source_factory(request: Any) -> Callable[[str], Source]:
     """``open_source(url)`` for source and document URLs: the http/https or nfs Source with the request's options,
     never a metalink (a metalink inside a metalink is not followed)."""
 
@@ -123,7 +126,8 @@ def plain_source_factory(request):
     return open_plain
 
 
-def open_metalink_source(url, request, document=None, base_url=None):
+def open_metalink_source(url: str, request: Any, document: Optional[bytes] = None,
+                         base_url: Optional[str] = None) -> _transfer.MultiSource:
     """Fetch and parse the Metalink document at ``url`` (or parse ``document``, bytes already read) with the
     request's ``metalink_name`` and ``metalink_locations``, convert it into a description and return the
     :class:`_transfer.MultiSource` over its mirrors (``connections`` of the request)."""
@@ -143,7 +147,7 @@ def open_metalink_source(url, request, document=None, base_url=None):
                                  document_url=url)
 
 
-def open_metalink_answer(body, url, request, max_size=None):
+def open_metalink_answer(body: Any, url: str, request: Any, max_size: Optional[int] = None) -> _transfer.MultiSource:
     """A plain URL answered with a Metalink (``_urls.is_metalink_answer``): read the document from ``body``
     (bounded by ``max_size``, default the parser's 1 MiB), close it, and return the :class:`_transfer.MultiSource`
     over its mirrors."""
@@ -158,7 +162,7 @@ def open_metalink_answer(body, url, request, max_size=None):
     return open_metalink_source(url, request, document=document, base_url=base_url)
 
 
-def open_plain_source(url, request, options=None):
+def open_plain_source(url: str, request: Any, options: Optional[SourceOptions] = None) -> Source:
     """The http(s) or nfs Source for ``url``, never a metalink (a metalink's mirrors and its own document are
     always read as plain files). ``options``: SourceOptions other than the request's (a peer's)."""
     scheme = url_scheme(url)

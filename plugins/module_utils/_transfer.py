@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from operator import attrgetter
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import (
@@ -34,6 +35,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._checksum impor
     new_hash,
     strongest,
 )
+from ansible_collections.directdownload.kvm.plugins.module_utils._description import FileDescription, SourceRef
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import (
     ChecksumMismatch,
     DirectDownloadError,
@@ -47,6 +49,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._pieces import 
     plan_ranges,
     unit_size_for,
 )
+from ansible_collections.directdownload.kvm.plugins.module_utils._rate import Limits
 from ansible_collections.directdownload.kvm.plugins.module_utils._selector import SourceSelector, error_text, is_busy
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import SparseWriter, punch_hole
 from ansible_collections.directdownload.kvm.plugins.module_utils._source import Source
@@ -56,12 +59,12 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._urls import re
 HASH_READ_SIZE = 1024 * 1024
 
 
-def sidecar_path(part_path):
+def sidecar_path(part_path: str) -> str:
     """The one sidecar of a ``.part`` (``_sink.PartFile.sidecar_path``): progress figures and resume state."""
     return part_path + ".json"
 
 
-def mirror_key(url):
+def mirror_key(url: str) -> str:
     """What the ``.part`` sidecar stores to name the source that served it: a digest, since source URLs may carry
     credentials or signed query strings and sidecars are files."""
     return "sha256:" + hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
@@ -88,7 +91,8 @@ class MultiSource(Source):
     redacted source URLs to the bytes they delivered; :meth:`source_report` is the ``sources`` result.
     """
 
-    def __init__(self, description, open_source, connections=1, document_url=None):
+    def __init__(self, description: FileDescription, open_source: Callable[[str], Source],
+                 connections: Optional[int] = 1, document_url: Optional[str] = None) -> None:
         self.file = description
         self.document_url = document_url or description.document_url
         cap = description.max_connections
@@ -106,19 +110,19 @@ class MultiSource(Source):
     notes = property(attrgetter("file.notes"))
     size = property(attrgetter("file.size"))
 
-    def expected_checksums(self, user_checksum=None):
+    def expected_checksums(self, user_checksum: Optional[Checksum] = None) -> list[Checksum]:
         """See :meth:`FileDescription.expected_checksums`: every digest in the list must match."""
         expected = self.file.expected_checksums(user_checksum)
         self._user_checksum = self._user_checksum or user_checksum is not None
         return expected
 
     @property
-    def verifiable(self):
+    def verifiable(self) -> bool:
         """True when joined bytes of several sources will be checked: the description or the user gave a hash."""
         return self.file.verifiable or self._user_checksum
 
     @property
-    def segmented(self):
+    def segmented(self) -> bool:
         """True when :meth:`download_segmented` should be used rather than one stream: several connections were
         asked for, or there are piece hashes (each piece verified, a bad one re-fetched alone). The size must be
         known, or asked of the sources (a URL with mirrors)."""
@@ -126,11 +130,11 @@ class MultiSource(Source):
             return False
         return self.connections > 1 or self.file.pieces is not None
 
-    def mirrors(self):
+    def mirrors(self) -> list[SourceRef]:
         """The sources still worth trying, in order (those set aside as too slow last)."""
         return self.selector.candidates()
 
-    def set_aside_slow_mirror(self, served_url=None):
+    def set_aside_slow_mirror(self, served_url: Optional[str] = None) -> None:
         """The ``lowest_speed`` watchdog closed the connection: try the other sources first from now on. Only when
         joined bytes are verifiable (else the next source would start again from byte 0, which costs more than a
         slow source)."""
@@ -139,12 +143,13 @@ class MultiSource(Source):
         for url in self.served_by or ([served_url] if served_url else []):
             self.selector.set_aside_slow(url)
 
-    def source_report(self, bytes_served=None):
+    def source_report(self, bytes_served: Optional[int] = None) -> list[dict[str, Any]]:
         return self.selector.report()
 
     # -- Source contract
 
-    def open(self, offset=0, validators=None, end=None):
+    def open(self, offset: int = 0, validators: Optional[Mapping[str, Optional[str]]] = None,
+             end: Optional[int] = None) -> _FailoverBody:
         """Open the first source that answers. ``validators`` saved from an earlier body carry the source that
         served it (key ``mirror``): that source is tried first with them. Others resume at ``offset`` without
         validators when there is a hash to check the result, else they start again from byte 0."""
@@ -172,7 +177,7 @@ class MultiSource(Source):
                 return _FailoverBody(self, mirror, body, end, attempted)
         raise self.failure("every mirror failed", since=errors_before)
 
-    def probe(self):
+    def probe(self) -> dict[str, Any]:
         """``url_check``: the first source that answers a probe, with the size of the image (the description's
         size when it has one; never the size of a Metalink document)."""
         errors_before = len(self.mirror_errors)
@@ -198,7 +203,7 @@ class MultiSource(Source):
             return info
         raise self.failure("no mirror answered the probe", since=errors_before)
 
-    def discover_size(self):
+    def discover_size(self) -> Optional[int]:
         """The size of the file when the description has none (a URL with mirrors): the first source that announces
         one. It becomes the description's size: every source must then serve that many bytes."""
         if self.file.size is None:
@@ -213,7 +218,7 @@ class MultiSource(Source):
                     break
         return self.file.size
 
-    def read_head(self, count):
+    def read_head(self, count: int) -> bytes:
         """The first ``count`` bytes of the file, from the first source that serves them."""
         errors_before = len(self.mirror_errors)
         for mirror in self.mirrors():
@@ -223,7 +228,8 @@ class MultiSource(Source):
                 self.record_error(mirror, exc)
         raise self.failure("no mirror served the first bytes", since=errors_before)
 
-    def next_mirror_after_mismatch(self, served_url=None, expected=None, actual=None):
+    def next_mirror_after_mismatch(self, served_url: Optional[str] = None, expected: Optional[str] = None,
+                                   actual: Optional[str] = None) -> bool:
         """The bytes just downloaded failed the checksum: quarantine the source(s) that served them. Returns True
         when another source is left (the caller discards the ``.part`` and opens again from byte 0), False when
         none is (the caller reports the mismatch)."""
@@ -241,8 +247,10 @@ class MultiSource(Source):
         self.served_by = []
         return bool(self.mirrors())
 
-    def download_segmented(self, part_path, checksums=None, block_size=64 * 1024, progress=None, log=None,
-                           resume=True, **kwargs):
+    def download_segmented(self, part_path: str, checksums: Optional[Iterable[Checksum]] = None,
+                           block_size: int = 64 * 1024, progress: Optional[Callable[[int, int], None]] = None,
+                           log: Optional[Callable[[str], None]] = None, resume: bool = True,
+                           **kwargs: Any) -> SegmentedResult:
         """Fill ``part_path`` from several sources at once: see :func:`segmented_download`."""
         options = dict(per_mirror_connections=None, unit_size=None, max_mirror_failures=3, save_interval=2.0,
                        algorithms=("sha256",), sparse=True, limits=None, state_writer=None)
@@ -265,7 +273,7 @@ class MultiSource(Source):
                 self.bytes_per_mirror[key] = self.bytes_per_mirror.get(key, 0) + count
             self.served_by = list(job.served)
 
-    def close(self):
+    def close(self) -> None:
         for source in self._sources.values():
             source.close()
         self._sources.clear()
@@ -278,10 +286,11 @@ class MultiSource(Source):
             source = self._sources[mirror.url] = self._open_source(mirror.url)
         return source
 
-    def record_error(self, mirror, exc):
+    def record_error(self, mirror: SourceRef, exc: BaseException) -> None:
         self.selector.record_error(mirror, exc)
 
-    def open_mirror(self, mirror, start, validators, end):
+    def open_mirror(self, mirror: SourceRef, start: int, validators: Optional[Mapping[str, Optional[str]]],
+                    end: Optional[int]) -> Any:
         """A body from ``mirror`` at ``start``, or None (the failure is recorded)."""
         try:
             body = self._source(mirror).open(offset=start, validators=validators, end=end)
@@ -295,7 +304,7 @@ class MultiSource(Source):
             return None
         return body
 
-    def failure(self, what, since=0):
+    def failure(self, what: str, since: int = 0) -> SourceError:
         errors = self.mirror_errors[since:] or self.mirror_errors
         summary = "; ".join("%s: %s" % (e["url"], e["error"]) for e in errors[-10:])
         error = SourceError("metalink %s: %s%s" % (self.file.name, what, " (%s)" % summary if summary else ""),
@@ -304,10 +313,11 @@ class MultiSource(Source):
         # ranges), retries only waste time.
         scopes = self.selector.scopes[since:] or self.selector.scopes
         if scopes:
-            error.retry_scope(any(here for here, _ in scopes), any(elsewhere for _, elsewhere in scopes))
+            here, elsewhere = zip(*scopes)
+            error.retry_scope(any(here), any(elsewhere))
         return error
 
-    def count_bytes(self, mirror, count):
+    def count_bytes(self, mirror: SourceRef, count: int) -> None:
         key = mirror.redacted
         self.bytes_per_mirror[key] = self.bytes_per_mirror.get(key, 0) + count
         self.selector.count_bytes(mirror.url, count)
@@ -429,10 +439,15 @@ class _Task:
         self.slow = None
 
 
-def segmented_download(description, open_source, part_path, connections=2, block_size=64 * 1024, progress=None,
-                       checksums=None, log=None, resume=True, sparse=True, mirrors=None, per_mirror_connections=None,
-                       unit_size=None, max_mirror_failures=3, save_interval=2.0, algorithms=("sha256",),
-                       limits=None, state_writer=None):
+def segmented_download(description: FileDescription, open_source: Callable[[str], Source], part_path: str,
+                       connections: Optional[int] = 2, block_size: int = 64 * 1024,
+                       progress: Optional[Callable[[int, int], None]] = None,
+                       checksums: Optional[Iterable[Checksum]] = None, log: Optional[Callable[[str], None]] = None,
+                       resume: bool = True, sparse: bool = True, mirrors: Optional[Iterable[SourceRef]] = None,
+                       per_mirror_connections: Optional[int] = None, unit_size: Optional[int] = None,
+                       max_mirror_failures: int = 3, save_interval: float = 2.0,
+                       algorithms: Optional[Iterable[str]] = ("sha256",), limits: Optional[Limits] = None,
+                       state_writer: Optional[Callable[[int, int, dict[str, Any]], None]] = None) -> SegmentedResult:
     """Download the described file (``_description.FileDescription``) into ``part_path`` from several sources in
     parallel.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Iterable
+from typing import Any, Iterable
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
@@ -110,7 +110,7 @@ def url_without_secrets(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def protect_url_options(module, names: Iterable[str]) -> None:
+def protect_url_options(module: Any, names: Iterable[str]) -> None:
     """For URL options declared ``no_log=True`` (so that Ansible never logs them to syslog/journal when it logs
     the module invocation): Ansible would also mask the whole URL in every result, a result ``url`` equal to it
     included. Swap the whole URL in ``module.no_log_values`` for its secret parts only (password, signatures)."""

@@ -187,21 +187,70 @@ def test_the_check_can_fail(line, expected):
         assert problem is not None and expected in problem, problem
 
 
-# The module_utils files whose public functions carry type hints (they run on Python >= 3.9 hosts; with
-# ``from __future__ import annotations`` the hints are strings, so typing names such as Optional are used).
-TYPED = ("_gate", "_retry", "_rate", "_signals", "_fleet", "_libvirt", "_nfs", "_http", "_checksum", "_fs", "_template",
-         "_trust", "_probe", "_install")
+# Every module_utils file: its public functions, and the public methods of its public classes, carry type hints
+# (they run on Python >= 3.9 hosts; with ``from __future__ import annotations`` the hints are strings, so typing
+# names such as Optional are used, and every name in them must be importable at run time, not only when type
+# checking: ``typing.get_type_hints`` resolves them here).
+MODULES = sorted(path.stem for path in MODULE_UTILS.glob("_*.py") if path.name != "__init__.py")
 
 
-@pytest.mark.parametrize("module_name", TYPED)
-def test_public_functions_have_type_hints(module_name):
-    module = importlib.import_module(PACKAGE + module_name)
-    missing = []
+def public_callables(module):
+    """``(qualified name, function, is_method)`` for the public functions of ``module`` and the public methods,
+    class methods, static methods and properties of the public classes it defines."""
     for name, obj in sorted(vars(module).items()):
-        if name.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
+        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
             continue
-        hints = typing.get_type_hints(obj)  # also proves every name in the hints resolves
-        unhinted = [p for p in inspect.signature(obj).parameters if p not in hints]
+        if inspect.isfunction(obj):
+            yield name, obj, False
+        elif inspect.isclass(obj):
+            for attr, member in sorted(vars(obj).items()):
+                if attr.startswith("_"):
+                    continue
+                bound = not isinstance(member, staticmethod)
+                if isinstance(member, (staticmethod, classmethod)):
+                    member = member.__func__
+                elif isinstance(member, property):
+                    member = member.fget
+                if inspect.isfunction(member):
+                    yield "%s.%s" % (name, attr), member, bound
+
+
+def missing_hints(module):
+    """What lacks a hint: ``name(params) -> ?`` for each public callable of ``module`` with an unhinted parameter
+    (``self``/``cls`` of a method excepted) or no return hint."""
+    missing = []
+    for name, function, bound in public_callables(module):
+        hints = typing.get_type_hints(function)  # also proves every name in the hints resolves
+        params = list(inspect.signature(function).parameters)
+        if bound and params:
+            params = params[1:]
+        unhinted = [param for param in params if param not in hints]
         if unhinted or "return" not in hints:
             missing.append("%s(%s)%s" % (name, ", ".join(unhinted), "" if "return" in hints else " -> ?"))
+    return missing
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_public_functions_have_type_hints(module_name):
+    missing = missing_hints(importlib.import_module(PACKAGE + module_name))
     assert not missing, "%s: add type hints to: %s" % (module_name, "; ".join(missing))
+
+
+def test_the_type_hint_check_can_fail():
+    module = type(typing)("ansible_collections.directdownload.kvm.plugins.module_utils._example")
+    exec(compile("""
+from __future__ import annotations
+def hinted(a: int, *, b: str = "") -> bool: ...
+def bare(a, b: int): ...
+class Thing:
+    def method(self, x: int) -> None: ...
+    def loose(self, x): ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def name(self): ...
+    @staticmethod
+    def make(x) -> Thing: ...
+    def _private(self, y): ...
+""", "<example>", "exec"), module.__dict__)  # pylint: disable=exec-used
+    assert missing_hints(module) == ["Thing.loose(x) -> ?", "Thing.make(x)", "Thing.name() -> ?", "bare(a) -> ?"]
