@@ -538,7 +538,8 @@ bytes_done:
 retry_here:
   description:
     - On failure, whether running the task again on this host, later, may succeed (V(true) for a timeout or an HTTP
-      503; V(false) for a bad option, an HTTP 404, an untrusted certificate, a checksum mismatch, a refused image).
+      503; V(false) for a bad option, an HTTP 404, an untrusted certificate, an NFS export or permission that leaves
+      out this host, a missing C(qemu-img), a checksum mismatch, a refused image).
     - Every module of the collection fails with the same keys, C(msg), RV(retry_here), RV(retry_elsewhere) and the
       details of the error.
   returned: failure
@@ -546,9 +547,10 @@ retry_here:
   sample: false
 retry_elsewhere:
   description:
-    - On failure, whether another host or mirror may succeed (V(true) for a transport failure or an untrusted
-      certificate, which another host may trust; V(false) for a bad option, a checksum mismatch or an image refused
-      by policy, which every host would meet). The C(deploy) role stops trying hosts when it is V(false).
+    - On failure, whether another host or mirror may succeed (V(true) for a transport failure, an untrusted
+      certificate, which another host may trust, or an NFS export that leaves out this host; V(false) for a bad
+      option, a missing file, a checksum mismatch or an image refused by policy, which every host would meet). The
+      C(deploy) role stops trying hosts when it is V(false).
     - Replaces C(retryable) (removed).
   returned: failure
   type: bool
