@@ -19,9 +19,12 @@ from typing import Any, Iterable
 
 from ansible_collections.directdownload.kvm.plugins.module_utils._checksum import Checksum, strongest
 from ansible_collections.directdownload.kvm.plugins.module_utils._errors import InvalidInput
-from ansible_collections.directdownload.kvm.plugins.module_utils._urls import redact_url, url_scheme, url_secret_values
-
-SOURCE_SCHEMES = ("http", "https", "nfs")
+from ansible_collections.directdownload.kvm.plugins.module_utils._urls import (
+    SUPPORTED_SCHEMES,
+    redact_url,
+    url_scheme,
+    url_secret_values,
+)
 
 
 class SourceRef:
@@ -188,9 +191,9 @@ def parse_mirrors(mirrors: Iterable[str | dict[str, Any]] | None, peers: bool = 
             scheme = url_scheme(url)
         except ValueError:
             scheme = None
-        if scheme not in SOURCE_SCHEMES:
-            raise InvalidInput("mirrors[%d] %s: unsupported scheme %r (use http, https or nfs)"
-                               % (index, redact_url(url), scheme))
+        if scheme not in SUPPORTED_SCHEMES:
+            raise InvalidInput("mirrors[%d] %s: unsupported scheme %r (use %s)"
+                               % (index, redact_url(url), scheme, ", ".join(SUPPORTED_SCHEMES)))
         if peer and scheme != "https":
             raise InvalidInput("mirrors[%d] %s: a peer is reached over https only" % (index, redact_url(url)))
         parsed.append((url, priority, location, peer, fingerprint) if peers else (url, priority, location))
