@@ -633,8 +633,9 @@ class HttpSource(Source):
             response.close()
             connection.close()
             if not options.follow_redirects:
+                # A 3xx is retryable nowhere, as status_error scopes every status but 5xx, 408 and 429.
                 raise status_error(url, status, "(a redirect to %s; follow_redirects is off)"
-                                   % redact_url(urljoin(url, location or ""))).retry_scope(False, False)
+                                   % redact_url(urljoin(url, location or "")))
             if not location:
                 raise _fail("%s answered %d without a Location" % (redact_url(url), status), url, final=True,
                             reason="redirect")

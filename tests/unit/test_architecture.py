@@ -20,6 +20,8 @@ DOC = REPO / "docs" / "architecture.md"
 MODULE_UTILS = REPO / "plugins" / "module_utils"
 PACKAGE = "ansible_collections.directdownload.kvm.plugins.module_utils."
 TABLE_HEADING = "## Files (`plugins/module_utils`)"
+# The module_utils files, by module name (``_http``...).
+MODULES = sorted(path.stem for path in MODULE_UTILS.glob("_*.py") if path.name != "__init__.py")
 
 _ROW = re.compile(r"^\|\s*`(_\w+\.py)`\s*\|")
 _BLOCK = re.compile(r"^```python contract\n(.*?)^```", re.S | re.M)
@@ -141,7 +143,7 @@ def test_every_module_utils_file_has_a_row():
     text = DOC.read_text(encoding="utf-8")
     rows = documented_files(text)
     assert rows is not None, "docs/architecture.md has no %r section with the table of files" % TABLE_HEADING
-    files = sorted(path.name for path in MODULE_UTILS.glob("_*.py") if path.name != "__init__.py")
+    files = [module + ".py" for module in MODULES]
     missing = [name for name in files if name not in rows]
     hints = []
     for name in missing:
@@ -191,7 +193,6 @@ def test_the_check_can_fail(line, expected):
 # (they run on Python >= 3.9 hosts; with ``from __future__ import annotations`` the hints are strings, so typing
 # names such as Optional are used, and every name in them must be importable at run time, not only when type
 # checking: ``typing.get_type_hints`` resolves them here).
-MODULES = sorted(path.stem for path in MODULE_UTILS.glob("_*.py") if path.name != "__init__.py")
 
 
 def public_callables(module):
