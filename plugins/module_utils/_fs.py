@@ -17,7 +17,8 @@ open in a pool is treated as attacker-reachable:
 * ``unlink_if_present`` swallows only "it is not there" (ENOENT); every other error is real and raised;
 * ``fsync_directory`` ignores only EINVAL (file systems that cannot fsync a directory say so with it);
 * ``write_atomic`` says what it promises: ``durable=True`` fsyncs the file and the directory (records), ``False``
-  only guarantees that a reader sees the old or the new content (progress sidecars: hints that are verified again).
+  only guarantees that a reader sees the old or the new content (progress sidecars: hints that are verified again);
+  the mode and the group are set on the temporary file, so the name never shows the content with others.
 """
 
 from __future__ import annotations
@@ -156,9 +157,11 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, data: bytes, durable: bool, mode: int = 0o600) -> None:
+def write_atomic(path: str, data: bytes, durable: bool, mode: int = 0o600, gid: Optional[int] = None) -> None:
     """Replace ``path`` with ``data`` (bytes): a :func:`create_temp` file in the same directory, then a rename
-    over ``path`` (which replaces a symlink there, never writes through it).
+    over ``path`` (which replaces a symlink there, never writes through it). The mode (exactly, whatever the
+    umask) and the group ``gid`` (when given) are set on the temporary file, so the name never shows the new
+    content with another mode or group.
 
     ``durable=True``: the file is fsynced before the rename and the directory after it (survives a power cut).
     ``durable=False``: a reader sees the old or the new content, never half of one, and a killed process leaves
@@ -168,7 +171,9 @@ def write_atomic(path: str, data: bytes, durable: bool, mode: int = 0o600) -> No
     fd, tmp = create_temp(directory, os.path.basename(path), mode)
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)  # mode exactly, whatever the umask
+            if gid is not None:
+                os.fchown(handle.fileno(), -1, gid)
+            os.fchmod(handle.fileno(), mode)  # exactly, whatever the umask; after the chown, which may clear bits
             handle.write(data)
             handle.flush()
             if durable:
@@ -182,10 +187,10 @@ def write_atomic(path: str, data: bytes, durable: bool, mode: int = 0o600) -> No
 
 
 def write_json_atomic(path: str, data: Any, durable: bool = False, mode: int = 0o600,
-                      indent: Optional[int] = 1) -> None:
+                      indent: Optional[int] = 1, gid: Optional[int] = None) -> None:
     """:func:`write_atomic` of ``data`` as JSON (sorted keys)."""
     text = json.dumps(data, sort_keys=True, indent=indent) + ("\n" if indent else "")
-    write_atomic(path, text.encode("utf-8"), durable=durable, mode=mode)
+    write_atomic(path, text.encode("utf-8"), durable=durable, mode=mode, gid=gid)
 
 
 def read_json(path: str, limit: int = 16 * 1024 * 1024) -> Optional[dict[str, Any]]:

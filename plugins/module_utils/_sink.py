@@ -180,9 +180,7 @@ class PartFile:
         """Replace the sidecar: mode SIDECAR_MODE (0640, exactly), group ``gid`` when given (the operator group of
         the agent settings), so operators can ``cat`` it without root. Not durable: a hint that survives a killed
         process; every byte it vouches for is verified again."""
-        _fs.write_json_atomic(self.sidecar_path, state, durable=False, mode=SIDECAR_MODE)
-        if gid is not None:
-            os.chown(self.sidecar_path, -1, gid, follow_symlinks=False)
+        _fs.write_json_atomic(self.sidecar_path, state, durable=False, mode=SIDECAR_MODE, gid=gid)
 
     def open_for_write(self, offset: int) -> int:
         """Open the part for writing from ``offset``: the file is cut (or extended with a hole) to exactly that

@@ -167,9 +167,10 @@ def test_documented_contracts_match_the_code():
 
 
 @pytest.mark.parametrize("line, expected", [
-    ("_fs.write_atomic(path, data, durable, mode=0o600)", None),
-    ("_fs.write_atomic(path, data, durable=False, mode=0o600)", "write:\n    _fs.write_atomic(path, data, durable, mode=384)"),
-    ("_fs.write_atomic(path, data, durable, mode=0o644)", "the code says"),
+    ("_fs.write_atomic(path, data, durable, mode=0o600, gid=None)", None),
+    ("_fs.write_atomic(path, data, durable=False, mode=0o600, gid=None)",
+     "write:\n    _fs.write_atomic(path, data, durable, mode=384, gid=None)"),
+    ("_fs.write_atomic(path, data, durable, mode=0o644, gid=None)", "the code says"),
     ("_fs.write_atomic(path, data)", "the code says"),
     ("_fs.write_atomic(path, ...)", None),
     ("_fs.read_json(path, limit=16 * 1024 * 1024)", None),

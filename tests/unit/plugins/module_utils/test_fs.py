@@ -7,6 +7,7 @@ never a FIFO, one unlink and one fsync policy. Real files, real FIFOs, real syml
 from __future__ import annotations
 
 import errno
+import grp
 import os
 import stat
 import threading
@@ -28,6 +29,29 @@ def test_json_sidecars_are_replaced_whole(tmp_path):
     assert _fs.read_json(str(tmp_path / "bad.json")) is None
     (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
     assert _fs.read_json(str(tmp_path / "deep.json")) is None
+
+
+def test_mode_and_group_are_set_before_the_name_shows_the_content(tmp_path, monkeypatch):
+    # The progress sidecar is read by an operator group while it is replaced: a chown after the rename left a
+    # window in which the new file had root's group (seen in CI as a flaky test_progress).
+    group = next(entry.gr_gid for entry in grp.getgrall() if entry.gr_gid != os.getegid())
+    path = str(tmp_path / ".x.json")
+    at_rename = []
+    rename = os.rename
+
+    def watching_rename(src, dst):
+        at_rename.append(os.stat(src))
+        rename(src, dst)
+    monkeypatch.setattr(os, "rename", watching_rename)
+    old_umask = os.umask(0o077)
+    try:
+        _fs.write_json_atomic(path, {"a": 1}, mode=0o640, gid=group)
+    finally:
+        os.umask(old_umask)
+    (before,) = at_rename
+    assert (stat.S_IMODE(before.st_mode), before.st_gid) == (0o640, group)
+    after = os.stat(path)
+    assert (stat.S_IMODE(after.st_mode), after.st_gid) == (0o640, group)
 
 
 def test_temporary_names_are_random_and_exclusive(tmp_path):

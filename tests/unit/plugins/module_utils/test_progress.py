@@ -63,7 +63,7 @@ def watch_sidecar(path, until):
         while not until.is_set():
             try:
                 with open(path) as handle:
-                    seen.append((handle.read(), os.stat(path)))
+                    seen.append((handle.read(), os.fstat(handle.fileno())))  # the file that was read
             except (OSError, ValueError):
                 pass
             time.sleep(0.05)
