@@ -14,6 +14,7 @@ green CI run means every one of these tests really ran. Never call ``pytest.skip
     def test_x(): ...
     require(ganesha_available())                                    # a reason string, or None when all is there
     require_root("mounting a tmpfs")
+    other_group()                                                   # a group that is not the process's own
     with tmpfs(path, "1m"): ...                                     # a real tmpfs, always unmounted
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import grp
 import os
 import shutil
 import subprocess
@@ -72,6 +74,16 @@ def require_root(what):
     """:func:`missing` unless this process runs as root; ``what`` says what needs it."""
     if os.geteuid() != 0:
         missing("%s needs root" % what)
+
+
+def other_group():
+    """A group of this host that is not the process's own (``grp.struct_group``), to see a file change group.
+    Every Debian host has several, so a host with a single group fails the test everywhere, CI or not."""
+    for entry in grp.getgrall():
+        if entry.gr_gid != os.getegid():
+            return entry
+    pytest.fail("this host has a single group: cannot test the operator group")
+    return None
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ never a FIFO, one unlink and one fsync policy. Real files, real FIFOs, real syml
 from __future__ import annotations
 
 import errno
-import grp
 import os
 import stat
 import threading
@@ -16,6 +15,7 @@ import pytest
 
 from ansible_collections.directdownload.kvm.plugins.module_utils import _fs
 from ansible_collections.directdownload.kvm.plugins.module_utils._sink import PartFile
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import other_group
 
 
 def test_json_sidecars_are_replaced_whole(tmp_path):
@@ -34,7 +34,7 @@ def test_json_sidecars_are_replaced_whole(tmp_path):
 def test_mode_and_group_are_set_before_the_name_shows_the_content(tmp_path, monkeypatch):
     # The progress sidecar is read by an operator group while it is replaced: a chown after the rename left a
     # window in which the new file had root's group (seen in CI as a flaky test_progress).
-    group = next(entry.gr_gid for entry in grp.getgrall() if entry.gr_gid != os.getegid())
+    group = other_group().gr_gid
     path = str(tmp_path / ".x.json")
     at_rename = []
     rename = os.rename

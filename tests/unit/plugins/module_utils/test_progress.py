@@ -6,7 +6,6 @@ the controller's lease; through the real engine against real rate-limited loopba
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ from ansible_collections.directdownload.kvm.plugins.module_utils._http import So
 from ansible_collections.directdownload.kvm.plugins.module_utils._metalink import NS_V4
 from ansible_collections.directdownload.kvm.plugins.module_utils._sources import open_source
 from ansible_collections.directdownload.kvm.tests.unit.lib import images
+from ansible_collections.directdownload.kvm.tests.unit.lib.require import other_group
 from ansible_collections.directdownload.kvm.tests.unit.lib.servers import ImageServer
 
 MiB = 1024 * 1024
@@ -44,15 +44,6 @@ def request_for(url, pool, **kwargs):
     kwargs.setdefault("retries", 0)
     kwargs.setdefault("progress_interval", 0.1)
     return _download.DownloadRequest(url, str(pool), **kwargs)
-
-
-def other_group():
-    """A group of this host that is not the process's own, to see the sidecar change group."""
-    for entry in grp.getgrall():
-        if entry.gr_gid != os.getegid():
-            return entry
-    pytest.fail("this host has a single group: cannot test the operator group")
-    return None
 
 
 def watch_sidecar(path, until):
